@@ -1,0 +1,475 @@
+//! Batch format v1 (contract §6): a CBOR envelope around a header (JSON,
+//! authenticated) and an AES-256-GCM ciphertext of a zstd-compressed CBOR
+//! plaintext. The journal stores the envelope; the uplink sends it unchanged.
+
+use crate::crypto::{BatchKey, Keyring, SealError};
+use ciborium::Value;
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT: &str = "neuroedge.batch.v1";
+pub const CIPHER: &str = "AES-256-GCM";
+/// zstd level: fast enough for high-density rigs on a Raspberry Pi.
+const ZSTD_LEVEL: i32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("envelope is not valid CBOR: {0}")]
+    Cbor(String),
+    #[error("envelope field {0:?} is missing or has the wrong type")]
+    Field(&'static str),
+    #[error("unsupported envelope version {0}")]
+    Version(i128),
+    #[error("header is not valid JSON: {0}")]
+    Header(#[from] serde_json::Error),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("zstd: {0}")]
+    Zstd(std::io::Error),
+    #[error("unknown compression {0:?}")]
+    Compression(String),
+}
+
+/// The authenticated header (JSON), contract §6.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchHeader {
+    pub format: String,
+    pub batch_id: String,
+    pub site_id: String,
+    pub node_id: String,
+    pub device_id: String,
+    pub seq: u64,
+    pub first_sample: u64,
+    pub n_samples: u64,
+    pub n_channels: u32,
+    pub sample_rate: f64,
+    pub t_start: f64,
+    pub t_end: f64,
+    pub key_id: String,
+    pub cipher: String,
+    pub compression: String,
+    pub created_at: f64,
+}
+
+/// Samples the device (or neuroedge) revealed as missing just before a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    /// Index of the first sample after the gap.
+    pub before_sample: u64,
+    /// Number of missing samples (they consume sample indices).
+    pub missing: u64,
+    /// Who lost them.
+    pub cause: GapCause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapCause {
+    /// The device revealed the loss (sample counter jump, timestamp hole).
+    Device,
+    /// The ring was full: the processing thread fell behind.
+    Overflow,
+    /// The journal could not take the batch (full disk, quota with drop_newest).
+    Journal,
+}
+
+impl GapCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapCause::Device => "device",
+            GapCause::Overflow => "overflow",
+            GapCause::Journal => "journal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Marker {
+    pub t: f64,
+    pub value: String,
+}
+
+/// One feature window (filled by the DSP stage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureRecord {
+    pub t: f64,
+    /// Band name -> power per channel.
+    pub band_power: Vec<(String, Vec<f64>)>,
+    pub rms: Vec<f64>,
+}
+
+/// The filter chain a batch's `filtered` field went through.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct FilterDescription {
+    pub highpass_hz: Option<f64>,
+    pub lowpass_hz: Option<f64>,
+    pub order: Option<u32>,
+    pub notch_hz: Option<f64>,
+    pub notch_harmonics: Option<u32>,
+}
+
+/// A batch before sealing (and after opening).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BatchData {
+    pub device_id: String,
+    pub sample_rate: f64,
+    pub channels: Vec<String>,
+    pub units: String,
+    pub first_sample: u64,
+    pub timestamps: Vec<f64>,
+    /// n_samples x n_channels, frame-major.
+    pub raw: Vec<f32>,
+    pub filtered: Vec<f32>,
+    pub filter: FilterDescription,
+    pub features: Vec<FeatureRecord>,
+    pub markers: Vec<Marker>,
+    pub gaps: Vec<Gap>,
+}
+
+impl BatchData {
+    pub fn n_samples(&self) -> usize {
+        self.timestamps.len()
+    }
+
+    pub fn n_channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// One past the sample index of the last sample (gaps consume indices).
+    pub fn end_sample(&self) -> u64 {
+        self.first_sample + self.n_samples() as u64 + self.gaps.iter().filter(|g| g.before_sample > self.first_sample).map(|g| g.missing).sum::<u64>()
+    }
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+fn f32_bytes(v: &[f32]) -> Value {
+    let mut out = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    Value::Bytes(out)
+}
+
+fn f64_bytes(v: &[f64]) -> Value {
+    let mut out = Vec::with_capacity(v.len() * 8);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    Value::Bytes(out)
+}
+
+fn opt_f64(v: Option<f64>) -> Value {
+    v.map_or(Value::Null, Value::Float)
+}
+
+fn opt_u32(v: Option<u32>) -> Value {
+    v.map_or(Value::Null, |x| Value::Integer(x.into()))
+}
+
+/// Encode the plaintext CBOR map of contract §6.
+pub fn encode_plaintext(b: &BatchData) -> Vec<u8> {
+    let f = &b.filter;
+    let filter = Value::Map(vec![
+        (text("highpass_hz"), opt_f64(f.highpass_hz)),
+        (text("lowpass_hz"), opt_f64(f.lowpass_hz)),
+        (text("order"), opt_u32(f.order)),
+        (text("notch_hz"), opt_f64(f.notch_hz)),
+        (text("notch_harmonics"), opt_u32(f.notch_harmonics)),
+        (text("design"), text("butterworth-sos")),
+    ]);
+    let features = b
+        .features
+        .iter()
+        .map(|r| {
+            Value::Map(vec![
+                (text("t"), Value::Float(r.t)),
+                (
+                    text("band_power"),
+                    Value::Map(
+                        r.band_power
+                            .iter()
+                            .map(|(n, v)| (text(n), Value::Array(v.iter().map(|x| Value::Float(*x)).collect())))
+                            .collect(),
+                    ),
+                ),
+                (text("rms"), Value::Array(r.rms.iter().map(|x| Value::Float(*x)).collect())),
+            ])
+        })
+        .collect();
+    let markers = b
+        .markers
+        .iter()
+        .map(|m| Value::Map(vec![(text("t"), Value::Float(m.t)), (text("value"), text(&m.value))]))
+        .collect();
+    let gaps = b
+        .gaps
+        .iter()
+        .map(|g| {
+            Value::Map(vec![
+                (text("before_sample"), Value::Integer(g.before_sample.into())),
+                (text("missing"), Value::Integer(g.missing.into())),
+                (text("cause"), text(g.cause.as_str())),
+            ])
+        })
+        .collect();
+    let map = Value::Map(vec![
+        (text("channels"), Value::Array(b.channels.iter().map(|c| text(c)).collect())),
+        (text("units"), text(&b.units)),
+        (text("timestamps"), f64_bytes(&b.timestamps)),
+        (text("raw"), f32_bytes(&b.raw)),
+        (text("filtered"), f32_bytes(&b.filtered)),
+        (text("filter"), filter),
+        (text("features"), Value::Array(features)),
+        (text("markers"), Value::Array(markers)),
+        (text("gaps"), Value::Array(gaps)),
+    ]);
+    let mut out = Vec::new();
+    // Writing CBOR into a Vec cannot fail.
+    let _ = ciborium::into_writer(&map, &mut out);
+    out
+}
+
+/// Everything needed to seal a batch besides its data.
+pub struct SealParams<'a> {
+    pub batch_id: String,
+    pub site_id: &'a str,
+    pub node_id: &'a str,
+    pub seq: u64,
+    pub created_at: f64,
+    pub compress: bool,
+}
+
+/// Seal a batch: returns the envelope bytes and the header written into it.
+pub fn seal(key: &BatchKey, p: &SealParams, b: &BatchData) -> Result<(Vec<u8>, BatchHeader), BatchError> {
+    let plain = encode_plaintext(b);
+    let (body, compression) = if p.compress {
+        (zstd::bulk::compress(&plain, ZSTD_LEVEL).map_err(BatchError::Zstd)?, "zstd")
+    } else {
+        (plain, "none")
+    };
+    let header = BatchHeader {
+        format: FORMAT.into(),
+        batch_id: p.batch_id.clone(),
+        site_id: p.site_id.into(),
+        node_id: p.node_id.into(),
+        device_id: b.device_id.clone(),
+        seq: p.seq,
+        first_sample: b.first_sample,
+        n_samples: b.n_samples() as u64,
+        n_channels: b.n_channels() as u32,
+        sample_rate: b.sample_rate,
+        t_start: b.timestamps.first().copied().unwrap_or(0.0),
+        t_end: b.timestamps.last().copied().unwrap_or(0.0),
+        key_id: key.id().to_string(),
+        cipher: CIPHER.into(),
+        compression: compression.into(),
+        created_at: p.created_at,
+    };
+    let header_bytes = serde_json::to_vec(&header)?;
+    let (nonce, ct) = key.seal(&header_bytes, &body)?;
+    let env = Value::Map(vec![
+        (text("v"), Value::Integer(1.into())),
+        (text("header"), Value::Bytes(header_bytes)),
+        (text("nonce"), Value::Bytes(nonce.to_vec())),
+        (text("ciphertext"), Value::Bytes(ct)),
+    ]);
+    let mut out = Vec::new();
+    let _ = ciborium::into_writer(&env, &mut out);
+    Ok((out, header))
+}
+
+fn map_get<'a>(m: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
+    m.iter().find(|(k, _)| k.as_text() == Some(key)).map(|(_, v)| v)
+}
+
+/// Read the header of an envelope without decrypting.
+pub fn read_header(envelope: &[u8]) -> Result<(BatchHeader, Vec<u8>, [u8; 12], Vec<u8>), BatchError> {
+    let v: Value = ciborium::from_reader(envelope).map_err(|e| BatchError::Cbor(e.to_string()))?;
+    let m = v.as_map().ok_or(BatchError::Field("envelope map"))?;
+    let ver = map_get(m, "v").and_then(Value::as_integer).ok_or(BatchError::Field("v"))?;
+    let ver = i128::from(ver);
+    if ver != 1 {
+        return Err(BatchError::Version(ver));
+    }
+    let header_bytes = map_get(m, "header").and_then(Value::as_bytes).ok_or(BatchError::Field("header"))?.clone();
+    let nonce: [u8; 12] = map_get(m, "nonce")
+        .and_then(Value::as_bytes)
+        .and_then(|b| b.as_slice().try_into().ok())
+        .ok_or(BatchError::Field("nonce"))?;
+    let ct = map_get(m, "ciphertext").and_then(Value::as_bytes).ok_or(BatchError::Field("ciphertext"))?.clone();
+    let header: BatchHeader = serde_json::from_slice(&header_bytes)?;
+    Ok((header, header_bytes, nonce, ct))
+}
+
+/// Open an envelope with the key its header names; returns header and data.
+pub fn open(keys: &Keyring, envelope: &[u8]) -> Result<(BatchHeader, BatchData), BatchError> {
+    let (header, header_bytes, nonce, ct) = read_header(envelope)?;
+    let key = keys.get(&header.key_id)?;
+    let body = key.open(&nonce, &header_bytes, &ct)?;
+    let plain = match header.compression.as_str() {
+        "zstd" => zstd::stream::decode_all(body.as_slice()).map_err(BatchError::Zstd)?,
+        "none" => body,
+        other => return Err(BatchError::Compression(other.into())),
+    };
+    let data = decode_plaintext(&plain, &header)?;
+    Ok((header, data))
+}
+
+fn as_f64(v: &Value) -> Option<f64> {
+    v.as_float().or_else(|| v.as_integer().map(|i| i128::from(i) as f64))
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    v.as_integer().and_then(|i| u64::try_from(i).ok())
+}
+
+/// Decode the plaintext CBOR map.
+pub fn decode_plaintext(plain: &[u8], header: &BatchHeader) -> Result<BatchData, BatchError> {
+    let v: Value = ciborium::from_reader(plain).map_err(|e| BatchError::Cbor(e.to_string()))?;
+    let m = v.as_map().ok_or(BatchError::Field("plaintext map"))?;
+    let bytes = |k: &'static str| map_get(m, k).and_then(Value::as_bytes).ok_or(BatchError::Field(k));
+    let f32s = |b: &Vec<u8>| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>();
+    let channels = map_get(m, "channels")
+        .and_then(Value::as_array)
+        .ok_or(BatchError::Field("channels"))?
+        .iter()
+        .map(|c| c.as_text().map(str::to_string).ok_or(BatchError::Field("channels")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let timestamps = bytes("timestamps")?
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    let arr = |k: &'static str| map_get(m, k).and_then(Value::as_array).ok_or(BatchError::Field(k));
+    let gaps = arr("gaps")?
+        .iter()
+        .map(|g| {
+            let g = g.as_map().ok_or(BatchError::Field("gaps"))?;
+            let cause = match map_get(g, "cause").and_then(Value::as_text) {
+                Some("overflow") => GapCause::Overflow,
+                Some("journal") => GapCause::Journal,
+                _ => GapCause::Device,
+            };
+            Ok(Gap {
+                before_sample: map_get(g, "before_sample").and_then(as_u64).ok_or(BatchError::Field("gaps"))?,
+                missing: map_get(g, "missing").and_then(as_u64).ok_or(BatchError::Field("gaps"))?,
+                cause,
+            })
+        })
+        .collect::<Result<Vec<_>, BatchError>>()?;
+    let markers = arr("markers")?
+        .iter()
+        .map(|mk| {
+            let mk = mk.as_map().ok_or(BatchError::Field("markers"))?;
+            Ok(Marker {
+                t: map_get(mk, "t").and_then(as_f64).ok_or(BatchError::Field("markers"))?,
+                value: map_get(mk, "value").and_then(Value::as_text).unwrap_or_default().to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, BatchError>>()?;
+    let floats = |v: &Value| v.as_array().map(|a| a.iter().filter_map(as_f64).collect::<Vec<_>>()).unwrap_or_default();
+    let features = arr("features")?
+        .iter()
+        .map(|r| {
+            let r = r.as_map().ok_or(BatchError::Field("features"))?;
+            let band_power = map_get(r, "band_power")
+                .and_then(Value::as_map)
+                .map(|bp| bp.iter().filter_map(|(k, v)| Some((k.as_text()?.to_string(), floats(v)))).collect())
+                .unwrap_or_default();
+            Ok(FeatureRecord {
+                t: map_get(r, "t").and_then(as_f64).ok_or(BatchError::Field("features"))?,
+                band_power,
+                rms: map_get(r, "rms").map(floats).unwrap_or_default(),
+            })
+        })
+        .collect::<Result<Vec<_>, BatchError>>()?;
+    let fm = map_get(m, "filter").and_then(Value::as_map);
+    let fget = |k: &str| fm.and_then(|f| map_get(f, k));
+    let filter = FilterDescription {
+        highpass_hz: fget("highpass_hz").and_then(as_f64),
+        lowpass_hz: fget("lowpass_hz").and_then(as_f64),
+        order: fget("order").and_then(as_u64).map(|x| x as u32),
+        notch_hz: fget("notch_hz").and_then(as_f64),
+        notch_harmonics: fget("notch_harmonics").and_then(as_u64).map(|x| x as u32),
+    };
+    Ok(BatchData {
+        device_id: header.device_id.clone(),
+        sample_rate: header.sample_rate,
+        channels,
+        units: map_get(m, "units").and_then(Value::as_text).unwrap_or("uV").to_string(),
+        first_sample: header.first_sample,
+        timestamps,
+        raw: f32s(bytes("raw")?),
+        filtered: f32s(bytes("filtered")?),
+        filter,
+        features,
+        markers,
+        gaps,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample_batch() -> BatchData {
+        BatchData {
+            device_id: "dev".into(),
+            sample_rate: 250.0,
+            channels: vec!["C3".into(), "C4".into()],
+            units: "uV".into(),
+            first_sample: 500,
+            timestamps: vec![10.0, 10.004, 10.008],
+            raw: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            filtered: vec![1.5, 2.5, 3.5, 4.5, 5.5, 6.5],
+            filter: FilterDescription::default(),
+            features: vec![FeatureRecord {
+                t: 10.008,
+                band_power: vec![("alpha".into(), vec![1.0, 2.0])],
+                rms: vec![0.5, 0.25],
+            }],
+            markers: vec![Marker { t: 10.004, value: "stimulus".into() }],
+            gaps: vec![Gap { before_sample: 500, missing: 3, cause: GapCause::Device }],
+        }
+    }
+
+    #[test]
+    fn seal_open_roundtrip() {
+        let key = BatchKey::from_bytes(&[3u8; 32]);
+        let ring = Keyring::new(BatchKey::from_bytes(&[3u8; 32]));
+        for compress in [true, false] {
+            let p = SealParams {
+                batch_id: "id-1".into(),
+                site_id: "lab",
+                node_id: "pi",
+                seq: 4,
+                created_at: 11.0,
+                compress,
+            };
+            let b = sample_batch();
+            let (env, h) = seal(&key, &p, &b).unwrap();
+            assert_eq!(h.n_samples, 3);
+            assert_eq!(h.t_end, 10.008);
+            let (h2, b2) = open(&ring, &env).unwrap();
+            assert_eq!(h, h2);
+            assert_eq!(b, b2);
+        }
+    }
+
+    #[test]
+    fn tampered_header_fails() {
+        let key = BatchKey::from_bytes(&[3u8; 32]);
+        let ring = Keyring::new(BatchKey::from_bytes(&[3u8; 32]));
+        let p = SealParams { batch_id: "x".into(), site_id: "lab", node_id: "pi", seq: 0, created_at: 0.0, compress: true };
+        let (env, _) = seal(&key, &p, &sample_batch()).unwrap();
+        let mut bad = env.clone();
+        // Flip a byte inside the header JSON ("seq":0 -> "seq":1).
+        let pos = bad.windows(7).position(|w| w == b"\"seq\":0").unwrap();
+        bad[pos + 6] = b'1';
+        assert!(matches!(open(&ring, &bad), Err(BatchError::Seal(SealError::Auth))));
+        assert!(open(&ring, b"garbage").is_err());
+        let other = Keyring::new(BatchKey::from_bytes(&[4u8; 32]));
+        assert!(matches!(open(&other, &env), Err(BatchError::Seal(SealError::UnknownKey(_)))));
+    }
+}

@@ -1,0 +1,584 @@
+//! Daemon and device configuration: typed, validated before anything starts.
+//!
+//! Every section is a struct with `deny_unknown_fields` and documented
+//! defaults; relative paths are resolved against the config file's folder;
+//! `NEUROEDGE_<SECTION>_<KEY>` environment variables override the file.
+
+mod device;
+mod problem;
+mod units;
+
+pub use device::*;
+pub use problem::{ConfigError, Problem, SourceText};
+pub use units::{ByteCount, HumanDuration};
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where `--config` points when neither the flag nor `$NEUROEDGE_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/neuroedge/neuroedge.toml";
+
+/// The whole daemon config file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    pub daemon: DaemonSection,
+    pub journal: JournalSection,
+    pub crypto: CryptoSection,
+    pub uplink: UplinkSection,
+    pub status: StatusSection,
+    pub metrics: MetricsSection,
+    pub log: LogSection,
+}
+
+/// `[daemon]`: who this node is and where its device files live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSection {
+    /// Site (lab) identifier written into every batch header.
+    pub site_id: String,
+    /// Node identifier; default: the host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Folder of device files (`*.toml`), relative to the config file.
+    pub devices_dir: PathBuf,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        DaemonSection {
+            site_id: "default-site".into(),
+            node_id: None,
+            devices_dir: "devices".into(),
+        }
+    }
+}
+
+/// SQLite durability level for each commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// fsync on every commit: survives power loss (default).
+    Full,
+    /// fsync at WAL checkpoints: survives a crash of the daemon, may lose the
+    /// last commits on power loss; less disk wear on SD cards.
+    Normal,
+}
+
+/// What the journal does when `max_bytes` would be exceeded and no uploaded
+/// batch is left to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Delete the oldest pending batches to make room: recording continues,
+    /// old unsent data is lost (counted, logged, audited).
+    DropOldest,
+    /// Refuse new batches: the backlog is kept, new data is lost (counted,
+    /// logged, audited, and reported as gaps).
+    DropNewest,
+}
+
+/// `[journal]`: the local SQLite store of sealed batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    pub path: PathBuf,
+    pub max_bytes: ByteCount,
+    pub batch_seconds: f64,
+    pub sync: SyncMode,
+    pub when_full: WhenFull,
+    pub retain_uploaded: HumanDuration,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            path: "var/journal.db".into(),
+            max_bytes: ByteCount(2 * 1024 * 1024 * 1024),
+            batch_seconds: 1.0,
+            sync: SyncMode::Full,
+            when_full: WhenFull::DropOldest,
+            retain_uploaded: HumanDuration(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// `[crypto]`: the batch key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CryptoSection {
+    pub key_file: PathBuf,
+    pub generate_if_missing: bool,
+    /// Older keys kept for reading batches sealed before a rotation.
+    pub previous_key_files: Vec<PathBuf>,
+}
+
+impl Default for CryptoSection {
+    fn default() -> Self {
+        CryptoSection {
+            key_file: "var/batch.key".into(),
+            generate_if_missing: false,
+            previous_key_files: Vec::new(),
+        }
+    }
+}
+
+/// `[uplink]`: HTTPS upload to the cloud backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkSection {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    pub timeout: HumanDuration,
+    pub max_in_flight: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<ByteCount>,
+    pub backoff_initial: HumanDuration,
+    pub backoff_max: HumanDuration,
+}
+
+impl Default for UplinkSection {
+    fn default() -> Self {
+        UplinkSection {
+            enabled: false,
+            endpoint: None,
+            token_file: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            timeout: HumanDuration(Duration::from_secs(30)),
+            max_in_flight: 4,
+            max_bytes_per_sec: None,
+            backoff_initial: HumanDuration(Duration::from_secs(1)),
+            backoff_max: HumanDuration(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// `[status]`: the local Unix status socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusSection {
+    pub socket: PathBuf,
+    /// Octal permission bits of the socket file, as a string ("0660").
+    pub socket_mode: String,
+    /// Extra uids allowed to run `mark`, `flush`, `reload`.
+    pub control_uids: Vec<u32>,
+}
+
+impl Default for StatusSection {
+    fn default() -> Self {
+        StatusSection {
+            socket: "var/run/neuroedge.sock".into(),
+            socket_mode: "0660".into(),
+            control_uids: Vec::new(),
+        }
+    }
+}
+
+/// `[metrics]`: optional Prometheus endpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// error | warn | info | debug | trace, or a tracing filter directive.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A loaded, validated configuration: the daemon file plus every device file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file this came from.
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    /// `daemon.node_id` or the host name.
+    pub node_id: String,
+    /// Absolute `devices_dir`.
+    pub devices_dir: PathBuf,
+    /// Every device file, enabled or not, sorted by file name.
+    pub devices: Vec<DeviceConfig>,
+}
+
+impl Config {
+    pub fn enabled_devices(&self) -> impl Iterator<Item = &DeviceConfig> {
+        self.devices.iter().filter(|d| d.enabled)
+    }
+}
+
+/// Resolve the config path: flag, then `$NEUROEDGE_CONFIG`, then the default.
+pub fn resolve_config_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("NEUROEDGE_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
+/// Load the daemon config and all device files, applying environment
+/// overrides from the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    load_with_env(path, &env)
+}
+
+/// Like [`load`], with an explicit environment (for tests).
+pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::single(Problem {
+            source: path.display().to_string(),
+            key: None,
+            line_col: None,
+            message: format!("cannot read config file: {e}"),
+            hint: Some("pass --config PATH or set NEUROEDGE_CONFIG".into()),
+        })
+    })?;
+    let src = SourceText::new(path, text);
+    // First pass straight from the text, so errors carry line:column.
+    let from_file: DaemonConfig = match toml::from_str(&src.text) {
+        Ok(c) => c,
+        Err(e) => return Err(ConfigError::single(src.problem_from_toml(&e))),
+    };
+    let mut daemon = match apply_env_overrides(&src.text, env) {
+        Ok(None) => from_file,
+        Ok(Some(c)) => c,
+        Err(p) => return Err(ConfigError::single(p)),
+    };
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    let base = std::fs::canonicalize(&base).unwrap_or(base);
+    resolve_paths(&mut daemon, &base);
+    validate_daemon(&daemon, &src, &mut problems);
+
+    let node_id = match &daemon.daemon.node_id {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown-node".into()),
+    };
+    let devices_dir = daemon.daemon.devices_dir.clone();
+    let devices = match load_devices_dir(&devices_dir) {
+        Ok(d) => d,
+        Err(mut e) => {
+            problems.append(&mut e.problems);
+            Vec::new()
+        }
+    };
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        daemon,
+        node_id,
+        devices_dir,
+        devices,
+    })
+}
+
+/// Join and remove `.` / `..` lexically, so messages show clean paths.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn resolve_paths(c: &mut DaemonConfig, base: &Path) {
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = normalize(&base.join(&*p));
+        }
+    };
+    fix(&mut c.daemon.devices_dir);
+    fix(&mut c.journal.path);
+    fix(&mut c.crypto.key_file);
+    c.crypto.previous_key_files.iter_mut().for_each(fix);
+    fix(&mut c.status.socket);
+    for p in [
+        &mut c.uplink.token_file,
+        &mut c.uplink.ca_file,
+        &mut c.uplink.client_cert,
+        &mut c.uplink.client_key,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        fix(p);
+    }
+}
+
+const SECTIONS: [&str; 7] = ["daemon", "journal", "crypto", "uplink", "status", "metrics", "log"];
+
+/// Apply `NEUROEDGE_<SECTION>_<KEY>` variables. Returns `Ok(None)` when none
+/// is set. String-typed keys take the value verbatim; others parse it as a
+/// TOML value (`true`, `4`, `[1000, 1001]`).
+fn apply_env_overrides(
+    text: &str,
+    env: &[(String, String)],
+) -> Result<Option<DaemonConfig>, Problem> {
+    let overrides: Vec<&(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("NEUROEDGE_") && k != "NEUROEDGE_CONFIG")
+        .collect();
+    if overrides.is_empty() {
+        return Ok(None);
+    }
+    let env_problem = |var: &str, key: Option<String>, message: String| Problem {
+        source: format!("environment variable {var}"),
+        key,
+        line_col: None,
+        message,
+        hint: Some("variables are NEUROEDGE_<SECTION>_<KEY>, e.g. NEUROEDGE_UPLINK_ENDPOINT".into()),
+    };
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| env_problem("(file)", None, e.to_string()))?;
+    let defaults = toml::Table::try_from(DaemonConfig::default())
+        .map_err(|e| env_problem("(defaults)", None, e.to_string()))?;
+    let mut names = Vec::new();
+    for (var, raw) in overrides {
+        let rest = &var["NEUROEDGE_".len()..];
+        let lower = rest.to_ascii_lowercase();
+        let Some((section, key)) = lower.split_once('_') else {
+            return Err(env_problem(var, None, "not of the form NEUROEDGE_<SECTION>_<KEY>".into()));
+        };
+        if !SECTIONS.contains(&section) {
+            return Err(env_problem(
+                var,
+                None,
+                format!("unknown section `{section}` (sections: {})", SECTIONS.join(", ")),
+            ));
+        }
+        let default = defaults.get(section).and_then(|s| s.get(key));
+        let value = match default {
+            Some(toml::Value::String(_)) | None => toml::Value::String(raw.clone()),
+            Some(_) => {
+                let parsed: Result<toml::Table, _> = toml::from_str(&format!("v = {raw}"));
+                match parsed.ok().and_then(|mut t| t.remove("v")) {
+                    Some(v) => v,
+                    None => toml::Value::String(raw.clone()),
+                }
+            }
+        };
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key.to_string(), value);
+            }
+            _ => return Err(env_problem(var, Some(section.into()), "section is not a table".into())),
+        }
+        names.push(var.clone());
+    }
+    DaemonConfig::deserialize(toml::Value::Table(table))
+        .map(Some)
+        .map_err(|e| Problem {
+            source: format!("environment variable(s) {}", names.join(", ")),
+            key: None,
+            line_col: None,
+            message: e.message().trim().to_string(),
+            hint: Some("fix or unset the variable; variables override the config file".into()),
+        })
+}
+
+fn validate_daemon(c: &DaemonConfig, src: &SourceText, out: &mut Vec<Problem>) {
+    let mut bad = |key: &str, msg: String, hint: &str| out.push(src.problem_at_key(key, msg, Some(hint)));
+    if c.daemon.site_id.trim().is_empty() {
+        bad("daemon.site_id", "must not be empty".into(), "name your lab or site, e.g. \"lab-3\"");
+    }
+    if let Some(n) = &c.daemon.node_id {
+        if n.trim().is_empty() {
+            bad("daemon.node_id", "must not be empty".into(), "remove the key to use the host name");
+        }
+    }
+    let bs = c.journal.batch_seconds;
+    if !(0.1..=60.0).contains(&bs) || !bs.is_finite() {
+        bad("journal.batch_seconds", format!("{bs} is out of range"), "use 0.1 to 60 seconds (default 1.0)");
+    }
+    if c.journal.max_bytes.0 < 1024 * 1024 {
+        bad("journal.max_bytes", format!("{} bytes is too small", c.journal.max_bytes.0), "use at least \"1MiB\" (default \"2GiB\")");
+    }
+    if parse_socket_mode(&c.status.socket_mode).is_none() {
+        bad(
+            "status.socket_mode",
+            format!("{:?} is not an octal permission", c.status.socket_mode),
+            "write it as a string of octal digits, e.g. \"0660\"",
+        );
+    }
+    if c.uplink.enabled && c.uplink.endpoint.as_deref().is_none_or(|e| e.trim().is_empty()) {
+        bad("uplink.endpoint", "uplink is enabled but has no endpoint".into(), "set endpoint = \"https://...\" or enabled = false");
+    }
+    if c.uplink.max_in_flight == 0 {
+        bad("uplink.max_in_flight", "must be at least 1".into(), "default is 4");
+    }
+    if c.uplink.backoff_initial.0 > c.uplink.backoff_max.0 {
+        bad("uplink.backoff_initial", "is larger than backoff_max".into(), "backoff_initial <= backoff_max");
+    }
+    if let Some(l) = &c.metrics.listen {
+        if l.parse::<std::net::SocketAddr>().is_err() {
+            bad("metrics.listen", format!("{l:?} is not an address"), "write e.g. \"127.0.0.1:9273\"");
+        }
+    }
+    if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
+        bad("log.level", format!("{:?} is not a log level", c.log.level), "use error, warn, info, debug or trace");
+    }
+}
+
+/// Parse an octal mode string such as "0660".
+pub fn parse_socket_mode(s: &str) -> Option<u32> {
+    let t = s.trim();
+    if t.is_empty() || t.len() > 4 {
+        return None;
+    }
+    u32::from_str_radix(t, 8).ok().filter(|m| *m <= 0o777)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const SYNTH: &str = "id = \"synth\"\ndriver = \"synthetic\"\nenabled = true\n";
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = write(d.path(), "neuroedge.toml", "[daemon]\nsite_id = \"lab\"\n");
+        write(d.path(), "devices/synthetic.toml", SYNTH);
+        let c = load_with_env(&cfg, &[]).unwrap();
+        assert_eq!(c.daemon.daemon.site_id, "lab");
+        let base = std::fs::canonicalize(d.path()).unwrap();
+        assert_eq!(c.daemon.journal.path, base.join("var/journal.db"));
+        assert_eq!(c.devices.len(), 1);
+        assert_eq!(c.daemon.journal.batch_seconds, 1.0);
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = write(d.path(), "neuroedge.toml", "[journal]\nbatch_seconds = 1.0\nmax_bites = \"1GiB\"\n");
+        write(d.path(), "devices/synthetic.toml", SYNTH);
+        let e = load_with_env(&cfg, &[]).unwrap_err();
+        let p = &e.problems[0];
+        assert!(p.source.ends_with("neuroedge.toml"));
+        assert_eq!(p.key.as_deref(), Some("journal.max_bites"));
+        assert_eq!(p.line_col, Some((3, 1)));
+        assert!(p.message.contains("unknown field"), "{}", p.message);
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = write(d.path(), "neuroedge.toml", "[journal]\nbatch_seconds = \"one\"\n");
+        write(d.path(), "devices/synthetic.toml", SYNTH);
+        let e = load_with_env(&cfg, &[]).unwrap_err();
+        assert_eq!(e.problems[0].key.as_deref(), Some("journal.batch_seconds"));
+        assert_eq!(e.problems[0].line_col.map(|l| l.0), Some(2));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = write(d.path(), "neuroedge.toml", "[uplink]\nendpoint = \"https://a\"\n");
+        write(d.path(), "devices/synthetic.toml", SYNTH);
+        let env = vec![
+            ("NEUROEDGE_UPLINK_ENDPOINT".to_string(), "https://b".to_string()),
+            ("NEUROEDGE_JOURNAL_BATCH_SECONDS".to_string(), "2.5".to_string()),
+            ("NEUROEDGE_DAEMON_NODE_ID".to_string(), "123".to_string()),
+            ("NEUROEDGE_CONFIG".to_string(), "ignored".to_string()),
+        ];
+        let c = load_with_env(&cfg, &env).unwrap();
+        assert_eq!(c.daemon.uplink.endpoint.as_deref(), Some("https://b"));
+        assert_eq!(c.daemon.journal.batch_seconds, 2.5);
+        assert_eq!(c.node_id, "123");
+        let bad = vec![("NEUROEDGE_JOURNAL_BATCH_SECONDS".to_string(), "x".to_string())];
+        let e = load_with_env(&cfg, &bad).unwrap_err();
+        assert!(e.problems[0].source.contains("NEUROEDGE_JOURNAL_BATCH_SECONDS"));
+        let bad = vec![("NEUROEDGE_NOPE_X".to_string(), "1".to_string())];
+        assert!(load_with_env(&cfg, &bad).is_err());
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = write(
+            d.path(),
+            "neuroedge.toml",
+            "[journal]\nbatch_seconds = 0.0\n[status]\nsocket_mode = \"rw\"\n",
+        );
+        write(d.path(), "devices/synthetic.toml", SYNTH);
+        let e = load_with_env(&cfg, &[]).unwrap_err();
+        let keys: Vec<_> = e.problems.iter().filter_map(|p| p.key.clone()).collect();
+        assert!(keys.contains(&"journal.batch_seconds".to_string()));
+        assert!(keys.contains(&"status.socket_mode".to_string()));
+    }
+
+    #[test]
+    fn socket_mode_parse() {
+        assert_eq!(parse_socket_mode("0660"), Some(0o660));
+        assert_eq!(parse_socket_mode("600"), Some(0o600));
+        assert_eq!(parse_socket_mode("0999"), None);
+        assert_eq!(parse_socket_mode("77777"), None);
+    }
+}

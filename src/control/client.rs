@@ -1,0 +1,110 @@
+//! `neuroedge status`: ask the socket, print a summary or the raw JSON.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {path}: {source} (is the daemon running? `systemctl status neuroedge`, or pass --socket)")]
+    Connect { path: String, source: std::io::Error },
+    #[error("status socket {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("the daemon sent a reply that is not JSON: {0}")]
+    Reply(String),
+}
+
+/// Send one request line and read one JSON reply.
+pub fn request(socket: &Path, line: &str) -> Result<Value, ClientError> {
+    let path = socket.display().to_string();
+    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: path.clone(), source })?;
+    let io = |source| ClientError::Io { path: path.clone(), source };
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    s.write_all(format!("{}\n", line.trim_end()).as_bytes()).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply).map_err(io)?;
+    serde_json::from_str(&reply).map_err(|e| ClientError::Reply(format!("{e}: {:?}", reply.chars().take(200).collect::<String>())))
+}
+
+fn num(v: &Value, k: &str) -> f64 {
+    v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+fn human_bytes(b: f64) -> String {
+    bytesize::ByteSize(b.max(0.0) as u64).to_string_as(true)
+}
+
+/// A technician-readable summary of a `status` reply.
+pub fn render(status: &Value) -> String {
+    let mut out = String::new();
+    let s = |k: &str| status.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    out += &format!(
+        "neuroedge {} on node {} (site {}), up {:.0} s\n\n",
+        s("version"),
+        s("node_id"),
+        s("site_id"),
+        num(status, "uptime_s")
+    );
+    out += &format!(
+        "{:<16} {:<14} {:<12} {:>8} {:>10} {:>12} {:>8} {:>6} {:>9}\n",
+        "DEVICE", "DRIVER", "STATE", "RATE", "SAMPLES/S", "SAMPLES", "DROPPED", "GAPS", "LAST"
+    );
+    for d in status.get("devices").and_then(Value::as_array).into_iter().flatten() {
+        let t = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+        let age = d.get("last_sample_age_s").and_then(Value::as_f64).map_or("-".into(), |a| format!("{a:.2}s"));
+        out += &format!(
+            "{:<16} {:<14} {:<12} {:>6.0}Hz {:>10.1} {:>12} {:>8} {:>6} {:>9}\n",
+            t("id"),
+            t("driver"),
+            t("state"),
+            num(d, "sample_rate"),
+            num(d, "samples_per_s"),
+            num(d, "samples_total") as u64,
+            num(d, "dropped_samples") as u64,
+            num(d, "gaps") as u64,
+            age
+        );
+        if let Some(q) = d.get("quality").and_then(Value::as_array).filter(|q| !q.is_empty()) {
+            let compact: Vec<String> = q
+                .iter()
+                .map(|c| {
+                    let st = c.get("state").and_then(Value::as_str).unwrap_or("?");
+                    format!("{}:{}", c.get("channel").and_then(Value::as_str).unwrap_or("?"), st)
+                })
+                .collect();
+            out += &format!("    quality {}\n", compact.join(" "));
+        }
+        if let Some(e) = d.get("last_error").and_then(Value::as_str) {
+            out += &format!("    last error: {e}\n");
+        }
+    }
+    if let Some(j) = status.get("journal") {
+        let oldest = j.get("oldest_pending_age_s").and_then(Value::as_f64).map_or("-".into(), |a| format!("{a:.0} s"));
+        out += &format!(
+            "\njournal  {} pending ({}), oldest {}; {} of {} used; {} evicted; {}\n",
+            num(j, "pending_batches") as u64,
+            human_bytes(num(j, "pending_bytes")),
+            oldest,
+            human_bytes(num(j, "total_bytes")),
+            human_bytes(num(j, "max_bytes")),
+            num(j, "evicted_batches") as u64,
+            j.get("state").and_then(Value::as_str).unwrap_or("?"),
+        );
+        if let Some(e) = j.get("last_error").and_then(Value::as_str) {
+            if j.get("state").and_then(Value::as_str) != Some("ok") {
+                out += &format!("    last error: {e}\n");
+            }
+        }
+    }
+    if let Some(u) = status.get("uplink") {
+        out += &format!(
+            "uplink   {}; {} uploaded, {} quarantined\n",
+            u.get("state").and_then(Value::as_str).unwrap_or("?"),
+            num(u, "uploaded_batches") as u64,
+            num(u, "quarantined_batches") as u64
+        );
+    }
+    out
+}

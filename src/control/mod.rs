@@ -1,0 +1,134 @@
+//! The local status socket (contract §5): one request line in, one JSON
+//! line out. Reads shared counters only; never blocks the data path.
+
+pub mod client;
+pub mod protocol;
+pub mod status;
+
+pub use status::DaemonState;
+
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Longest request line accepted; longer ones get an error reply.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Concurrent connections served; more wait for a free slot.
+const MAX_CONNECTIONS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("status socket {path}: another neuroedge is already answering there; stop it or set [status] socket to another path")]
+    InUse { path: PathBuf },
+    #[error("status socket {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Bind the socket race-free: bind inside a fresh private folder (0700),
+/// set the mode, then rename into place (which also replaces a stale file).
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
+    let io = |source| SocketError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(SocketError::InUse { path: path.to_path_buf() });
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(io)?;
+    let private = parent.join(format!(".neuroedge-sock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private).map_err(io)?;
+    let tmp = private.join("s");
+    let result = (|| {
+        let l = std::os::unix::net::UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, path)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    let l = result.map_err(io)?;
+    UnixListener::from_std(l).map_err(io)
+}
+
+/// Serve until `shutdown` completes.
+pub async fn serve(listener: UnixListener, state: Arc<DaemonState>, shutdown: impl Future<Output = ()>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(stream, state).await {
+                            tracing::debug!(error = %e, "status connection ended with an error");
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "status socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Read one line of at most MAX_LINE bytes. Returns None at end of stream;
+/// Some(Err(len)) when the line was too long (and has been skipped).
+async fn read_line(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>, buf: &mut Vec<u8>) -> std::io::Result<Option<Result<(), usize>>> {
+    buf.clear();
+    let mut skipped = 0usize;
+    loop {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(if buf.is_empty() && skipped == 0 { None } else if skipped > 0 { Some(Err(skipped)) } else { Some(Ok(())) });
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        if skipped == 0 && buf.len() + take <= MAX_LINE + 1 {
+            buf.extend_from_slice(&chunk[..take]);
+        } else {
+            skipped += buf.len() + take;
+            buf.clear();
+        }
+        r.consume(take);
+        if done {
+            return Ok(Some(if skipped > 0 { Err(skipped) } else { Ok(()) }));
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, state: Arc<DaemonState>) -> std::io::Result<()> {
+    let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(8192, rd);
+    let mut buf = Vec::with_capacity(256);
+    while let Some(line) = read_line(&mut rd, &mut buf).await? {
+        let reply = match line {
+            Err(len) => protocol::error_reply(
+                &format!("request too long ({len} bytes; the limit is {MAX_LINE})"),
+                "send one short command per line, e.g. `status`",
+            ),
+            Ok(()) => match protocol::parse(&buf) {
+                Ok(None) => continue,
+                Ok(Some(req)) => state.answer(&req, peer_uid),
+                Err(e) => protocol::error_reply(&e.message, &e.hint),
+            },
+        };
+        let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
+        out.push(b'\n');
+        wr.write_all(&out).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,549 @@
+//! The journal writer thread: owns the SQLite connection, seals batches
+//! (seq is assigned here, at commit, so it stays gapless), enforces the
+//! quota, and survives a full disk.
+//!
+//! Failure model: a commit that fails (SQLITE_FULL, SQLITE_IOERR, ...) is
+//! rolled back as a whole; its batches stay in memory, unsealed, in a bounded
+//! queue, and the commit is retried with backoff until it succeeds. While
+//! retrying, `health` reports the journal `degraded`. When the queue is full
+//! the writer stops taking batches, and the processing threads drop new ones
+//! as counted gaps rather than block.
+
+use super::{insert_audit, AuditEvent, DeviceCursor, Journal, JournalShared};
+use crate::batch::{seal, BatchData, Gap, GapCause, SealParams};
+use crate::config::WhenFull;
+use crate::crypto::Keyring;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use rusqlite::{params, OptionalExtension};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Batches per transaction: group commit when a backlog has built up.
+const MAX_PER_TX: usize = 64;
+/// Queue between processing threads and the writer.
+const CHANNEL_BATCHES: usize = 64;
+const RETRY_INITIAL: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(15);
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
+/// How long shutdown keeps retrying a failing commit before giving up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Settings of the writer.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub site_id: String,
+    pub node_id: String,
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+    pub retain_uploaded: Duration,
+    /// Bound of the in-memory queue of unsealed batches (bytes).
+    pub max_queue_bytes: u64,
+    pub compress: bool,
+}
+
+/// Sending side, cloned into every device.
+#[derive(Clone)]
+pub struct JournalTx {
+    batches: Sender<BatchData>,
+    audits: Sender<AuditEvent>,
+    shared: Arc<JournalShared>,
+}
+
+impl JournalTx {
+    /// Queue a batch without waiting; gives it back when the queue is full.
+    pub fn try_send_batch(&self, b: BatchData) -> Result<(), BatchData> {
+        self.batches.try_send(b).map_err(|e| match e {
+            TrySendError::Full(b) | TrySendError::Disconnected(b) => b,
+        })
+    }
+
+    /// Queue an audit record; never waits (a full audit queue is logged).
+    pub fn audit(&self, ev: AuditEvent) {
+        if self.audits.try_send(ev).is_err() {
+            tracing::warn!("audit queue full: an audit record was not written");
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<JournalShared> {
+        &self.shared
+    }
+}
+
+/// The running writer.
+pub struct WriterHandle {
+    tx: JournalTx,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl WriterHandle {
+    pub fn sender(&self) -> JournalTx {
+        self.tx.clone()
+    }
+
+    /// Commit everything queued, write the closing audit record, checkpoint
+    /// and close. Call after every device has stopped.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.thread.join();
+    }
+}
+
+/// Start the writer thread on an open journal.
+pub fn spawn_writer(journal: Journal, keyring: Arc<Keyring>, cfg: WriterConfig) -> Result<WriterHandle, super::JournalError> {
+    let cursors = journal.cursors()?;
+    let mut status = journal.load_status(cfg.max_bytes)?;
+    let shared = Arc::new(JournalShared::default());
+    status.state = "ok".into();
+    let total_bytes = status.total_bytes;
+    let pending = (status.pending_batches, status.pending_bytes);
+    shared.update(|s| *s = status);
+    let (btx, brx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
+    let (atx, arx) = crossbeam_channel::bounded(4096);
+    let tx = JournalTx {
+        batches: btx,
+        audits: atx,
+        shared: shared.clone(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut w = Writer {
+        journal,
+        keyring,
+        cfg,
+        cursors,
+        queue: VecDeque::new(),
+        queue_bytes: 0,
+        audits: Vec::new(),
+        carry_gaps: HashMap::new(),
+        total_bytes,
+        pending,
+        shared,
+        failing: None,
+        brx,
+        arx,
+        stop: stop.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("journal".into())
+        .spawn(move || w.run())
+        .map_err(|source| super::JournalError::Io {
+            path: std::path::PathBuf::from("journal writer thread"),
+            source,
+        })?;
+    Ok(WriterHandle { tx, stop, thread })
+}
+
+/// Approximate memory held by an unsealed batch.
+fn batch_bytes(b: &BatchData) -> u64 {
+    (b.timestamps.len() * 8 + b.raw.len() * 4 + b.filtered.len() * 4 + 256) as u64
+}
+
+struct Failing {
+    retry_at: Instant,
+    backoff: Duration,
+    since: Instant,
+}
+
+enum Outcome {
+    Committed,
+    Refused,
+}
+
+struct Evicted {
+    batch_id: String,
+    device_id: String,
+    seq: i64,
+    n_samples: i64,
+    size: i64,
+    state: String,
+}
+
+struct Writer {
+    journal: Journal,
+    keyring: Arc<Keyring>,
+    cfg: WriterConfig,
+    cursors: HashMap<String, DeviceCursor>,
+    queue: VecDeque<BatchData>,
+    queue_bytes: u64,
+    audits: Vec<AuditEvent>,
+    /// Gap to prepend to a device's next batch after one was refused.
+    carry_gaps: HashMap<String, Gap>,
+    total_bytes: u64,
+    /// (count, bytes) of pending rows.
+    pending: (u64, u64),
+    shared: Arc<JournalShared>,
+    failing: Option<Failing>,
+    brx: Receiver<BatchData>,
+    arx: Receiver<AuditEvent>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(&mut self) {
+        let mut last_maintenance = Instant::now();
+        let mut stopping_since: Option<Instant> = None;
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            if stopping && stopping_since.is_none() {
+                stopping_since = Some(Instant::now());
+            }
+            self.receive(stopping);
+            while let Ok(ev) = self.arx.try_recv() {
+                self.audits.push(ev);
+            }
+            let may_try = self.failing.as_ref().is_none_or(|f| Instant::now() >= f.retry_at);
+            if may_try && (!self.queue.is_empty() || !self.audits.is_empty()) {
+                self.commit_all();
+            }
+            if last_maintenance.elapsed() >= MAINTENANCE_EVERY && self.failing.is_none() {
+                self.maintenance();
+                last_maintenance = Instant::now();
+            }
+            self.publish_queue_len();
+            if let Some(since) = stopping_since {
+                let drained = self.queue.is_empty() && self.brx.is_empty();
+                if drained || since.elapsed() > SHUTDOWN_GRACE {
+                    if !drained {
+                        tracing::error!(
+                            batches = self.queue.len() + self.brx.len(),
+                            "journal still failing at shutdown: these batches were never committed and are lost"
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        self.close();
+    }
+
+    /// Take batches from the channel: wait when idle, never beyond the
+    /// memory bound (except at shutdown, when nothing new arrives).
+    fn receive(&mut self, stopping: bool) {
+        let room = |w: &Writer| stopping || w.queue_bytes < w.cfg.max_queue_bytes;
+        let wait = match &self.failing {
+            Some(f) => f.retry_at.saturating_duration_since(Instant::now()).min(Duration::from_millis(200)),
+            None if self.queue.is_empty() && !stopping => Duration::from_millis(200),
+            None => Duration::ZERO,
+        };
+        if room(self) {
+            match self.brx.recv_timeout(wait) {
+                Ok(b) => self.enqueue(b),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+            }
+        } else {
+            std::thread::sleep(wait);
+        }
+        while room(self) {
+            match self.brx.try_recv() {
+                Ok(b) => self.enqueue(b),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn enqueue(&mut self, mut b: BatchData) {
+        if let Some(g) = self.carry_gaps.remove(&b.device_id) {
+            b.gaps.insert(0, Gap { before_sample: b.first_sample, ..g });
+        }
+        self.queue_bytes += batch_bytes(&b);
+        self.queue.push_back(b);
+    }
+
+    fn publish_queue_len(&self) {
+        let q = (self.queue.len() + self.brx.len()) as u64;
+        self.shared.update(|s| s.queued_batches = q);
+    }
+
+    fn commit_all(&mut self) {
+        loop {
+            match self.try_commit() {
+                Ok(()) => {
+                    if let Some(f) = self.failing.take() {
+                        tracing::info!(after_s = f.since.elapsed().as_secs(), "journal writes recovered");
+                        self.audits.push(AuditEvent::new(
+                            "journal_recovered",
+                            None,
+                            serde_json::json!({"failing_for_s": f.since.elapsed().as_secs_f64()}),
+                        ));
+                        self.shared.update(|s| {
+                            s.state = "ok".into();
+                        });
+                    }
+                    if self.queue.is_empty() && self.audits.is_empty() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let storage = super::is_storage_error(&e);
+                    let msg = e.to_string();
+                    let now = Instant::now();
+                    let f = match self.failing.take() {
+                        None => {
+                            tracing::warn!(error = %msg, storage, queued = self.queue.len(), "journal write failed; batches kept in memory and retried");
+                            Failing {
+                                retry_at: now + RETRY_INITIAL,
+                                backoff: RETRY_INITIAL,
+                                since: now,
+                            }
+                        }
+                        Some(f) => {
+                            tracing::debug!(error = %msg, "journal write still failing");
+                            let backoff = (f.backoff * 2).min(RETRY_MAX);
+                            Failing {
+                                retry_at: now + backoff,
+                                backoff,
+                                since: f.since,
+                            }
+                        }
+                    };
+                    self.failing = Some(f);
+                    self.shared.update(|s| {
+                        s.state = "degraded".into();
+                        s.write_errors += 1;
+                        s.last_error = Some(msg);
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One transaction: pending audit records plus up to MAX_PER_TX batches.
+    /// In-memory state changes only after the commit succeeded.
+    fn try_commit(&mut self) -> rusqlite::Result<()> {
+        let n = self.queue.len().min(MAX_PER_TX);
+        let mut cursors: HashMap<String, DeviceCursor> = HashMap::new();
+        let mut total = self.total_bytes;
+        let mut outcomes = Vec::with_capacity(n);
+        let mut evicted: Vec<Evicted> = Vec::new();
+        let mut added = (0u64, 0u64);
+        let mut audit_rows: Vec<AuditEvent> = Vec::new();
+        let now = crate::clock::wall_unix();
+        let tx = self
+            .journal
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for ev in &self.audits {
+            insert_audit(&tx, ev)?;
+        }
+        for b in self.queue.iter().take(n) {
+            let cur = *cursors
+                .entry(b.device_id.clone())
+                .or_insert_with(|| self.cursors.get(&b.device_id).copied().unwrap_or_default());
+            let params_ = SealParams {
+                batch_id: uuid::Uuid::now_v7().to_string(),
+                site_id: &self.cfg.site_id,
+                node_id: &self.cfg.node_id,
+                seq: cur.next_seq,
+                created_at: now,
+                compress: self.cfg.compress,
+            };
+            let (env, header) = match seal(self.keyring.current(), &params_, b) {
+                Ok(x) => x,
+                Err(e) => {
+                    // Only an impossible size makes sealing fail; refuse
+                    // the batch loudly rather than retry forever.
+                    tracing::error!(device = %b.device_id, error = %e, "cannot seal batch; it is dropped");
+                    audit_rows.push(AuditEvent::new("refused", Some(&b.device_id), serde_json::json!({"reason": e.to_string(), "n_samples": b.n_samples()})));
+                    outcomes.push(Outcome::Refused);
+                    continue;
+                }
+            };
+            let size = env.len() as u64;
+            while total + size > self.cfg.max_bytes {
+                match evict_one(&tx, self.cfg.when_full)? {
+                    Some(ev) => {
+                        total -= ev.size as u64;
+                        evicted.push(ev);
+                    }
+                    None => break,
+                }
+            }
+            if total + size > self.cfg.max_bytes {
+                audit_rows.push(AuditEvent::new(
+                    "refused",
+                    Some(&b.device_id),
+                    serde_json::json!({"reason": "journal full (when_full = drop_newest)", "first_sample": b.first_sample, "n_samples": b.n_samples()}),
+                ));
+                outcomes.push(Outcome::Refused);
+                continue;
+            }
+            tx.execute(
+                "INSERT INTO batches (batch_id, device_id, seq, first_sample, n_samples, t_start, t_end, key_id, created_at, size, envelope)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    header.batch_id,
+                    header.device_id,
+                    header.seq as i64,
+                    header.first_sample as i64,
+                    header.n_samples as i64,
+                    header.t_start,
+                    header.t_end,
+                    header.key_id,
+                    header.created_at,
+                    size as i64,
+                    env
+                ],
+            )?;
+            let next = DeviceCursor {
+                next_seq: cur.next_seq + 1,
+                next_sample: b.end_sample(),
+            };
+            tx.execute(
+                "INSERT INTO devices (device_id, next_seq, next_sample) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (device_id) DO UPDATE SET next_seq = excluded.next_seq, next_sample = excluded.next_sample",
+                params![b.device_id, next.next_seq as i64, next.next_sample as i64],
+            )?;
+            cursors.insert(b.device_id.clone(), next);
+            total += size;
+            added.0 += 1;
+            added.1 += size;
+            outcomes.push(Outcome::Committed);
+        }
+        for e in &evicted {
+            audit_rows.push(AuditEvent::new(
+                "evicted",
+                Some(&e.device_id),
+                serde_json::json!({"batch_id": e.batch_id, "seq": e.seq, "n_samples": e.n_samples, "state": e.state, "bytes": e.size, "reason": "journal.max_bytes"}),
+            ));
+        }
+        for ev in &audit_rows {
+            insert_audit(&tx, ev)?;
+        }
+        tx.commit()?;
+
+        // Committed: apply to memory.
+        self.audits.clear();
+        self.cursors.extend(cursors);
+        self.total_bytes = total;
+        let mut evicted_pending = (0u64, 0u64);
+        for e in &evicted {
+            if e.state == "pending" {
+                evicted_pending.0 += 1;
+                evicted_pending.1 += e.size as u64;
+            }
+            let what = if e.state == "uploaded" { "uploaded batch deleted for space" } else { "UNSENT batch evicted for space (when_full = drop_oldest)" };
+            if e.state == "uploaded" {
+                tracing::info!(device = %e.device_id, seq = e.seq, "{what}");
+            } else {
+                tracing::error!(device = %e.device_id, seq = e.seq, samples = e.n_samples, "{what}");
+            }
+        }
+        let evicted_unsent = evicted.iter().filter(|e| e.state != "uploaded").count() as u64;
+        let mut refused = 0u64;
+        for o in outcomes {
+            let Some(b) = self.queue.pop_front() else { break };
+            self.queue_bytes = self.queue_bytes.saturating_sub(batch_bytes(&b));
+            if let Outcome::Refused = o {
+                refused += 1;
+                tracing::error!(device = %b.device_id, samples = b.n_samples(), "journal full: new batch refused (when_full = drop_newest)");
+                let start = b.first_sample - b.gaps.iter().filter(|g| g.before_sample == b.first_sample).map(|g| g.missing).sum::<u64>();
+                let gap = Gap {
+                    before_sample: b.end_sample(),
+                    missing: b.end_sample() - start,
+                    cause: GapCause::Journal,
+                };
+                match self.queue.iter_mut().find(|n| n.device_id == b.device_id) {
+                    Some(next) => next.gaps.insert(0, Gap { before_sample: next.first_sample, ..gap }),
+                    None => {
+                        self.carry_gaps.insert(b.device_id.clone(), gap);
+                    }
+                }
+            }
+        }
+        self.pending.0 = (self.pending.0 + added.0).saturating_sub(evicted_pending.0);
+        self.pending.1 = (self.pending.1 + added.1).saturating_sub(evicted_pending.1);
+        let oldest = if evicted_pending.0 > 0 || added.0 > 0 {
+            self.journal.oldest_pending_created_at().ok().flatten()
+        } else {
+            self.shared.snapshot().oldest_pending_created_at
+        };
+        let (pending, total_bytes, committed) = (self.pending, self.total_bytes, added.0);
+        self.shared.update(|s| {
+            s.pending_batches = pending.0;
+            s.pending_bytes = pending.1;
+            s.total_bytes = total_bytes;
+            s.oldest_pending_created_at = oldest;
+            s.evicted_batches += evicted_unsent;
+            s.refused_batches += refused;
+            s.committed_batches += committed;
+        });
+        Ok(())
+    }
+
+    /// Delete uploaded batches whose retention has passed.
+    fn maintenance(&mut self) {
+        let cutoff = crate::clock::wall_unix() - self.cfg.retain_uploaded.as_secs_f64();
+        let r: rusqlite::Result<Vec<i64>> = (|| {
+            let mut st = self
+                .journal
+                .conn
+                .prepare("DELETE FROM batches WHERE state = 'uploaded' AND uploaded_at < ?1 RETURNING size")?;
+            let rows = st.query_map([cutoff], |r| r.get(0))?;
+            rows.collect()
+        })();
+        match r {
+            Ok(sizes) if !sizes.is_empty() => {
+                let freed: i64 = sizes.iter().sum();
+                self.total_bytes = self.total_bytes.saturating_sub(freed as u64);
+                let t = self.total_bytes;
+                self.shared.update(|s| s.total_bytes = t);
+                tracing::info!(batches = sizes.len(), bytes = freed, "deleted uploaded batches past retain_uploaded");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention cleanup failed; will retry"),
+        }
+    }
+
+    fn close(&mut self) {
+        let ev = AuditEvent::new("journal_closed", None, serde_json::json!({"committed_total_bytes": self.total_bytes}));
+        self.audits.push(ev);
+        while let Ok(ev) = self.arx.try_recv() {
+            self.audits.push(ev);
+        }
+        for ev in std::mem::take(&mut self.audits) {
+            if let Err(e) = self.journal.audit(&ev) {
+                tracing::warn!(error = %e, event = %ev.event, "could not write audit record at shutdown");
+            }
+        }
+        if let Err(e) = self.journal.checkpoint() {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed (the WAL is replayed on next open)");
+        }
+    }
+}
+
+/// Delete one batch to make room: the oldest uploaded one, else (with
+/// drop_oldest) the oldest unsent one.
+fn evict_one(tx: &rusqlite::Transaction<'_>, when_full: WhenFull) -> rusqlite::Result<Option<Evicted>> {
+    let pick = |sql: &str| {
+        tx.query_row(sql, [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                Evicted {
+                    batch_id: r.get(1)?,
+                    device_id: r.get(2)?,
+                    seq: r.get(3)?,
+                    n_samples: r.get(4)?,
+                    size: r.get(5)?,
+                    state: r.get(6)?,
+                },
+            ))
+        })
+        .optional()
+    };
+    const COLS: &str = "id, batch_id, device_id, seq, n_samples, size, state";
+    let mut victim = pick(&format!("SELECT {COLS} FROM batches WHERE state = 'uploaded' ORDER BY id LIMIT 1"))?;
+    if victim.is_none() && when_full == WhenFull::DropOldest {
+        victim = pick(&format!("SELECT {COLS} FROM batches WHERE state <> 'uploaded' ORDER BY id LIMIT 1"))?;
+    }
+    match victim {
+        Some((id, ev)) => {
+            tx.execute("DELETE FROM batches WHERE id = ?1", [id])?;
+            Ok(Some(ev))
+        }
+        None => Ok(None),
+    }
+}

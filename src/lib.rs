@@ -1,0 +1,17 @@
+//! neuroedge: an acquisition daemon for EEG / brain-computer-interface
+//! hardware. Devices -> lock-free ring -> DSP -> sealed SQLite journal ->
+//! HTTPS uplink, with a local status socket.
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod crypto;
+pub mod daemon;
+pub mod journal;
+pub mod logging;
+pub mod pipeline;
+pub mod ring;
+pub mod source;
+pub mod state;

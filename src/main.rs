@@ -1,0 +1,318 @@
+//! The `neuroedge` command line. Exit codes: 0 ok, 1 runtime failure,
+//! 2 usage or config error.
+
+use clap::{Args, Parser, Subcommand};
+use neuroedge::config::{self, Config};
+use neuroedge::control::client;
+use neuroedge::crypto;
+use neuroedge::daemon;
+use neuroedge::journal::{inspect, Journal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "neuroedge", version, about = "EEG acquisition daemon: devices -> DSP -> sealed journal -> uplink")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// Daemon config file [default: $NEUROEDGE_CONFIG, then /etc/neuroedge/neuroedge.toml]
+    #[arg(long, short = 'c', value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (systemd runs this).
+    Run(ConfigArg),
+    /// Show the running daemon's status.
+    Status {
+        /// Status socket [default: the config's status.socket]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the raw JSON reply.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Validate the daemon config and every device file; exit 0 or 2.
+    CheckConfig(ConfigArg),
+    /// Write a new 256-bit batch key (mode 0600).
+    Keygen {
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Inspect the journal.
+    Journal {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Journal file [default: the config's journal.path]
+        #[arg(long, value_name = "PATH", global = true)]
+        journal: Option<PathBuf>,
+        /// Key file(s) to open batches [default: the config's keys]
+        #[arg(long = "key", value_name = "PATH", global = true)]
+        keys: Vec<PathBuf>,
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Counts, sizes and per-device seq ranges.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Integrity check, open every batch, check seq continuity.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List batches (oldest first).
+    List {
+        #[arg(long)]
+        device: Option<String>,
+        /// pending | uploaded | quarantined
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decrypt one batch and print it as JSON.
+    Decrypt {
+        #[arg(long, conflicts_with_all = ["device", "seq"])]
+        batch_id: Option<String>,
+        #[arg(long, requires = "seq")]
+        device: Option<String>,
+        #[arg(long, requires = "device")]
+        seq: Option<u64>,
+    },
+}
+
+/// An error with its exit code.
+struct Fail(u8, String);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(1, e.to_string())
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Fail {
+    Fail(2, msg.into())
+}
+
+fn load_config(arg: &ConfigArg) -> Result<Config, Fail> {
+    let path = config::resolve_config_path(arg.config.as_deref());
+    config::load(&path).map_err(|e| usage(format!("config error:\n{e}")))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, msg)) => {
+            eprintln!("neuroedge: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn dispatch(cmd: Command) -> Result<(), Fail> {
+    match cmd {
+        Command::Version => {
+            println!("neuroedge {}", daemon::VERSION);
+            Ok(())
+        }
+        Command::Run(c) => {
+            let cfg = load_config(&c)?;
+            neuroedge::logging::init(&cfg.daemon.log.level, cfg.daemon.log.format);
+            daemon::run(cfg).map_err(|e| {
+                tracing::error!(error = %e, "neuroedge cannot run");
+                Fail(1, e.to_string())
+            })
+        }
+        Command::CheckConfig(c) => {
+            let cfg = load_config(&c)?;
+            println!("{}: ok", cfg.path.display());
+            for d in &cfg.devices {
+                let state = if d.enabled { "enabled" } else { "disabled" };
+                println!("  {} ({}, {state}): {}", d.id, d.driver.name(), d.file.display());
+            }
+            if let Err(e) = daemon::load_keyring(&cfg) {
+                if !matches!(e, crypto::KeyError::Missing { .. } if cfg.daemon.crypto.generate_if_missing) {
+                    return Err(usage(format!("config error:\n{e}")));
+                }
+            }
+            Ok(())
+        }
+        Command::Keygen { out } => {
+            let k = crypto::generate_key_file(&out).map_err(|e| usage(e.to_string()))?;
+            println!("wrote {} (key_id {}); keep a backup: batches sealed with it cannot be read without it", out.display(), k.id());
+            Ok(())
+        }
+        Command::Status { socket, config, json, watch } => status(socket, &config, json, watch),
+        Command::Journal { config, journal, keys, command } => journal_cmd(&config, journal, keys, command),
+    }
+}
+
+fn status(socket: Option<PathBuf>, config: &ConfigArg, json: bool, watch: bool) -> Result<(), Fail> {
+    let socket = match socket {
+        Some(s) => s,
+        None => load_config(config)
+            .map_err(|Fail(c, m)| Fail(c, format!("{m}\n(or pass --socket PATH)")))?
+            .daemon
+            .status
+            .socket,
+    };
+    loop {
+        let reply = client::request(&socket, "status")?;
+        if watch {
+            print!("\x1b[2J\x1b[H");
+        }
+        if json {
+            println!("{reply}");
+        } else {
+            print!("{}", client::render(&reply));
+        }
+        if !watch {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+fn open_keyring(cfg: Option<&Config>, keys: &[PathBuf]) -> Result<crypto::Keyring, Fail> {
+    let mut files: Vec<PathBuf> = keys.to_vec();
+    if files.is_empty() {
+        let Some(cfg) = cfg else {
+            return Err(usage("no key: pass --key FILE or --config"));
+        };
+        files.push(cfg.daemon.crypto.key_file.clone());
+        files.extend(cfg.daemon.crypto.previous_key_files.iter().cloned());
+    }
+    let mut ring: Option<crypto::Keyring> = None;
+    for f in files {
+        let k = crypto::load_key_file(&f).map_err(|e| usage(e.to_string()))?;
+        match ring.as_mut() {
+            None => ring = Some(crypto::Keyring::new(k)),
+            Some(r) => r.add(k),
+        }
+    }
+    ring.ok_or_else(|| usage("no key file given"))
+}
+
+fn journal_cmd(config: &ConfigArg, journal: Option<PathBuf>, keys: Vec<PathBuf>, cmd: JournalCommand) -> Result<(), Fail> {
+    let needs_cfg = journal.is_none() || (keys.is_empty() && matches!(cmd, JournalCommand::Verify { .. } | JournalCommand::Decrypt { .. }));
+    let cfg = if needs_cfg { Some(load_config(config)?) } else { None };
+    let path = journal.unwrap_or_else(|| cfg.as_ref().map(|c| c.daemon.journal.path.clone()).unwrap_or_default());
+    if !Path::new(&path).exists() {
+        return Err(Fail(1, format!("journal {} does not exist (has the daemon run yet?)", path.display())));
+    }
+    let j = Journal::open_readonly(&path)?;
+    match cmd {
+        JournalCommand::Stats { json } => {
+            let s = inspect::stats(&j)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("journal {} (schema v{})", s.path, s.schema_version);
+                println!(
+                    "  {} batches, {} bytes sealed, file {} bytes; {} pending, {} uploaded, {} quarantined; {} evicted; {} audit records",
+                    s.batches, s.batch_bytes, s.file_bytes, s.pending_batches, s.uploaded_batches, s.quarantined_batches, s.evicted_batches, s.audit_records
+                );
+                for d in &s.devices {
+                    println!(
+                        "  {}: {} batches, seq {}..{} (next {}), {} samples, {} pending",
+                        d.device_id,
+                        d.batches,
+                        d.first_seq.map_or("-".into(), |v| v.to_string()),
+                        d.last_seq.map_or("-".into(), |v| v.to_string()),
+                        d.next_seq,
+                        d.samples,
+                        d.pending
+                    );
+                }
+            }
+            Ok(())
+        }
+        JournalCommand::List { device, state, limit, json } => {
+            let rows = inspect::list(&j, device.as_deref(), state.as_deref(), limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<38} {:<16} {:>8} {:>12} {:>7} {:>18} {:<11} {:>8}", "BATCH_ID", "DEVICE", "SEQ", "FIRST", "SAMPLES", "T_START", "STATE", "BYTES");
+                for r in rows {
+                    println!(
+                        "{:<38} {:<16} {:>8} {:>12} {:>7} {:>18.3} {:<11} {:>8}",
+                        r.batch_id, r.device_id, r.seq, r.first_sample, r.n_samples, r.t_start, r.state, r.size
+                    );
+                }
+            }
+            Ok(())
+        }
+        JournalCommand::Verify { json } => {
+            let keys = open_keyring(cfg.as_ref(), &keys)?;
+            let report = inspect::verify(&j, &keys, |done, total| {
+                if !json && total >= 1000 {
+                    eprintln!("verified {done}/{total} batches");
+                }
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("integrity_check: {}", report.integrity);
+                println!("batches: {} checked, {} ok", report.batches_checked, report.batches_ok);
+                for p in &report.problems {
+                    println!("problem: {p}");
+                }
+            }
+            if report.ok() {
+                Ok(())
+            } else {
+                Err(Fail(1, format!("journal verification found {} problem(s)", report.problems.len() + usize::from(report.integrity != "ok"))))
+            }
+        }
+        JournalCommand::Decrypt { batch_id, device, seq } => {
+            if batch_id.is_none() && device.is_none() {
+                return Err(usage("give --batch-id ID, or --device DEV --seq N"));
+            }
+            let keys = open_keyring(cfg.as_ref(), &keys)?;
+            let env = inspect::envelope(&j, batch_id.as_deref(), device.as_deref(), seq)?
+                .ok_or_else(|| Fail(1, "no such batch in the journal".to_string()))?;
+            let (h, b) = neuroedge::batch::open(&keys, &env)?;
+            let ch = b.channels.len().max(1);
+            let frames = |v: &[f32]| v.chunks(ch).map(|c| c.to_vec()).collect::<Vec<_>>();
+            let out = serde_json::json!({
+                "header": h,
+                "channels": b.channels,
+                "units": b.units,
+                "timestamps": b.timestamps,
+                "raw": frames(&b.raw),
+                "filtered": frames(&b.filtered),
+                "filter": b.filter,
+                "features": b.features.iter().map(|f| serde_json::json!({
+                    "t": f.t,
+                    "band_power": f.band_power.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                    "rms": f.rms,
+                })).collect::<Vec<_>>(),
+                "markers": b.markers,
+                "gaps": b.gaps,
+            });
+            println!("{out}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The processing stage of one device: ring -> filter chain -> features ->
+//! batcher -> journal queue. Runs on its own thread; never touches disk or
+//! network, never blocks on the journal (a full queue drops the batch and
+//! reports the loss as a gap in the next one).
+
+use crate::batch::{BatchData, FilterDescription, Gap, GapCause, Marker};
+use crate::config::FiltersSection;
+use crate::journal::JournalTx;
+use crate::ring::{Block, Consumer};
+use crate::source::StreamInfo;
+use crate::state::DeviceStats;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the processing thread sleeps when the ring is empty.
+const IDLE: Duration = Duration::from_millis(2);
+
+/// The device's filter chain. Identity until the DSP stage is configured.
+pub struct FilterStage {
+    description: FilterDescription,
+}
+
+impl FilterStage {
+    pub fn new(_cfg: &FiltersSection, _info: &StreamInfo) -> Self {
+        FilterStage {
+            description: FilterDescription::default(),
+        }
+    }
+
+    /// Filter frame-major `raw` into `out` (same length).
+    #[inline]
+    pub fn process(&mut self, raw: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(raw);
+    }
+
+    pub fn description(&self) -> &FilterDescription {
+        &self.description
+    }
+}
+
+/// Everything the processing thread needs.
+pub struct Processing {
+    pub device_id: String,
+    pub info: StreamInfo,
+    pub units: String,
+    pub batch_frames: usize,
+    /// Sample index (journal-wide) of ring index 0.
+    pub index_offset: u64,
+    pub filters: FilterStage,
+    pub journal: JournalTx,
+    pub markers: crossbeam_channel::Receiver<Marker>,
+    pub stats: Arc<DeviceStats>,
+    /// Daemon start, for monotonic "last sample" ages.
+    pub epoch: Instant,
+}
+
+struct Batcher {
+    current: BatchData,
+    /// Gap to prepend to the next batch after a dropped one.
+    carry_gap: Option<Gap>,
+}
+
+impl Processing {
+    fn new_batch(&self) -> BatchData {
+        let ch = self.info.channels;
+        BatchData {
+            device_id: self.device_id.clone(),
+            sample_rate: self.info.sample_rate,
+            channels: self.info.channel_names.clone(),
+            units: self.units.clone(),
+            first_sample: 0,
+            timestamps: Vec::with_capacity(self.batch_frames),
+            raw: Vec::with_capacity(self.batch_frames * ch),
+            filtered: Vec::with_capacity(self.batch_frames * ch),
+            filter: self.filters.description().clone(),
+            features: Vec::new(),
+            markers: Vec::new(),
+            gaps: Vec::new(),
+        }
+    }
+
+    /// Run until the producer is gone and the ring is drained; the partial
+    /// batch is sent last.
+    pub fn run(mut self, mut ring: Consumer) {
+        let ch = self.info.channels;
+        let mut filtered = vec![0.0f32; 0];
+        let mut batcher = Batcher {
+            current: self.new_batch(),
+            carry_gap: None,
+        };
+        let mut expected: Option<u64> = None;
+        let mut rate_window = (Instant::now(), 0u64);
+        loop {
+            match ring.pop() {
+                Some(block) => {
+                    if filtered.len() < block.samples().len() {
+                        // Grows once to the block size, then never again.
+                        filtered.resize(block.samples().len(), 0.0);
+                    }
+                    self.handle_block(&block, &mut filtered, &mut batcher, &mut expected, ch);
+                    ring.recycle(block);
+                }
+                None if ring.is_finished() => break,
+                None => std::thread::sleep(IDLE),
+            }
+            self.take_markers(&mut batcher);
+            let (since, n0) = rate_window;
+            let el = since.elapsed();
+            if el >= Duration::from_secs(1) {
+                let n = self.stats.samples_total.load(std::sync::atomic::Ordering::Relaxed);
+                self.stats.samples_per_s.store((n - n0) as f64 / el.as_secs_f64());
+                rate_window = (Instant::now(), n);
+            }
+        }
+        self.take_markers(&mut batcher);
+        if !batcher.current.timestamps.is_empty() {
+            let b = std::mem::take(&mut batcher.current);
+            self.send(b, &mut batcher.carry_gap);
+        }
+    }
+
+    fn take_markers(&self, batcher: &mut Batcher) {
+        while let Ok(m) = self.markers.try_recv() {
+            batcher.current.markers.push(m);
+        }
+    }
+
+    fn handle_block(
+        &mut self,
+        block: &Block,
+        filtered: &mut [f32],
+        batcher: &mut Batcher,
+        expected: &mut Option<u64>,
+        ch: usize,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let first = block.first_index + self.index_offset;
+        let exp = expected.unwrap_or(first - block.device_gap_before.min(block.first_index));
+        if first > exp {
+            let jump = first - exp;
+            let device = block.device_gap_before.min(jump);
+            let overflow = jump - device;
+            if overflow > 0 {
+                self.stats.dropped_samples.fetch_add(overflow, Relaxed);
+                batcher.current.gaps.push(Gap {
+                    before_sample: first,
+                    missing: overflow,
+                    cause: GapCause::Overflow,
+                });
+                self.stats.gaps.fetch_add(1, Relaxed);
+            }
+            if device > 0 {
+                batcher.current.gaps.push(Gap {
+                    before_sample: first,
+                    missing: device,
+                    cause: GapCause::Device,
+                });
+                self.stats.gaps.fetch_add(1, Relaxed);
+            }
+        }
+        let n = block.len();
+        *expected = Some(first + n as u64);
+        let raw = block.samples();
+        let out = &mut filtered[..raw.len()];
+        self.filters.process(raw, out);
+        let ts = block.timestamps();
+        let mut k = 0;
+        while k < n {
+            let b = &mut batcher.current;
+            if b.timestamps.is_empty() {
+                b.first_sample = first + k as u64;
+            }
+            let take = (self.batch_frames - b.timestamps.len()).min(n - k);
+            b.timestamps.extend_from_slice(&ts[k..k + take]);
+            b.raw.extend_from_slice(&raw[k * ch..(k + take) * ch]);
+            b.filtered.extend_from_slice(&out[k * ch..(k + take) * ch]);
+            k += take;
+            if b.timestamps.len() >= self.batch_frames {
+                let next = self.new_batch();
+                let full = std::mem::replace(&mut batcher.current, next);
+                self.send(full, &mut batcher.carry_gap);
+            }
+        }
+        self.stats.samples_total.fetch_add(n as u64, Relaxed);
+        if let Some(t) = ts.last() {
+            self.stats.last_sample_unix.store(*t);
+            self.stats.last_sample_mono.store(self.epoch.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Hand a finished batch to the journal, never waiting. A refused batch
+    /// becomes a gap at the start of the next one.
+    fn send(&self, mut b: BatchData, carry: &mut Option<Gap>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(g) = carry.take() {
+            b.gaps.insert(0, Gap { before_sample: b.first_sample, ..g });
+        }
+        let start = b.first_sample
+            - b.gaps.iter().filter(|g| g.before_sample == b.first_sample).map(|g| g.missing).sum::<u64>();
+        let end = b.end_sample();
+        let n = b.n_samples() as u64;
+        if self.journal.try_send_batch(b).is_err() {
+            self.stats.dropped_samples.fetch_add(n, Relaxed);
+            self.stats.gaps.fetch_add(1, Relaxed);
+            *carry = Some(Gap {
+                before_sample: end,
+                missing: end - start,
+                cause: GapCause::Journal,
+            });
+            tracing::warn!(device = %self.device_id, samples = n, "journal queue full: batch dropped, recorded as a gap");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The lock-free ring between a device's acquisition thread and its
+//! processing thread.
+//!
+//! Frames travel in fixed-capacity blocks. Blocks are allocated once, in
+//! [`ring`], and then circulate: pool -> producer -> queue -> consumer -> pool.
+//! The queue is crossbeam's `ArrayQueue`, whose `force_push` replaces the
+//! oldest element when full: a full ring drops the *oldest* unread frames,
+//! and the producer counts them. Nothing on the producer side locks or
+//! allocates.
+
+use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A run of consecutive frames (frame-major samples).
+pub struct Block {
+    /// Sample index of the first frame.
+    pub first_index: u64,
+    /// Samples the device revealed as missing just before `first_index`.
+    pub device_gap_before: u64,
+    len: usize,
+    channels: usize,
+    timestamps: Box<[f64]>,
+    data: Box<[f32]>,
+}
+
+impl Block {
+    fn new(channels: usize, frames: usize) -> Box<Block> {
+        Box::new(Block {
+            first_index: 0,
+            device_gap_before: 0,
+            len: 0,
+            channels,
+            timestamps: vec![0.0; frames].into_boxed_slice(),
+            data: vec![0.0; frames * channels].into_boxed_slice(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    pub fn timestamps(&self) -> &[f64] {
+        &self.timestamps[..self.len]
+    }
+
+    /// Frame-major samples, `len * channels` values.
+    pub fn samples(&self) -> &[f32] {
+        &self.data[..self.len * self.channels]
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.timestamps.len()
+    }
+}
+
+struct Shared {
+    queue: ArrayQueue<Box<Block>>,
+    pool: ArrayQueue<Box<Block>>,
+    dropped: AtomicU64,
+    closed: AtomicBool,
+}
+
+/// Producer side, owned by the acquisition thread.
+pub struct Producer {
+    shared: Arc<Shared>,
+    current: Option<Box<Block>>,
+    next_index: u64,
+    pending_gap: u64,
+    channels: usize,
+}
+
+/// Consumer side, owned by the processing thread.
+pub struct Consumer {
+    shared: Arc<Shared>,
+}
+
+/// Counters readable from anywhere.
+#[derive(Clone)]
+pub struct RingStats {
+    shared: Arc<Shared>,
+}
+
+impl RingStats {
+    /// Frames dropped because the ring was full.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Create a ring holding at least `capacity_frames` frames of `channels`
+/// channels, in blocks of `block_frames` frames.
+pub fn ring(channels: usize, capacity_frames: usize, block_frames: usize) -> (Producer, Consumer, RingStats) {
+    let channels = channels.max(1);
+    let block_frames = block_frames.max(1);
+    // Blocks may be published part-full (a driver flushes what it has), so
+    // keep twice the blocks a full-block ring would need.
+    let blocks = (capacity_frames.div_ceil(block_frames) * 2).max(2);
+    let shared = Arc::new(Shared {
+        queue: ArrayQueue::new(blocks),
+        // + one block held by each side.
+        pool: ArrayQueue::new(blocks + 2),
+        dropped: AtomicU64::new(0),
+        closed: AtomicBool::new(false),
+    });
+    for _ in 0..blocks + 2 {
+        // The pool has exactly this capacity, so pushes succeed.
+        let _ = shared.pool.push(Block::new(channels, block_frames));
+    }
+    let stats = RingStats { shared: shared.clone() };
+    (
+        Producer {
+            shared: shared.clone(),
+            current: None,
+            next_index: 0,
+            pending_gap: 0,
+            channels,
+        },
+        Consumer { shared },
+        stats,
+    )
+}
+
+impl Producer {
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The queue is (almost) full: the next publish may drop old frames.
+    pub fn nearly_full(&self) -> bool {
+        self.shared.queue.len() + 2 >= self.shared.queue.capacity()
+    }
+
+    /// Index the next frame will get.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Append one frame. `values` must have `channels` entries (extra are
+    /// ignored, missing are zero).
+    #[inline]
+    pub fn push(&mut self, timestamp: f64, values: &[f32]) {
+        if self.current.is_none() {
+            match self.shared.pool.pop() {
+                Some(mut b) => {
+                    b.first_index = self.next_index;
+                    b.device_gap_before = std::mem::take(&mut self.pending_gap);
+                    b.len = 0;
+                    self.current = Some(b);
+                }
+                None => {
+                    // Cannot happen while the block invariant holds; never
+                    // allocate here, count the frame as dropped instead.
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.next_index += 1;
+                    return;
+                }
+            }
+        }
+        if let Some(b) = self.current.as_mut() {
+            let at = b.len;
+            b.timestamps[at] = timestamp;
+            let row = &mut b.data[at * self.channels..(at + 1) * self.channels];
+            let n = values.len().min(self.channels);
+            row[..n].copy_from_slice(&values[..n]);
+            row[n..].fill(0.0);
+            b.len += 1;
+            self.next_index += 1;
+            if b.is_full() {
+                self.publish();
+            }
+        }
+    }
+
+    /// The device revealed `missing` samples lost before the next frame.
+    pub fn skip(&mut self, missing: u64) {
+        if missing == 0 {
+            return;
+        }
+        self.publish();
+        self.pending_gap += missing;
+        self.next_index += missing;
+    }
+
+    /// Publish the frames pushed so far (call at the end of each read).
+    pub fn flush(&mut self) {
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let Some(b) = self.current.take() else { return };
+        if b.len == 0 {
+            let _ = self.shared.pool.push(b);
+            return;
+        }
+        if let Some(mut old) = self.shared.queue.force_push(b) {
+            self.shared.dropped.fetch_add(old.len as u64, Ordering::Relaxed);
+            old.len = 0;
+            let _ = self.shared.pool.push(old);
+        }
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.publish();
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}
+
+impl Consumer {
+    /// Take the oldest published block, if any.
+    pub fn pop(&mut self) -> Option<Box<Block>> {
+        self.shared.queue.pop()
+    }
+
+    /// Give a block back to the pool once processed.
+    pub fn recycle(&mut self, mut b: Box<Block>) {
+        b.len = 0;
+        let _ = self.shared.pool.push(b);
+    }
+
+    /// The producer is gone and everything it published has been taken.
+    pub fn is_finished(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire) && self.shared.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_arrive_in_order_with_indices() {
+        let (mut p, mut c, stats) = ring(2, 100, 4);
+        for i in 0..10 {
+            p.push(i as f64, &[i as f32, -(i as f32)]);
+        }
+        p.flush();
+        let mut got = Vec::new();
+        while let Some(b) = c.pop() {
+            for (k, t) in b.timestamps().iter().enumerate() {
+                assert_eq!(b.first_index + k as u64, *t as u64);
+                assert_eq!(b.samples()[k * 2], *t as f32);
+                got.push(*t);
+            }
+            c.recycle(b);
+        }
+        assert_eq!(got.len(), 10);
+        assert_eq!(stats.dropped(), 0);
+    }
+
+    #[test]
+    fn full_ring_drops_oldest_and_counts() {
+        let (mut p, mut c, stats) = ring(1, 8, 4); // 4 blocks of 4 frames
+        for i in 0..100 {
+            p.push(i as f64, &[i as f32]);
+        }
+        p.flush();
+        let mut first = None;
+        let mut n = 0;
+        while let Some(b) = c.pop() {
+            first.get_or_insert(b.first_index);
+            n += b.len();
+            c.recycle(b);
+        }
+        assert_eq!(n as u64 + stats.dropped(), 100);
+        // The newest frames survived.
+        assert_eq!(first, Some(100 - n as u64));
+    }
+
+    #[test]
+    fn skip_marks_device_gap() {
+        let (mut p, mut c, _) = ring(1, 16, 4);
+        p.push(0.0, &[0.0]);
+        p.skip(5);
+        p.push(6.0, &[6.0]);
+        p.flush();
+        let a = c.pop().unwrap();
+        assert_eq!((a.first_index, a.len(), a.device_gap_before), (0, 1, 0));
+        let b = c.pop().unwrap();
+        assert_eq!((b.first_index, b.device_gap_before), (6, 5));
+    }
+
+    #[test]
+    fn threads_lose_nothing_when_consumer_keeps_up() {
+        let (mut p, mut c, stats) = ring(4, 100_000, 32);
+        let h = std::thread::spawn(move || {
+            for i in 0..50_000u64 {
+                p.push(i as f64, &[i as f32; 4]);
+            }
+        });
+        let mut expect = 0u64;
+        loop {
+            match c.pop() {
+                Some(b) => {
+                    assert_eq!(b.first_index, expect);
+                    expect += b.len() as u64;
+                    c.recycle(b);
+                }
+                None if c.is_finished() => break,
+                None => std::thread::yield_now(),
+            }
+        }
+        h.join().unwrap();
+        assert_eq!(expect + stats.dropped(), 50_000);
+        assert_eq!(stats.dropped(), 0);
+    }
+}

@@ -1,0 +1,144 @@
+//! Live per-device counters shared between a device's threads and the
+//! status socket: atomics for numbers, small mutexes for rare text.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    Connecting,
+    Streaming,
+    Stalled,
+    Disconnected,
+    Error,
+    Disabled,
+}
+
+impl DeviceState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => DeviceState::Connecting,
+            1 => DeviceState::Streaming,
+            2 => DeviceState::Stalled,
+            3 => DeviceState::Disconnected,
+            4 => DeviceState::Error,
+            _ => DeviceState::Disabled,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            DeviceState::Connecting => 0,
+            DeviceState::Streaming => 1,
+            DeviceState::Stalled => 2,
+            DeviceState::Disconnected => 3,
+            DeviceState::Error => 4,
+            DeviceState::Disabled => 5,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Connecting => "connecting",
+            DeviceState::Streaming => "streaming",
+            DeviceState::Stalled => "stalled",
+            DeviceState::Disconnected => "disconnected",
+            DeviceState::Error => "error",
+            DeviceState::Disabled => "disabled",
+        }
+    }
+}
+
+/// An f64 stored in an `AtomicU64`.
+#[derive(Default)]
+pub struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    pub fn new(v: f64) -> Self {
+        AtomicF64(AtomicU64::new(v.to_bits()))
+    }
+    pub fn load(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+    pub fn store(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed)
+    }
+}
+
+/// The latest features of a device, for `status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QualitySnapshot {
+    pub channel: String,
+    pub state: String,
+    pub rms_uv: f64,
+    pub line_noise_ratio: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FeatureSnapshot {
+    pub quality: Vec<QualitySnapshot>,
+    pub band_power: Vec<(String, Vec<f64>)>,
+}
+
+pub struct DeviceStats {
+    pub id: String,
+    pub driver: &'static str,
+    state: AtomicU8,
+    pub sample_rate: AtomicF64,
+    pub channels: AtomicUsize,
+    pub samples_total: AtomicU64,
+    /// Samples lost inside neuroedge (ring overflow, journal refusal).
+    pub dropped_samples: AtomicU64,
+    /// Gap events (device-revealed or internal).
+    pub gaps: AtomicU64,
+    /// Unix time of the newest sample.
+    pub last_sample_unix: AtomicF64,
+    /// Monotonic seconds (daemon clock) when the newest sample was processed.
+    pub last_sample_mono: AtomicF64,
+    pub samples_per_s: AtomicF64,
+    pub last_error: Mutex<Option<String>>,
+    pub channel_names: Mutex<Vec<String>>,
+    pub features: Mutex<FeatureSnapshot>,
+}
+
+impl DeviceStats {
+    pub fn new(id: &str, driver: &'static str, enabled: bool) -> Self {
+        DeviceStats {
+            id: id.to_string(),
+            driver,
+            state: AtomicU8::new(if enabled { DeviceState::Connecting } else { DeviceState::Disabled }.to_u8()),
+            sample_rate: AtomicF64::new(0.0),
+            channels: AtomicUsize::new(0),
+            samples_total: AtomicU64::new(0),
+            dropped_samples: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            last_sample_unix: AtomicF64::new(0.0),
+            last_sample_mono: AtomicF64::new(f64::NAN),
+            samples_per_s: AtomicF64::new(0.0),
+            last_error: Mutex::new(None),
+            channel_names: Mutex::new(Vec::new()),
+            features: Mutex::new(FeatureSnapshot::default()),
+        }
+    }
+
+    pub fn state(&self) -> DeviceState {
+        DeviceState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Set the state; returns the previous one.
+    pub fn set_state(&self, s: DeviceState) -> DeviceState {
+        DeviceState::from_u8(self.state.swap(s.to_u8(), Ordering::Relaxed))
+    }
+
+    pub fn set_error(&self, e: Option<String>) {
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = e;
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|g| g.clone())
+    }
+}
