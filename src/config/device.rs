@@ -564,7 +564,7 @@ mod tests {
     fn missing_port_is_named() {
         let e = parse("id = \"c\"\ndriver = \"openbci-cyton\"\n[connection]\ndaisy = true\n").unwrap_err();
         assert!(e[0].message.contains("missing field `port`"), "{}", e[0]);
-        assert_eq!(e[0].key.as_deref(), Some("port"));
+        assert_eq!(e[0].key.as_deref(), Some("connection.port"));
         assert!(e[0].line_col.is_some());
         let e = parse("id = \"c\"\ndriver = \"openbci-cyton\"\n").unwrap_err();
         assert_eq!(e[0].key.as_deref(), Some("connection"));

@@ -157,13 +157,18 @@ impl SourceText {
     /// Turn a `toml` deserialisation error into a located problem.
     pub fn problem_from_toml(&self, e: &toml::de::Error) -> Problem {
         let span = e.span();
-        let key = span.as_ref().and_then(|s| self.key_at(s.start)).or_else(|| {
-            // "missing field `x`" errors point at the enclosing table; name the field.
-            let m = e.message();
-            m.strip_prefix("missing field `")
-                .and_then(|r| r.split('`').next())
-                .map(str::to_string)
-        });
+        let at = span.as_ref().and_then(|s| self.key_at(s.start));
+        // "missing field `x`" points at the enclosing table; name the field.
+        let missing = e
+            .message()
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string);
+        let key = match (at, missing) {
+            (Some(t), Some(f)) => Some(format!("{t}.{f}")),
+            (None, Some(f)) => Some(f),
+            (at, None) => at,
+        };
         let message = e.message().trim().to_string();
         let hint = if message.starts_with("unknown field") {
             Some("remove it or fix its spelling; see the commented defaults in config/neuroedge.toml and devices/*.toml".to_string())

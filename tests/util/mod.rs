@@ -1,0 +1,205 @@
+//! Helpers: a temp folder with a config and device files, the real binary
+//! started on it, and a socket client.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_neuroedge");
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+pub fn synthetic_device(id: &str, channels: usize, rate: f64, extra: &str) -> String {
+    format!(
+        "id = \"{id}\"\ndriver = \"synthetic\"\nenabled = true\n[connection]\nsample_rate = {rate:?}\nchannels = {channels}\nseed = 1\n{extra}"
+    )
+}
+
+impl Env {
+    /// A config with its journal at `journal` (relative to the folder) and
+    /// the given extra daemon-config text.
+    pub fn new(extra_config: &str) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = Env { dir };
+        std::fs::create_dir_all(e.path().join("devices")).expect("devices dir");
+        let base = format!(
+            "[daemon]\nsite_id = \"test-lab\"\nnode_id = \"test-node\"\ndevices_dir = \"devices\"\n\
+             [crypto]\nkey_file = \"var/batch.key\"\ngenerate_if_missing = true\n\
+             [status]\nsocket = \"var/run/ne.sock\"\n[log]\nlevel = \"info\"\n"
+        );
+        e.write("neuroedge.toml", &merge(&base, extra_config));
+        e
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.path().join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(p, text).expect("write");
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path().join("neuroedge.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("var/run/ne.sock")
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.path().join("var/journal.db")
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.path().join("var/batch.key")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).env_remove("NEUROEDGE_CONFIG").output().expect("run neuroedge")
+    }
+
+    pub fn spawn(&self) -> Daemon {
+        let log = self.path().join(format!("daemon-{}.log", rand_suffix()));
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(self.config())
+            .env_remove("NEUROEDGE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("spawn daemon");
+        Daemon {
+            child,
+            socket: self.socket(),
+            log,
+        }
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// Append sections of `extra` into `base`: same-named sections are merged
+/// by appending keys after the header.
+fn merge(base: &str, extra: &str) -> String {
+    let mut out = base.to_string();
+    let mut current: Option<String> = None;
+    for line in extra.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            current = Some(t.to_string());
+            if !out.contains(t) {
+                out.push_str(&format!("{t}\n"));
+            }
+        } else if !t.is_empty() {
+            match &current {
+                Some(h) => {
+                    let pos = out.find(h.as_str()).map(|p| p + h.len() + 1).unwrap_or(out.len());
+                    out.insert_str(pos, &format!("{t}\n"));
+                }
+                None => out.insert_str(0, &format!("{t}\n")),
+            }
+        }
+    }
+    out
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn request(&self, line: &str) -> Option<Value> {
+        let mut s = UnixStream::connect(&self.socket).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(format!("{line}\n").as_bytes()).ok()?;
+        let mut r = String::new();
+        BufReader::new(&s).read_line(&mut r).ok()?;
+        serde_json::from_str(&r).ok()
+    }
+
+    pub fn status(&self) -> Option<Value> {
+        self.request("status")
+    }
+
+    /// Wait until every device is streaming; returns the time it took.
+    pub fn wait_streaming(&self, within: Duration) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(s) = self.status() {
+                let devs = s["devices"].as_array().cloned().unwrap_or_default();
+                if !devs.is_empty() && devs.iter().all(|d| d["state"] == "streaming" && d["samples_total"].as_u64() > Some(0)) {
+                    return start.elapsed();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("devices not streaming within {within:?}; log:\n{}", self.log_text());
+    }
+
+    pub fn wait_for(&self, within: Duration, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(s) = self.status() {
+                if cond(&s) {
+                    return s;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; last status {:?}\nlog:\n{}", self.status(), self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(mut self) -> i32 {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code().unwrap_or(-1);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("daemon did not stop within 30 s after SIGTERM; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Python with the decode test's packages, if present.
+pub fn python() -> String {
+    std::env::var("NEUROEDGE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
