@@ -20,14 +20,18 @@ fn one_second_batch(first: u64) -> BatchData {
         x ^= x << 17;
         (x % 1000) as f32 / 100.0
     };
-    let raw: Vec<f32> = (0..rate * ch).map(|i| 100.0 + ((i / ch) as f32 * 0.25).sin() * 20.0 + noise()).collect();
+    let raw: Vec<f32> = (0..rate * ch)
+        .map(|i| 100.0 + ((i / ch) as f32 * 0.25).sin() * 20.0 + noise())
+        .collect();
     BatchData {
         device_id: "bench".into(),
         sample_rate: rate as f64,
         channels: (1..=ch).map(|i| format!("ch{i}")).collect(),
         units: "uV".into(),
         first_sample: first,
-        timestamps: (0..rate).map(|i| 1.7e9 + (first as usize + i) as f64 / rate as f64).collect(),
+        timestamps: (0..rate)
+            .map(|i| 1.7e9 + (first as usize + i) as f64 / rate as f64)
+            .collect(),
         filtered: raw.clone(),
         raw,
         ..Default::default()
@@ -55,12 +59,26 @@ fn bench(c: &mut Criterion) {
         })
     });
     let sealed_len = {
-        let p = SealParams { batch_id: "x".into(), site_id: "lab", node_id: "node", seq: 1, created_at: 0.0, compress: true };
+        let p = SealParams {
+            batch_id: "x".into(),
+            site_id: "lab",
+            node_id: "node",
+            seq: 1,
+            created_at: 0.0,
+            compress: true,
+        };
         seal(&key, &p, &batch).map(|x| x.0.len()).unwrap_or(1)
     };
 
     for sync in [SyncMode::Full, SyncMode::Normal] {
-        let name = format!("seal_and_commit_{}", if sync == SyncMode::Full { "sync_full" } else { "sync_normal" });
+        let name = format!(
+            "seal_and_commit_{}",
+            if sync == SyncMode::Full {
+                "sync_full"
+            } else {
+                "sync_normal"
+            }
+        );
         g.bench_function(&name, |b| {
             b.iter_custom(|iters| {
                 let dir = tempfile::tempdir().expect("tempdir");
@@ -80,17 +98,13 @@ fn bench(c: &mut Criterion) {
                 )
                 .expect("writer");
                 let tx = w.sender();
-                let batches: Vec<BatchData> = (0..iters).map(|i| one_second_batch(i * 250)).collect();
+                let batches: Vec<BatchData> =
+                    (0..iters).map(|i| one_second_batch(i * 250)).collect();
                 let start = Instant::now();
-                for mut b in batches {
-                    loop {
-                        match tx.try_send_batch(b) {
-                            Ok(()) => break,
-                            Err(back) => {
-                                b = back;
-                                std::thread::sleep(Duration::from_micros(100));
-                            }
-                        }
+                for b in batches {
+                    // The writer's queue is bounded: wait for room.
+                    while !tx.try_send_batch(b.clone()) {
+                        std::thread::sleep(Duration::from_micros(100));
                     }
                 }
                 while tx.shared().snapshot().committed_batches < iters {

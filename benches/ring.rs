@@ -53,11 +53,17 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     for channels in [8usize, 64] {
         g.throughput(Throughput::Elements((FRAMES * channels) as u64));
-        g.bench_with_input(BenchmarkId::new("spsc_two_threads", channels), &channels, |b, &ch| b.iter(|| two_threads(ch)));
+        g.bench_with_input(
+            BenchmarkId::new("spsc_two_threads", channels),
+            &channels,
+            |b, &ch| b.iter(|| two_threads(ch)),
+        );
         let mut dst = Vec::with_capacity(FRAMES * channels);
-        g.bench_with_input(BenchmarkId::new("reference_memcpy", channels), &channels, |b, &ch| {
-            b.iter(|| memcpy_reference(ch, &mut dst))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("reference_memcpy", channels),
+            &channels,
+            |b, &ch| b.iter(|| memcpy_reference(ch, &mut dst)),
+        );
     }
     g.finish();
 }

@@ -136,7 +136,14 @@ impl BatchData {
 
     /// One past the sample index of the last sample (gaps consume indices).
     pub fn end_sample(&self) -> u64 {
-        self.first_sample + self.n_samples() as u64 + self.gaps.iter().filter(|g| g.before_sample > self.first_sample).map(|g| g.missing).sum::<u64>()
+        self.first_sample
+            + self.n_samples() as u64
+            + self
+                .gaps
+                .iter()
+                .filter(|g| g.before_sample > self.first_sample)
+                .map(|g| g.missing)
+                .sum::<u64>()
     }
 }
 
@@ -190,32 +197,51 @@ pub fn encode_plaintext(b: &BatchData) -> Vec<u8> {
                     Value::Map(
                         r.band_power
                             .iter()
-                            .map(|(n, v)| (text(n), Value::Array(v.iter().map(|x| Value::Float(*x)).collect())))
+                            .map(|(n, v)| {
+                                (
+                                    text(n),
+                                    Value::Array(v.iter().map(|x| Value::Float(*x)).collect()),
+                                )
+                            })
                             .collect(),
                     ),
                 ),
-                (text("rms"), Value::Array(r.rms.iter().map(|x| Value::Float(*x)).collect())),
+                (
+                    text("rms"),
+                    Value::Array(r.rms.iter().map(|x| Value::Float(*x)).collect()),
+                ),
             ])
         })
         .collect();
     let markers = b
         .markers
         .iter()
-        .map(|m| Value::Map(vec![(text("t"), Value::Float(m.t)), (text("value"), text(&m.value))]))
+        .map(|m| {
+            Value::Map(vec![
+                (text("t"), Value::Float(m.t)),
+                (text("value"), text(&m.value)),
+            ])
+        })
         .collect();
     let gaps = b
         .gaps
         .iter()
         .map(|g| {
             Value::Map(vec![
-                (text("before_sample"), Value::Integer(g.before_sample.into())),
+                (
+                    text("before_sample"),
+                    Value::Integer(g.before_sample.into()),
+                ),
                 (text("missing"), Value::Integer(g.missing.into())),
                 (text("cause"), text(g.cause.as_str())),
             ])
         })
         .collect();
     let map = Value::Map(vec![
-        (text("channels"), Value::Array(b.channels.iter().map(|c| text(c)).collect())),
+        (
+            text("channels"),
+            Value::Array(b.channels.iter().map(|c| text(c)).collect()),
+        ),
         (text("units"), text(&b.units)),
         (text("timestamps"), f64_bytes(&b.timestamps)),
         (text("raw"), f32_bytes(&b.raw)),
@@ -242,10 +268,17 @@ pub struct SealParams<'a> {
 }
 
 /// Seal a batch: returns the envelope bytes and the header written into it.
-pub fn seal(key: &BatchKey, p: &SealParams, b: &BatchData) -> Result<(Vec<u8>, BatchHeader), BatchError> {
+pub fn seal(
+    key: &BatchKey,
+    p: &SealParams,
+    b: &BatchData,
+) -> Result<(Vec<u8>, BatchHeader), BatchError> {
     let plain = encode_plaintext(b);
     let (body, compression) = if p.compress {
-        (zstd::bulk::compress(&plain, ZSTD_LEVEL).map_err(BatchError::Zstd)?, "zstd")
+        (
+            zstd::bulk::compress(&plain, ZSTD_LEVEL).map_err(BatchError::Zstd)?,
+            "zstd",
+        )
     } else {
         (plain, "none")
     };
@@ -281,33 +314,62 @@ pub fn seal(key: &BatchKey, p: &SealParams, b: &BatchData) -> Result<(Vec<u8>, B
 }
 
 fn map_get<'a>(m: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
-    m.iter().find(|(k, _)| k.as_text() == Some(key)).map(|(_, v)| v)
+    m.iter()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .map(|(_, v)| v)
+}
+
+/// The parts of an envelope, before decryption.
+pub struct EnvelopeParts {
+    pub header: BatchHeader,
+    /// The header exactly as stored (the associated data).
+    pub header_bytes: Vec<u8>,
+    pub nonce: [u8; 12],
+    pub ciphertext: Vec<u8>,
 }
 
 /// Read the header of an envelope without decrypting.
-pub fn read_header(envelope: &[u8]) -> Result<(BatchHeader, Vec<u8>, [u8; 12], Vec<u8>), BatchError> {
+pub fn read_header(envelope: &[u8]) -> Result<EnvelopeParts, BatchError> {
     let v: Value = ciborium::from_reader(envelope).map_err(|e| BatchError::Cbor(e.to_string()))?;
     let m = v.as_map().ok_or(BatchError::Field("envelope map"))?;
-    let ver = map_get(m, "v").and_then(Value::as_integer).ok_or(BatchError::Field("v"))?;
+    let ver = map_get(m, "v")
+        .and_then(Value::as_integer)
+        .ok_or(BatchError::Field("v"))?;
     let ver = i128::from(ver);
     if ver != 1 {
         return Err(BatchError::Version(ver));
     }
-    let header_bytes = map_get(m, "header").and_then(Value::as_bytes).ok_or(BatchError::Field("header"))?.clone();
+    let header_bytes = map_get(m, "header")
+        .and_then(Value::as_bytes)
+        .ok_or(BatchError::Field("header"))?
+        .clone();
     let nonce: [u8; 12] = map_get(m, "nonce")
         .and_then(Value::as_bytes)
         .and_then(|b| b.as_slice().try_into().ok())
         .ok_or(BatchError::Field("nonce"))?;
-    let ct = map_get(m, "ciphertext").and_then(Value::as_bytes).ok_or(BatchError::Field("ciphertext"))?.clone();
+    let ct = map_get(m, "ciphertext")
+        .and_then(Value::as_bytes)
+        .ok_or(BatchError::Field("ciphertext"))?
+        .clone();
     let header: BatchHeader = serde_json::from_slice(&header_bytes)?;
-    Ok((header, header_bytes, nonce, ct))
+    Ok(EnvelopeParts {
+        header,
+        header_bytes,
+        nonce,
+        ciphertext: ct,
+    })
 }
 
 /// Open an envelope with the key its header names; returns header and data.
 pub fn open(keys: &Keyring, envelope: &[u8]) -> Result<(BatchHeader, BatchData), BatchError> {
-    let (header, header_bytes, nonce, ct) = read_header(envelope)?;
+    let EnvelopeParts {
+        header,
+        header_bytes,
+        nonce,
+        ciphertext,
+    } = read_header(envelope)?;
     let key = keys.get(&header.key_id)?;
-    let body = key.open(&nonce, &header_bytes, &ct)?;
+    let body = key.open(&nonce, &header_bytes, &ciphertext)?;
     let plain = match header.compression.as_str() {
         "zstd" => zstd::stream::decode_all(body.as_slice()).map_err(BatchError::Zstd)?,
         "none" => body,
@@ -318,7 +380,8 @@ pub fn open(keys: &Keyring, envelope: &[u8]) -> Result<(BatchHeader, BatchData),
 }
 
 fn as_f64(v: &Value) -> Option<f64> {
-    v.as_float().or_else(|| v.as_integer().map(|i| i128::from(i) as f64))
+    v.as_float()
+        .or_else(|| v.as_integer().map(|i| i128::from(i) as f64))
 }
 
 fn as_u64(v: &Value) -> Option<u64> {
@@ -329,19 +392,35 @@ fn as_u64(v: &Value) -> Option<u64> {
 pub fn decode_plaintext(plain: &[u8], header: &BatchHeader) -> Result<BatchData, BatchError> {
     let v: Value = ciborium::from_reader(plain).map_err(|e| BatchError::Cbor(e.to_string()))?;
     let m = v.as_map().ok_or(BatchError::Field("plaintext map"))?;
-    let bytes = |k: &'static str| map_get(m, k).and_then(Value::as_bytes).ok_or(BatchError::Field(k));
-    let f32s = |b: &Vec<u8>| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>();
+    let bytes = |k: &'static str| {
+        map_get(m, k)
+            .and_then(Value::as_bytes)
+            .ok_or(BatchError::Field(k))
+    };
+    let f32s = |b: &Vec<u8>| {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect::<Vec<_>>()
+    };
     let channels = map_get(m, "channels")
         .and_then(Value::as_array)
         .ok_or(BatchError::Field("channels"))?
         .iter()
-        .map(|c| c.as_text().map(str::to_string).ok_or(BatchError::Field("channels")))
+        .map(|c| {
+            c.as_text()
+                .map(str::to_string)
+                .ok_or(BatchError::Field("channels"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let timestamps = bytes("timestamps")?
         .chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
         .collect();
-    let arr = |k: &'static str| map_get(m, k).and_then(Value::as_array).ok_or(BatchError::Field(k));
+    let arr = |k: &'static str| {
+        map_get(m, k)
+            .and_then(Value::as_array)
+            .ok_or(BatchError::Field(k))
+    };
     let gaps = arr("gaps")?
         .iter()
         .map(|g| {
@@ -352,8 +431,12 @@ pub fn decode_plaintext(plain: &[u8], header: &BatchHeader) -> Result<BatchData,
                 _ => GapCause::Device,
             };
             Ok(Gap {
-                before_sample: map_get(g, "before_sample").and_then(as_u64).ok_or(BatchError::Field("gaps"))?,
-                missing: map_get(g, "missing").and_then(as_u64).ok_or(BatchError::Field("gaps"))?,
+                before_sample: map_get(g, "before_sample")
+                    .and_then(as_u64)
+                    .ok_or(BatchError::Field("gaps"))?,
+                missing: map_get(g, "missing")
+                    .and_then(as_u64)
+                    .ok_or(BatchError::Field("gaps"))?,
                 cause,
             })
         })
@@ -363,22 +446,37 @@ pub fn decode_plaintext(plain: &[u8], header: &BatchHeader) -> Result<BatchData,
         .map(|mk| {
             let mk = mk.as_map().ok_or(BatchError::Field("markers"))?;
             Ok(Marker {
-                t: map_get(mk, "t").and_then(as_f64).ok_or(BatchError::Field("markers"))?,
-                value: map_get(mk, "value").and_then(Value::as_text).unwrap_or_default().to_string(),
+                t: map_get(mk, "t")
+                    .and_then(as_f64)
+                    .ok_or(BatchError::Field("markers"))?,
+                value: map_get(mk, "value")
+                    .and_then(Value::as_text)
+                    .unwrap_or_default()
+                    .to_string(),
             })
         })
         .collect::<Result<Vec<_>, BatchError>>()?;
-    let floats = |v: &Value| v.as_array().map(|a| a.iter().filter_map(as_f64).collect::<Vec<_>>()).unwrap_or_default();
+    let floats = |v: &Value| {
+        v.as_array()
+            .map(|a| a.iter().filter_map(as_f64).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
     let features = arr("features")?
         .iter()
         .map(|r| {
             let r = r.as_map().ok_or(BatchError::Field("features"))?;
             let band_power = map_get(r, "band_power")
                 .and_then(Value::as_map)
-                .map(|bp| bp.iter().filter_map(|(k, v)| Some((k.as_text()?.to_string(), floats(v)))).collect())
+                .map(|bp| {
+                    bp.iter()
+                        .filter_map(|(k, v)| Some((k.as_text()?.to_string(), floats(v))))
+                        .collect()
+                })
                 .unwrap_or_default();
             Ok(FeatureRecord {
-                t: map_get(r, "t").and_then(as_f64).ok_or(BatchError::Field("features"))?,
+                t: map_get(r, "t")
+                    .and_then(as_f64)
+                    .ok_or(BatchError::Field("features"))?,
                 band_power,
                 rms: map_get(r, "rms").map(floats).unwrap_or_default(),
             })
@@ -397,7 +495,10 @@ pub fn decode_plaintext(plain: &[u8], header: &BatchHeader) -> Result<BatchData,
         device_id: header.device_id.clone(),
         sample_rate: header.sample_rate,
         channels,
-        units: map_get(m, "units").and_then(Value::as_text).unwrap_or("uV").to_string(),
+        units: map_get(m, "units")
+            .and_then(Value::as_text)
+            .unwrap_or("uV")
+            .to_string(),
         first_sample: header.first_sample,
         timestamps,
         raw: f32s(bytes("raw")?),
@@ -429,8 +530,15 @@ mod tests {
                 band_power: vec![("alpha".into(), vec![1.0, 2.0])],
                 rms: vec![0.5, 0.25],
             }],
-            markers: vec![Marker { t: 10.004, value: "stimulus".into() }],
-            gaps: vec![Gap { before_sample: 500, missing: 3, cause: GapCause::Device }],
+            markers: vec![Marker {
+                t: 10.004,
+                value: "stimulus".into(),
+            }],
+            gaps: vec![Gap {
+                before_sample: 500,
+                missing: 3,
+                cause: GapCause::Device,
+            }],
         }
     }
 
@@ -461,15 +569,28 @@ mod tests {
     fn tampered_header_fails() {
         let key = BatchKey::from_bytes(&[3u8; 32]);
         let ring = Keyring::new(BatchKey::from_bytes(&[3u8; 32]));
-        let p = SealParams { batch_id: "x".into(), site_id: "lab", node_id: "pi", seq: 0, created_at: 0.0, compress: true };
+        let p = SealParams {
+            batch_id: "x".into(),
+            site_id: "lab",
+            node_id: "pi",
+            seq: 0,
+            created_at: 0.0,
+            compress: true,
+        };
         let (env, _) = seal(&key, &p, &sample_batch()).unwrap();
         let mut bad = env.clone();
         // Flip a byte inside the header JSON ("seq":0 -> "seq":1).
         let pos = bad.windows(7).position(|w| w == b"\"seq\":0").unwrap();
         bad[pos + 6] = b'1';
-        assert!(matches!(open(&ring, &bad), Err(BatchError::Seal(SealError::Auth))));
+        assert!(matches!(
+            open(&ring, &bad),
+            Err(BatchError::Seal(SealError::Auth))
+        ));
         assert!(open(&ring, b"garbage").is_err());
         let other = Keyring::new(BatchKey::from_bytes(&[4u8; 32]));
-        assert!(matches!(open(&other, &env), Err(BatchError::Seal(SealError::UnknownKey(_)))));
+        assert!(matches!(
+            open(&other, &env),
+            Err(BatchError::Seal(SealError::UnknownKey(_)))
+        ));
     }
 }

@@ -18,7 +18,9 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("key file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
+    #[error(
+        "key file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`"
+    )]
     Permissions { path: PathBuf, mode: u32 },
     #[error("key file {path} does not hold a base64 256-bit key ({why}); create one with `neuroedge keygen --out {path}`")]
     Malformed { path: PathBuf, why: String },
@@ -46,7 +48,9 @@ pub struct BatchKey {
 
 impl std::fmt::Debug for BatchKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("BatchKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,14 +76,31 @@ impl BatchKey {
         // Only fails for inputs over 64 GiB.
         let ct = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| SealError::TooLarge)?;
         Ok((nonce, ct))
     }
 
-    pub fn open(&self, nonce: &[u8; 12], aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, SealError> {
+    pub fn open(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
         self.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
             .map_err(|_| SealError::Auth)
     }
 }
@@ -109,7 +130,9 @@ impl Keyring {
     }
 
     pub fn get(&self, id: &str) -> Result<&BatchKey, SealError> {
-        self.keys.get(id).ok_or_else(|| SealError::UnknownKey(id.to_string()))
+        self.keys
+            .get(id)
+            .ok_or_else(|| SealError::UnknownKey(id.to_string()))
     }
 }
 
@@ -208,16 +231,34 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("sub/batch.key");
         let k = generate_key_file(&p).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(load_key_file(&p).unwrap().id(), k.id());
-        assert!(matches!(generate_key_file(&p), Err(KeyError::Exists { .. })));
+        assert!(matches!(
+            generate_key_file(&p),
+            Err(KeyError::Exists { .. })
+        ));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = load_key_file(&p).unwrap_err();
         assert!(e.to_string().contains("chmod 600"), "{e}");
-        assert!(matches!(load_key_file(&d.path().join("none")), Err(KeyError::Missing { .. })));
+        assert!(matches!(
+            load_key_file(&d.path().join("none")),
+            Err(KeyError::Missing { .. })
+        ));
         let bad = d.path().join("bad.key");
-        std::fs::OpenOptions::new().write(true).create(true).mode(0o600).open(&bad).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&bad)
+            .unwrap();
         std::fs::write(&bad, "dG9vIHNob3J0\n").unwrap();
-        assert!(matches!(load_key_file(&bad), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            load_key_file(&bad),
+            Err(KeyError::Malformed { .. })
+        ));
     }
 }

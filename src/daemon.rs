@@ -30,7 +30,9 @@ pub fn load_keyring(cfg: &Config) -> Result<(Keyring, bool), KeyError> {
     let c = &cfg.daemon.crypto;
     let (current, created) = match crypto::load_key_file(&c.key_file) {
         Ok(k) => (k, false),
-        Err(KeyError::Missing { .. }) if c.generate_if_missing => (crypto::generate_key_file(&c.key_file)?, true),
+        Err(KeyError::Missing { .. }) if c.generate_if_missing => {
+            (crypto::generate_key_file(&c.key_file)?, true)
+        }
         Err(e) => return Err(e),
     };
     let mut ring = Keyring::new(current);
@@ -67,7 +69,11 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     )?;
     let jtx = writer.sender();
     if key_created {
-        jtx.audit(AuditEvent::new("key_created", None, serde_json::json!({"key_id": key_id})));
+        jtx.audit(AuditEvent::new(
+            "key_created",
+            None,
+            serde_json::json!({"key_id": key_id}),
+        ));
     }
     jtx.audit(AuditEvent::new(
         "daemon_start",
@@ -105,7 +111,11 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut stats: Vec<Arc<DeviceStats>> = Vec::new();
     for dev in &cfg.devices {
         if !dev.enabled {
-            stats.push(Arc::new(DeviceStats::new(&dev.id, dev.driver.name(), false)));
+            stats.push(Arc::new(DeviceStats::new(
+                &dev.id,
+                dev.driver.name(),
+                false,
+            )));
             continue;
         }
         let ctx = DeviceContext {
@@ -146,7 +156,11 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     for h in handles {
         h.join();
     }
-    jtx.audit(AuditEvent::new("daemon_stop", None, serde_json::json!({"uptime_s": epoch.elapsed().as_secs_f64()})));
+    jtx.audit(AuditEvent::new(
+        "daemon_stop",
+        None,
+        serde_json::json!({"uptime_s": epoch.elapsed().as_secs_f64()}),
+    ));
     tracing::info!("devices stopped; closing the journal");
     writer.shutdown();
     let _ = std::fs::remove_file(&socket_path);

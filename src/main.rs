@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "neuroedge", version, about = "EEG acquisition daemon: devices -> DSP -> sealed journal -> uplink")]
+#[command(
+    name = "neuroedge",
+    version,
+    about = "EEG acquisition daemon: devices -> DSP -> sealed journal -> uplink"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -149,10 +153,16 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
             println!("{}: ok", cfg.path.display());
             for d in &cfg.devices {
                 let state = if d.enabled { "enabled" } else { "disabled" };
-                println!("  {} ({}, {state}): {}", d.id, d.driver.name(), d.file.display());
+                println!(
+                    "  {} ({}, {state}): {}",
+                    d.id,
+                    d.driver.name(),
+                    d.file.display()
+                );
             }
             if let Err(e) = daemon::load_keyring(&cfg) {
-                if !matches!(e, crypto::KeyError::Missing { .. } if cfg.daemon.crypto.generate_if_missing) {
+                if !matches!(e, crypto::KeyError::Missing { .. } if cfg.daemon.crypto.generate_if_missing)
+                {
                     return Err(usage(format!("config error:\n{e}")));
                 }
             }
@@ -163,19 +173,36 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
             println!("wrote {} (key_id {}); keep a backup: batches sealed with it cannot be read without it", out.display(), k.id());
             Ok(())
         }
-        Command::Status { socket, config, json, watch } => status(socket, &config, json, watch),
-        Command::Journal { config, journal, keys, command } => journal_cmd(&config, journal, keys, command),
+        Command::Status {
+            socket,
+            config,
+            json,
+            watch,
+        } => status(socket, &config, json, watch),
+        Command::Journal {
+            config,
+            journal,
+            keys,
+            command,
+        } => journal_cmd(&config, journal, keys, command),
     }
 }
 
-fn status(socket: Option<PathBuf>, config: &ConfigArg, json: bool, watch: bool) -> Result<(), Fail> {
+fn status(
+    socket: Option<PathBuf>,
+    config: &ConfigArg,
+    json: bool,
+    watch: bool,
+) -> Result<(), Fail> {
     let socket = match socket {
         Some(s) => s,
-        None => load_config(config)
-            .map_err(|Fail(c, m)| Fail(c, format!("{m}\n(or pass --socket PATH)")))?
-            .daemon
-            .status
-            .socket,
+        None => {
+            load_config(config)
+                .map_err(|Fail(c, m)| Fail(c, format!("{m}\n(or pass --socket PATH)")))?
+                .daemon
+                .status
+                .socket
+        }
     };
     loop {
         let reply = client::request(&socket, "status")?;
@@ -214,12 +241,36 @@ fn open_keyring(cfg: Option<&Config>, keys: &[PathBuf]) -> Result<crypto::Keyrin
     ring.ok_or_else(|| usage("no key file given"))
 }
 
-fn journal_cmd(config: &ConfigArg, journal: Option<PathBuf>, keys: Vec<PathBuf>, cmd: JournalCommand) -> Result<(), Fail> {
-    let needs_cfg = journal.is_none() || (keys.is_empty() && matches!(cmd, JournalCommand::Verify { .. } | JournalCommand::Decrypt { .. }));
-    let cfg = if needs_cfg { Some(load_config(config)?) } else { None };
-    let path = journal.unwrap_or_else(|| cfg.as_ref().map(|c| c.daemon.journal.path.clone()).unwrap_or_default());
+fn journal_cmd(
+    config: &ConfigArg,
+    journal: Option<PathBuf>,
+    keys: Vec<PathBuf>,
+    cmd: JournalCommand,
+) -> Result<(), Fail> {
+    let needs_cfg = journal.is_none()
+        || (keys.is_empty()
+            && matches!(
+                cmd,
+                JournalCommand::Verify { .. } | JournalCommand::Decrypt { .. }
+            ));
+    let cfg = if needs_cfg {
+        Some(load_config(config)?)
+    } else {
+        None
+    };
+    let path = journal.unwrap_or_else(|| {
+        cfg.as_ref()
+            .map(|c| c.daemon.journal.path.clone())
+            .unwrap_or_default()
+    });
     if !Path::new(&path).exists() {
-        return Err(Fail(1, format!("journal {} does not exist (has the daemon run yet?)", path.display())));
+        return Err(Fail(
+            1,
+            format!(
+                "journal {} does not exist (has the daemon run yet?)",
+                path.display()
+            ),
+        ));
     }
     let j = Journal::open_readonly(&path)?;
     match cmd {
@@ -248,16 +299,31 @@ fn journal_cmd(config: &ConfigArg, journal: Option<PathBuf>, keys: Vec<PathBuf>,
             }
             Ok(())
         }
-        JournalCommand::List { device, state, limit, json } => {
+        JournalCommand::List {
+            device,
+            state,
+            limit,
+            json,
+        } => {
             let rows = inspect::list(&j, device.as_deref(), state.as_deref(), limit)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<38} {:<16} {:>8} {:>12} {:>7} {:>18} {:<11} {:>8}", "BATCH_ID", "DEVICE", "SEQ", "FIRST", "SAMPLES", "T_START", "STATE", "BYTES");
+                println!(
+                    "{:<38} {:<16} {:>8} {:>12} {:>7} {:>18} {:<11} {:>8}",
+                    "BATCH_ID", "DEVICE", "SEQ", "FIRST", "SAMPLES", "T_START", "STATE", "BYTES"
+                );
                 for r in rows {
                     println!(
                         "{:<38} {:<16} {:>8} {:>12} {:>7} {:>18.3} {:<11} {:>8}",
-                        r.batch_id, r.device_id, r.seq, r.first_sample, r.n_samples, r.t_start, r.state, r.size
+                        r.batch_id,
+                        r.device_id,
+                        r.seq,
+                        r.first_sample,
+                        r.n_samples,
+                        r.t_start,
+                        r.state,
+                        r.size
                     );
                 }
             }
@@ -274,7 +340,10 @@ fn journal_cmd(config: &ConfigArg, journal: Option<PathBuf>, keys: Vec<PathBuf>,
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("integrity_check: {}", report.integrity);
-                println!("batches: {} checked, {} ok", report.batches_checked, report.batches_ok);
+                println!(
+                    "batches: {} checked, {} ok",
+                    report.batches_checked, report.batches_ok
+                );
                 for p in &report.problems {
                     println!("problem: {p}");
                 }
@@ -282,10 +351,20 @@ fn journal_cmd(config: &ConfigArg, journal: Option<PathBuf>, keys: Vec<PathBuf>,
             if report.ok() {
                 Ok(())
             } else {
-                Err(Fail(1, format!("journal verification found {} problem(s)", report.problems.len() + usize::from(report.integrity != "ok"))))
+                Err(Fail(
+                    1,
+                    format!(
+                        "journal verification found {} problem(s)",
+                        report.problems.len() + usize::from(report.integrity != "ok")
+                    ),
+                ))
             }
         }
-        JournalCommand::Decrypt { batch_id, device, seq } => {
+        JournalCommand::Decrypt {
+            batch_id,
+            device,
+            seq,
+        } => {
             if batch_id.is_none() && device.is_none() {
                 return Err(usage("give --batch-id ID, or --device DEV --seq N"));
             }

@@ -107,8 +107,13 @@ impl Processing {
             let (since, n0) = rate_window;
             let el = since.elapsed();
             if el >= Duration::from_secs(1) {
-                let n = self.stats.samples_total.load(std::sync::atomic::Ordering::Relaxed);
-                self.stats.samples_per_s.store((n - n0) as f64 / el.as_secs_f64());
+                let n = self
+                    .stats
+                    .samples_total
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                self.stats
+                    .samples_per_s
+                    .store((n - n0) as f64 / el.as_secs_f64());
                 rate_window = (Instant::now(), n);
             }
         }
@@ -184,7 +189,9 @@ impl Processing {
         self.stats.samples_total.fetch_add(n as u64, Relaxed);
         if let Some(t) = ts.last() {
             self.stats.last_sample_unix.store(*t);
-            self.stats.last_sample_mono.store(self.epoch.elapsed().as_secs_f64());
+            self.stats
+                .last_sample_mono
+                .store(self.epoch.elapsed().as_secs_f64());
         }
     }
 
@@ -193,13 +200,23 @@ impl Processing {
     fn send(&self, mut b: BatchData, carry: &mut Option<Gap>) {
         use std::sync::atomic::Ordering::Relaxed;
         if let Some(g) = carry.take() {
-            b.gaps.insert(0, Gap { before_sample: b.first_sample, ..g });
+            b.gaps.insert(
+                0,
+                Gap {
+                    before_sample: b.first_sample,
+                    ..g
+                },
+            );
         }
         let start = b.first_sample
-            - b.gaps.iter().filter(|g| g.before_sample == b.first_sample).map(|g| g.missing).sum::<u64>();
+            - b.gaps
+                .iter()
+                .filter(|g| g.before_sample == b.first_sample)
+                .map(|g| g.missing)
+                .sum::<u64>();
         let end = b.end_sample();
         let n = b.n_samples() as u64;
-        if self.journal.try_send_batch(b).is_err() {
+        if !self.journal.try_send_batch(b) {
             self.stats.dropped_samples.fetch_add(n, Relaxed);
             self.stats.gaps.fetch_add(1, Relaxed);
             *carry = Some(Gap {

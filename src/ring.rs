@@ -98,7 +98,11 @@ impl RingStats {
 
 /// Create a ring holding at least `capacity_frames` frames of `channels`
 /// channels, in blocks of `block_frames` frames.
-pub fn ring(channels: usize, capacity_frames: usize, block_frames: usize) -> (Producer, Consumer, RingStats) {
+pub fn ring(
+    channels: usize,
+    capacity_frames: usize,
+    block_frames: usize,
+) -> (Producer, Consumer, RingStats) {
     let channels = channels.max(1);
     let block_frames = block_frames.max(1);
     // Blocks may be published part-full (a driver flushes what it has), so
@@ -115,7 +119,9 @@ pub fn ring(channels: usize, capacity_frames: usize, block_frames: usize) -> (Pr
         // The pool has exactly this capacity, so pushes succeed.
         let _ = shared.pool.push(Block::new(channels, block_frames));
     }
-    let stats = RingStats { shared: shared.clone() };
+    let stats = RingStats {
+        shared: shared.clone(),
+    };
     (
         Producer {
             shared: shared.clone(),
@@ -202,7 +208,9 @@ impl Producer {
             return;
         }
         if let Some(mut old) = self.shared.queue.force_push(b) {
-            self.shared.dropped.fetch_add(old.len as u64, Ordering::Relaxed);
+            self.shared
+                .dropped
+                .fetch_add(old.len as u64, Ordering::Relaxed);
             old.len = 0;
             let _ = self.shared.pool.push(old);
         }

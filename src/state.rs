@@ -108,7 +108,14 @@ impl DeviceStats {
         DeviceStats {
             id: id.to_string(),
             driver,
-            state: AtomicU8::new(if enabled { DeviceState::Connecting } else { DeviceState::Disabled }.to_u8()),
+            state: AtomicU8::new(
+                if enabled {
+                    DeviceState::Connecting
+                } else {
+                    DeviceState::Disabled
+                }
+                .to_u8(),
+            ),
             sample_rate: AtomicF64::new(0.0),
             channels: AtomicUsize::new(0),
             samples_total: AtomicU64::new(0),

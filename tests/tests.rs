@@ -16,8 +16,14 @@ fn journal_batches(env: &Env) -> Vec<(String, u64, u64, u64)> {
 fn journal_batches_at(env: &Env, journal: &std::path::Path) -> Vec<(String, u64, u64, u64)> {
     let keys = Keyring::new(load_key_file(&env.key()).expect("key"));
     let conn = rusqlite::Connection::open(journal).expect("open journal");
-    let mut st = conn.prepare("SELECT envelope FROM batches ORDER BY device_id, seq").expect("prepare");
-    let envs: Vec<Vec<u8>> = st.query_map([], |r| r.get(0)).expect("query").map(|r| r.expect("row")).collect();
+    let mut st = conn
+        .prepare("SELECT envelope FROM batches ORDER BY device_id, seq")
+        .expect("prepare");
+    let envs: Vec<Vec<u8>> = st
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
     envs.iter()
         .map(|e| {
             let (h, b) = neuroedge::batch::open(&keys, e).expect("every envelope opens");
@@ -43,7 +49,10 @@ fn assert_seq_gapless(batches: &[(String, u64, u64, u64)]) {
 #[test]
 fn streams_status_and_shuts_down_with_every_sample_journaled() {
     let env = Env::new("");
-    env.write("devices/synthetic.toml", &synthetic_device("synthetic", 8, 250.0, ""));
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device("synthetic", 8, 250.0, ""),
+    );
     let d = env.spawn();
     let took = d.wait_streaming(Duration::from_secs(5));
     assert!(took < Duration::from_secs(2), "streaming after {took:?}");
@@ -57,7 +66,14 @@ fn streams_status_and_shuts_down_with_every_sample_journaled() {
     assert!(reported > 700, "{reported} samples after ~3 s");
     assert_eq!(s["node_id"], "test-node");
     assert_eq!(s["site_id"], "test-lab");
-    for k in ["pending_batches", "pending_bytes", "total_bytes", "max_bytes", "evicted_batches", "path"] {
+    for k in [
+        "pending_batches",
+        "pending_bytes",
+        "total_bytes",
+        "max_bytes",
+        "evicted_batches",
+        "path",
+    ] {
         assert!(s["journal"].get(k).is_some(), "journal.{k} in status");
     }
     assert_eq!(s["uplink"]["state"], "disabled");
@@ -69,25 +85,40 @@ fn streams_status_and_shuts_down_with_every_sample_journaled() {
     let batches = journal_batches(&env);
     assert_seq_gapless(&batches);
     let journaled: u64 = batches.iter().map(|b| b.3).sum();
-    assert!(journaled as f64 >= 0.99 * reported as f64, "journal has {journaled} of {reported} samples");
+    assert!(
+        journaled as f64 >= 0.99 * reported as f64,
+        "journal has {journaled} of {reported} samples"
+    );
 
     // The same journal read by Python's cbor2 / zstandard / cryptography,
     // with every raw sample checked against an independent generator.
     let out = std::process::Command::new(util::python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/decode_batches.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/decode_batches.py"
+        ))
         .arg(env.journal())
         .arg(env.key())
         .args(["--seed", "1", "--rate", "250"])
         .output()
         .expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python decode failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python decode failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: Value = serde_json::from_str(stdout.trim()).expect("python summary");
     assert_eq!(summary["samples"].as_u64(), Some(journaled));
     assert_eq!(summary["batches"].as_u64(), Some(batches.len() as u64));
 
     // The CLI agrees.
-    let v = env.cmd(&["journal", "--config", env.config().to_str().unwrap(), "verify"]);
+    let v = env.cmd(&[
+        "journal",
+        "--config",
+        env.config().to_str().unwrap(),
+        "verify",
+    ]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
     let audit: Vec<String> = rusqlite::Connection::open(env.journal())
         .unwrap()
@@ -97,7 +128,13 @@ fn streams_status_and_shuts_down_with_every_sample_journaled() {
         .unwrap()
         .map(|r| r.unwrap())
         .collect();
-    for e in ["key_created", "daemon_start", "device_state", "daemon_stop", "journal_closed"] {
+    for e in [
+        "key_created",
+        "daemon_start",
+        "device_state",
+        "daemon_stop",
+        "journal_closed",
+    ] {
         assert!(audit.iter().any(|a| a == e), "audit has {e}: {audit:?}");
     }
 }
@@ -105,21 +142,30 @@ fn streams_status_and_shuts_down_with_every_sample_journaled() {
 #[test]
 fn kill9_then_restart_keeps_committed_batches_and_continues_seq() {
     let env = Env::new("[journal]\nbatch_seconds = 0.5");
-    env.write("devices/synthetic.toml", &synthetic_device("synthetic", 8, 250.0, ""));
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device("synthetic", 8, 250.0, ""),
+    );
     let d = env.spawn();
     d.wait_streaming(Duration::from_secs(5));
-    d.wait_for(Duration::from_secs(10), "4 committed batches", |s| s["journal"]["committed_batches"].as_u64() >= Some(4));
+    d.wait_for(Duration::from_secs(10), "4 committed batches", |s| {
+        s["journal"]["committed_batches"].as_u64() >= Some(4)
+    });
     d.kill9();
     let before = journal_batches(&env);
     assert!(before.len() >= 4);
     let conn = rusqlite::Connection::open(env.journal()).unwrap();
-    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
     drop(conn);
 
     let d = env.spawn();
     d.wait_streaming(Duration::from_secs(5));
-    d.wait_for(Duration::from_secs(10), "2 more batches", |s| s["journal"]["committed_batches"].as_u64() >= Some(2));
+    d.wait_for(Duration::from_secs(10), "2 more batches", |s| {
+        s["journal"]["committed_batches"].as_u64() >= Some(2)
+    });
     assert_eq!(d.terminate(), 0);
     let after = journal_batches(&env);
     assert!(after.len() >= before.len() + 2);
@@ -130,21 +176,48 @@ fn kill9_then_restart_keeps_committed_batches_and_continues_seq() {
     assert_eq!(seqs, (0..after.len() as u64).collect::<Vec<_>>());
     let last_before = before.last().unwrap();
     let first_after = &after[before.len()];
-    assert_eq!(first_after.2, last_before.2 + last_before.3, "sample index continues");
+    assert_eq!(
+        first_after.2,
+        last_before.2 + last_before.3,
+        "sample index continues"
+    );
 }
 
 #[test]
 fn broken_configs_exit_2_naming_file_and_key() {
     let cases: &[(&str, &str, &str, &str)] = &[
         // (config extra, device text, expected file, expected key)
-        ("[journal]\nmax_bites = \"1GiB\"", "", "neuroedge.toml", "journal.max_bites"),
-        ("[journal]\nbatch_seconds = \"one\"", "", "neuroedge.toml", "journal.batch_seconds"),
-        ("", "id = \"c\"\ndriver = \"openbci-cyton\"\n[connection]\ndaisy = true\n", "cyton.toml", "connection.port"),
-        ("", "id = \"s2\"\ndriver = \"synthetic\"\n[connection]\nchannels = \"eight\"\n", "cyton.toml", "connection.channels"),
+        (
+            "[journal]\nmax_bites = \"1GiB\"",
+            "",
+            "neuroedge.toml",
+            "journal.max_bites",
+        ),
+        (
+            "[journal]\nbatch_seconds = \"one\"",
+            "",
+            "neuroedge.toml",
+            "journal.batch_seconds",
+        ),
+        (
+            "",
+            "id = \"c\"\ndriver = \"openbci-cyton\"\n[connection]\ndaisy = true\n",
+            "cyton.toml",
+            "connection.port",
+        ),
+        (
+            "",
+            "id = \"s2\"\ndriver = \"synthetic\"\n[connection]\nchannels = \"eight\"\n",
+            "cyton.toml",
+            "connection.channels",
+        ),
     ];
     for (cfg, dev, file, key) in cases {
         let env = Env::new(cfg);
-        env.write("devices/synthetic.toml", &synthetic_device("synthetic", 8, 250.0, ""));
+        env.write(
+            "devices/synthetic.toml",
+            &synthetic_device("synthetic", 8, 250.0, ""),
+        );
         if !dev.is_empty() {
             env.write("devices/cyton.toml", dev);
         }
@@ -153,8 +226,14 @@ fn broken_configs_exit_2_naming_file_and_key() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{sub}: {err}");
             assert!(err.contains(file), "{sub}: names the file {file}: {err}");
-            assert!(err.contains(&format!("`{key}`")), "{sub}: names the key {key}: {err}");
-            assert!(err.lines().any(|l| l.contains(file) && l.contains(':')), "line:column given: {err}");
+            assert!(
+                err.contains(&format!("`{key}`")),
+                "{sub}: names the key {key}: {err}"
+            );
+            assert!(
+                err.lines().any(|l| l.contains(file) && l.contains(':')),
+                "line:column given: {err}"
+            );
         }
     }
     // A missing config file is a usage error too.
@@ -167,7 +246,10 @@ fn broken_configs_exit_2_naming_file_and_key() {
 fn group_readable_key_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new("");
-    env.write("devices/synthetic.toml", &synthetic_device("synthetic", 8, 250.0, ""));
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device("synthetic", 8, 250.0, ""),
+    );
     let out = env.cmd(&["keygen", "--out", env.key().to_str().unwrap()]);
     assert!(out.status.success());
     std::fs::set_permissions(env.key(), std::fs::Permissions::from_mode(0o640)).unwrap();
@@ -183,7 +265,10 @@ fn group_readable_key_is_refused() {
 fn socket_survives_concurrent_clients_garbage_and_malformed_requests() {
     use std::io::{BufRead, BufReader, Write};
     let env = Env::new("");
-    env.write("devices/synthetic.toml", &synthetic_device("synthetic", 8, 250.0, ""));
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device("synthetic", 8, 250.0, ""),
+    );
     let d = env.spawn();
     d.wait_streaming(Duration::from_secs(5));
 
@@ -195,7 +280,11 @@ fn socket_survives_concurrent_clients_garbage_and_malformed_requests() {
             std::thread::spawn(move || {
                 let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
                 s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                let req = if i % 2 == 0 { "status\n" } else { "{\"cmd\": \"health\"}\n" };
+                let req = if i % 2 == 0 {
+                    "status\n"
+                } else {
+                    "{\"cmd\": \"health\"}\n"
+                };
                 s.write_all(req.as_bytes()).unwrap();
                 let mut line = String::new();
                 BufReader::new(&s).read_line(&mut line).expect("reply");
@@ -211,7 +300,10 @@ fn socket_survives_concurrent_clients_garbage_and_malformed_requests() {
     // A 1 MiB garbage line gets an error and the connection stays usable.
     let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let garbage: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).filter(|b| *b != b'\n').collect();
+    let garbage: Vec<u8> = (0..1024 * 1024)
+        .map(|i| (i * 7 % 251) as u8)
+        .filter(|b| *b != b'\n')
+        .collect();
     s.write_all(&garbage).unwrap();
     s.write_all(b"\n").unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -219,7 +311,13 @@ fn socket_survives_concurrent_clients_garbage_and_malformed_requests() {
     r.read_line(&mut line).unwrap();
     let v: Value = serde_json::from_str(&line).unwrap();
     assert!(v["error"].as_str().unwrap().contains("too long"), "{v}");
-    for (req, bad) in [("bogus\n", true), ("{\"cmd\": \n", true), ("{\"nocmd\": 1}\n", true), ("\u{00ff}\u{00fe}\n", true), ("journal\n", false)] {
+    for (req, bad) in [
+        ("bogus\n", true),
+        ("{\"cmd\": \n", true),
+        ("{\"nocmd\": 1}\n", true),
+        ("\u{00ff}\u{00fe}\n", true),
+        ("journal\n", false),
+    ] {
         s.write_all(req.as_bytes()).unwrap();
         line.clear();
         r.read_line(&mut line).unwrap();
@@ -240,8 +338,16 @@ fn socket_survives_concurrent_clients_garbage_and_malformed_requests() {
     // The status CLI prints a readable summary and raw JSON.
     let out = env.cmd(&["status", "--socket", sock.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("synthetic") && text.contains("streaming"), "{text}");
-    let out = env.cmd(&["status", "--config", env.config().to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success() && text.contains("synthetic") && text.contains("streaming"),
+        "{text}"
+    );
+    let out = env.cmd(&[
+        "status",
+        "--config",
+        env.config().to_str().unwrap(),
+        "--json",
+    ]);
     let v: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(v["devices"][0]["id"], "synthetic");
     assert_eq!(d.terminate(), 0);
@@ -250,7 +356,10 @@ fn socket_survives_concurrent_clients_garbage_and_malformed_requests() {
 #[test]
 fn stale_socket_is_replaced_and_second_daemon_refused() {
     let env = Env::new("");
-    env.write("devices/synthetic.toml", &synthetic_device("synthetic", 4, 250.0, ""));
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device("synthetic", 4, 250.0, ""),
+    );
     std::fs::create_dir_all(env.socket().parent().unwrap()).unwrap();
     // A stale socket file left by a crash.
     drop(std::os::unix::net::UnixListener::bind(env.socket()).unwrap());
@@ -258,12 +367,20 @@ fn stale_socket_is_replaced_and_second_daemon_refused() {
     let d = env.spawn();
     d.wait_streaming(Duration::from_secs(5));
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(env.socket()).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(env.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o660, "socket_mode applied");
     // A second daemon on the same socket refuses to start and leaves the first alone.
     let out = env.cmd(&["run", "--config", env.config().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(d.status().unwrap()["devices"][0]["state"], "streaming");
     assert_eq!(d.terminate(), 0);
 }
@@ -272,19 +389,33 @@ fn stale_socket_is_replaced_and_second_daemon_refused() {
 fn quota_evicts_oldest_counted_and_audited() {
     // 64 channels x 2 kHz: about 0.5-1 MB per sealed second; quota 2 MiB.
     let env = Env::new("[journal]\nmax_bytes = \"2MiB\"\nwhen_full = \"drop_oldest\"");
-    env.write("devices/synthetic.toml", &synthetic_device("big", 64, 2000.0, ""));
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device("big", 64, 2000.0, ""),
+    );
     let d = env.spawn();
     d.wait_streaming(Duration::from_secs(5));
-    let s = d.wait_for(Duration::from_secs(30), "evictions", |s| s["journal"]["evicted_batches"].as_u64() >= Some(2));
+    let s = d.wait_for(Duration::from_secs(30), "evictions", |s| {
+        s["journal"]["evicted_batches"].as_u64() >= Some(2)
+    });
     assert!(s["journal"]["total_bytes"].as_u64() <= Some(2 * 1024 * 1024));
     assert_eq!(d.terminate(), 0);
     let batches = journal_batches(&env);
     // Remaining rows are the newest; seq is contiguous above the evicted ones.
     let seqs: Vec<u64> = batches.iter().map(|b| b.1).collect();
     assert!(seqs[0] > 0, "oldest evicted");
-    assert_eq!(seqs, (seqs[0]..seqs[0] + seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        seqs,
+        (seqs[0]..seqs[0] + seqs.len() as u64).collect::<Vec<_>>()
+    );
     let conn = rusqlite::Connection::open(env.journal()).unwrap();
-    let evicted: i64 = conn.query_row("SELECT COUNT(*) FROM audit WHERE event = 'evicted'", [], |r| r.get(0)).unwrap();
+    let evicted: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE event = 'evicted'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(evicted as u64, seqs[0], "every evicted batch audited");
 }
 
@@ -292,7 +423,10 @@ fn quota_evicts_oldest_counted_and_audited() {
 #[test]
 fn full_disk_degrades_then_recovers_without_losing_batches() {
     let env = Env::new("[journal]\npath = \"disk/journal.db\"\nbatch_seconds = 0.5");
-    env.write("devices/synthetic.toml", &synthetic_device("big", 64, 2000.0, ""));
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device("big", 64, 2000.0, ""),
+    );
     let disk = env.path().join("disk");
     std::fs::create_dir_all(&disk).unwrap();
     let mounted = std::process::Command::new("mount")
@@ -301,23 +435,36 @@ fn full_disk_degrades_then_recovers_without_losing_batches() {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(mounted, "this test needs to mount a tmpfs (run as root, as CI does)");
+    assert!(
+        mounted,
+        "this test needs to mount a tmpfs (run as root, as CI does)"
+    );
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _guard = Unmount(disk.clone());
 
     let d = env.spawn();
     d.wait_streaming(Duration::from_secs(5));
-    let s = d.wait_for(Duration::from_secs(30), "journal degraded (disk full)", |s| s["journal"]["state"] == "degraded");
+    let s = d.wait_for(
+        Duration::from_secs(30),
+        "journal degraded (disk full)",
+        |s| s["journal"]["state"] == "degraded",
+    );
     assert!(s["journal"]["last_error"].as_str().is_some());
     let h = d.request("health").unwrap();
     assert_eq!(h["status"], "degraded", "{h}");
     assert_eq!(h["checks"]["journal"]["status"], "degraded");
-    assert_eq!(s["devices"][0]["state"], "streaming", "acquisition unaffected");
+    assert_eq!(
+        s["devices"][0]["state"], "streaming",
+        "acquisition unaffected"
+    );
     std::thread::sleep(Duration::from_secs(2));
     // Space returns.
     let ok = std::process::Command::new("mount")
@@ -327,7 +474,9 @@ fn full_disk_degrades_then_recovers_without_losing_batches() {
         .unwrap();
     assert!(ok.success());
     let start = Instant::now();
-    d.wait_for(Duration::from_secs(40), "journal recovered", |s| s["journal"]["state"] == "ok" && s["journal"]["queued_batches"].as_u64() <= Some(2));
+    d.wait_for(Duration::from_secs(40), "journal recovered", |s| {
+        s["journal"]["state"] == "ok" && s["journal"]["queued_batches"].as_u64() <= Some(2)
+    });
     let recovered_in = start.elapsed();
     let h = d.request("health").unwrap();
     assert_eq!(h["status"], "ok", "{h}");
@@ -340,21 +489,37 @@ fn full_disk_degrades_then_recovers_without_losing_batches() {
     assert_seq_gapless(&batches);
     let journaled: u64 = batches.iter().map(|b| b.3).sum();
     assert_eq!(dropped, 0, "batches were held in memory, not dropped");
-    assert!(journaled as f64 >= 0.99 * reported as f64, "{journaled} of {reported} (recovered in {recovered_in:?})");
+    assert!(
+        journaled as f64 >= 0.99 * reported as f64,
+        "{journaled} of {reported} (recovered in {recovered_in:?})"
+    );
     let conn = rusqlite::Connection::open(&journal).unwrap();
-    let n: i64 = conn.query_row("SELECT COUNT(*) FROM audit WHERE event = 'journal_recovered'", [], |r| r.get(0)).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE event = 'journal_recovered'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert!(n >= 1);
-    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
 }
 
 #[test]
 fn journal_cli_lists_decrypts_and_stats() {
     let env = Env::new("[journal]\nbatch_seconds = 0.5");
-    env.write("devices/synthetic.toml", &synthetic_device("synthetic", 3, 100.0, ""));
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device("synthetic", 3, 100.0, ""),
+    );
     let d = env.spawn();
     d.wait_streaming(Duration::from_secs(5));
-    d.wait_for(Duration::from_secs(10), "2 batches", |s| s["journal"]["committed_batches"].as_u64() >= Some(2));
+    d.wait_for(Duration::from_secs(10), "2 batches", |s| {
+        s["journal"]["committed_batches"].as_u64() >= Some(2)
+    });
     assert_eq!(d.terminate(), 0);
     let cfg = env.config();
     let cfg = cfg.to_str().unwrap();
@@ -363,12 +528,25 @@ fn journal_cli_lists_decrypts_and_stats() {
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = rows[0]["batch_id"].as_str().unwrap().to_string();
     let out = env.cmd(&["journal", "--config", cfg, "decrypt", "--batch-id", &id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let b: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(b["header"]["seq"], 0);
     assert_eq!(b["raw"].as_array().unwrap().len(), 50);
     assert_eq!(b["raw"][0].as_array().unwrap().len(), 3);
-    let out = env.cmd(&["journal", "--config", cfg, "decrypt", "--device", "synthetic", "--seq", "1"]);
+    let out = env.cmd(&[
+        "journal",
+        "--config",
+        cfg,
+        "decrypt",
+        "--device",
+        "synthetic",
+        "--seq",
+        "1",
+    ]);
     assert!(out.status.success());
     let out = env.cmd(&["journal", "--config", cfg, "stats", "--json"]);
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -376,7 +554,14 @@ fn journal_cli_lists_decrypts_and_stats() {
     // A wrong key is reported, not a crash.
     let other = env.path().join("other.key");
     env.cmd(&["keygen", "--out", other.to_str().unwrap()]);
-    let out = env.cmd(&["journal", "--config", cfg, "--key", other.to_str().unwrap(), "verify"]);
+    let out = env.cmd(&[
+        "journal",
+        "--config",
+        cfg,
+        "--key",
+        other.to_str().unwrap(),
+        "verify",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no key with id"));
 }
@@ -385,7 +570,10 @@ fn journal_cli_lists_decrypts_and_stats() {
 fn env_override_and_journal_opened_by_library() {
     // NEUROEDGE_<SECTION>_<KEY> overrides the file (here: the site id).
     let env = Env::new("");
-    env.write("devices/synthetic.toml", &synthetic_device("synthetic", 2, 250.0, ""));
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device("synthetic", 2, 250.0, ""),
+    );
     let out = std::process::Command::new(util::BIN)
         .args(["check-config", "--config"])
         .arg(env.config())

@@ -169,7 +169,7 @@ pub enum Connection {
     Synthetic(SyntheticConnection),
     OpenbciCyton(CytonConnection),
     SerialAscii(SerialAsciiConnection),
-    Brainflow(BrainflowConnection),
+    Brainflow(Box<BrainflowConnection>),
     Lsl(LslConnection),
 }
 
@@ -347,14 +347,17 @@ fn parse_as<C: serde::de::DeserializeOwned>(
 /// Parse and validate one device file.
 pub fn parse_device(path: &Path, text: String) -> Result<DeviceConfig, Vec<Problem>> {
     let src = SourceText::new(path, text);
-    let head: DriverOnly = toml::from_str(&src.text).map_err(|e| vec![src.problem_from_toml(&e)])?;
+    let head: DriverOnly =
+        toml::from_str(&src.text).map_err(|e| vec![src.problem_from_toml(&e)])?;
     let parsed = match head.driver {
-        DriverKind::Synthetic => {
-            parse_as(&src, Connection::Synthetic, Some(SyntheticConnection::default))
-        }
+        DriverKind::Synthetic => parse_as(
+            &src,
+            Connection::Synthetic,
+            Some(SyntheticConnection::default),
+        ),
         DriverKind::OpenbciCyton => parse_as(&src, Connection::OpenbciCyton, None),
         DriverKind::SerialAscii => parse_as(&src, Connection::SerialAscii, None),
-        DriverKind::Brainflow => parse_as(&src, Connection::Brainflow, None),
+        DriverKind::Brainflow => parse_as(&src, |c| Connection::Brainflow(Box::new(c)), None),
         DriverKind::Lsl => parse_as(&src, Connection::Lsl, None),
     };
     let f = parsed.map_err(|p| vec![p])?;
@@ -363,7 +366,9 @@ pub fn parse_device(path: &Path, text: String) -> Result<DeviceConfig, Vec<Probl
         id: f.id,
         driver: f.driver,
         enabled: f.enabled,
-        connection: f.connection.unwrap_or(Connection::Synthetic(SyntheticConnection::default())),
+        connection: f
+            .connection
+            .unwrap_or(Connection::Synthetic(SyntheticConnection::default())),
         channels: f.channels,
         filters: f.filters,
         features: f.features,
@@ -379,26 +384,46 @@ pub fn parse_device(path: &Path, text: String) -> Result<DeviceConfig, Vec<Probl
 
 fn validate_device(d: &DeviceConfig, src: &SourceText) -> Vec<Problem> {
     let mut out = Vec::new();
-    let mut bad = |key: &str, msg: String, hint: &str| out.push(src.problem_at_key(key, msg, Some(hint)));
+    let mut bad =
+        |key: &str, msg: String, hint: &str| out.push(src.problem_at_key(key, msg, Some(hint)));
     if d.id.is_empty()
         || d.id.len() > 64
-        || !d.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || !d
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
-        bad("id", format!("{:?} is not a valid device id", d.id), "use 1-64 letters, digits, '-', '_' or '.'");
+        bad(
+            "id",
+            format!("{:?} is not a valid device id", d.id),
+            "use 1-64 letters, digits, '-', '_' or '.'",
+        );
     }
     let check_rate = |rate: f64, key: &str, bad: &mut dyn FnMut(&str, String, &str)| {
         if !(rate.is_finite() && rate > 0.0 && rate <= 100_000.0) {
-            bad(key, format!("sample rate {rate} is out of range"), "use a rate in Hz between 0 and 100000");
+            bad(
+                key,
+                format!("sample rate {rate} is out of range"),
+                "use a rate in Hz between 0 and 100000",
+            );
         }
     };
     let check_channels = |n: usize, key: &str, bad: &mut dyn FnMut(&str, String, &str)| {
         if !(1..=1024).contains(&n) {
-            bad(key, format!("{n} channels is out of range"), "use 1 to 1024 channels");
+            bad(
+                key,
+                format!("{n} channels is out of range"),
+                "use 1 to 1024 channels",
+            );
         }
     };
     let check_port = |port: &str, bad: &mut dyn FnMut(&str, String, &str)| {
         if port.trim().is_empty() {
-            bad("connection.port", "serial port is empty".into(), "set port = \"/dev/ttyUSB0\" (or the device's path)");
+            bad(
+                "connection.port",
+                "serial port is empty".into(),
+                "set port = \"/dev/ttyUSB0\" (or the device's path)",
+            );
         }
     };
     match &d.connection {
@@ -409,7 +434,11 @@ fn validate_device(d: &DeviceConfig, src: &SourceText) -> Vec<Problem> {
         Connection::OpenbciCyton(c) => {
             check_port(&c.port, &mut bad);
             if c.baud == 0 {
-                bad("connection.baud", "baud must be positive".into(), "the Cyton uses 115200");
+                bad(
+                    "connection.baud",
+                    "baud must be positive".into(),
+                    "the Cyton uses 115200",
+                );
             }
         }
         Connection::SerialAscii(c) => {
@@ -417,10 +446,18 @@ fn validate_device(d: &DeviceConfig, src: &SourceText) -> Vec<Problem> {
             check_rate(c.sample_rate, "connection.sample_rate", &mut bad);
             check_channels(c.channels, "connection.channels", &mut bad);
             if c.baud == 0 {
-                bad("connection.baud", "baud must be positive".into(), "e.g. 115200");
+                bad(
+                    "connection.baud",
+                    "baud must be positive".into(),
+                    "e.g. 115200",
+                );
             }
             if c.separator.is_empty() {
-                bad("connection.separator", "separator is empty".into(), "e.g. \",\" or \" \"");
+                bad(
+                    "connection.separator",
+                    "separator is empty".into(),
+                    "e.g. \",\" or \" \"",
+                );
             }
         }
         Connection::Brainflow(_) => {}
@@ -433,7 +470,11 @@ fn validate_device(d: &DeviceConfig, src: &SourceText) -> Vec<Problem> {
                 );
             }
             if !(c.resolve_timeout_s > 0.0 && c.resolve_timeout_s.is_finite()) {
-                bad("connection.resolve_timeout_s", "must be positive".into(), "default is 5.0");
+                bad(
+                    "connection.resolve_timeout_s",
+                    "must be positive".into(),
+                    "default is 5.0",
+                );
             }
         }
     }
@@ -448,46 +489,90 @@ fn validate_device(d: &DeviceConfig, src: &SourceText) -> Vec<Problem> {
     }
     let f = &d.filters;
     if !(1..=8).contains(&f.order) {
-        bad("filters.order", format!("order {} is out of range", f.order), "use 1 to 8");
+        bad(
+            "filters.order",
+            format!("order {} is out of range", f.order),
+            "use 1 to 8",
+        );
     }
     let nyquist = d.declared_layout().map(|(r, _)| r / 2.0);
-    for (key, v) in [("filters.highpass_hz", f.highpass_hz), ("filters.lowpass_hz", f.lowpass_hz), ("filters.notch_hz", f.notch_hz)] {
+    for (key, v) in [
+        ("filters.highpass_hz", f.highpass_hz),
+        ("filters.lowpass_hz", f.lowpass_hz),
+        ("filters.notch_hz", f.notch_hz),
+    ] {
         if let Some(v) = v {
             if !(v.is_finite() && v > 0.0) {
-                bad(key, format!("{v} Hz must be positive"), "remove the key to disable this filter");
+                bad(
+                    key,
+                    format!("{v} Hz must be positive"),
+                    "remove the key to disable this filter",
+                );
             } else if let Some(ny) = nyquist {
                 if v >= ny {
-                    bad(key, format!("{v} Hz is at or above the Nyquist frequency ({ny} Hz)"), "use a frequency below half the sample rate");
+                    bad(
+                        key,
+                        format!("{v} Hz is at or above the Nyquist frequency ({ny} Hz)"),
+                        "use a frequency below half the sample rate",
+                    );
                 }
             }
         }
     }
     if let (Some(hp), Some(lp)) = (f.highpass_hz, f.lowpass_hz) {
         if hp >= lp {
-            bad("filters.highpass_hz", format!("highpass {hp} Hz is not below lowpass {lp} Hz"), "a band-pass needs highpass_hz < lowpass_hz");
+            bad(
+                "filters.highpass_hz",
+                format!("highpass {hp} Hz is not below lowpass {lp} Hz"),
+                "a band-pass needs highpass_hz < lowpass_hz",
+            );
         }
     }
     if !(f.notch_q.is_finite() && f.notch_q > 0.0) {
-        bad("filters.notch_q", format!("Q {} must be positive", f.notch_q), "default is 30");
+        bad(
+            "filters.notch_q",
+            format!("Q {} must be positive", f.notch_q),
+            "default is 30",
+        );
     }
     if f.notch_harmonics == 0 || f.notch_harmonics > 20 {
-        bad("filters.notch_harmonics", format!("{} is out of range", f.notch_harmonics), "use 1 to 20");
+        bad(
+            "filters.notch_harmonics",
+            format!("{} is out of range", f.notch_harmonics),
+            "use 1 to 20",
+        );
     }
     let ft = &d.features;
     if !(ft.window_s.is_finite() && ft.window_s > 0.0 && ft.window_s <= 60.0) {
-        bad("features.window_s", format!("{} s is out of range", ft.window_s), "use up to 60 s (default 1.0)");
+        bad(
+            "features.window_s",
+            format!("{} s is out of range", ft.window_s),
+            "use up to 60 s (default 1.0)",
+        );
     }
     if !(ft.step_s.is_finite() && ft.step_s > 0.0 && ft.step_s <= 60.0) {
-        bad("features.step_s", format!("{} s is out of range", ft.step_s), "use up to 60 s (default 0.5)");
+        bad(
+            "features.step_s",
+            format!("{} s is out of range", ft.step_s),
+            "use up to 60 s (default 0.5)",
+        );
     }
     for (name, [lo, hi]) in &ft.bands {
         if !(lo.is_finite() && hi.is_finite() && *lo >= 0.0 && lo < hi) {
-            bad(&format!("features.bands.{name}"), format!("band [{lo}, {hi}] is not a range"), "write [lo, hi] with 0 <= lo < hi");
+            bad(
+                &format!("features.bands.{name}"),
+                format!("band [{lo}, {hi}] is not a range"),
+                "write [lo, hi] with 0 <= lo < hi",
+            );
         }
     }
     let rs = d.buffer.ring_seconds;
-    if !(rs.is_finite() && rs >= 0.1 && rs <= 600.0) {
-        bad("buffer.ring_seconds", format!("{rs} s is out of range"), "use 0.1 to 600 s (default 10)");
+    if !(rs.is_finite() && (0.1..=600.0).contains(&rs)) {
+        bad(
+            "buffer.ring_seconds",
+            format!("{rs} s is out of range"),
+            "use 0.1 to 600 s (default 10)",
+        );
     }
     out
 }
@@ -503,7 +588,8 @@ pub fn load_devices_dir(dir: &Path) -> Result<Vec<DeviceConfig>, ConfigError> {
             hint: Some("set [daemon] devices_dir to the folder of device files".into()),
         })
     };
-    let entries = std::fs::read_dir(dir).map_err(|e| dir_problem(format!("cannot read devices folder: {e}")))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| dir_problem(format!("cannot read devices folder: {e}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -523,10 +609,15 @@ pub fn load_devices_dir(dir: &Path) -> Result<Vec<DeviceConfig>, ConfigError> {
             Ok(text) => match parse_device(&f, text) {
                 Ok(d) => {
                     if let Some(other) = devices.iter().find(|o| o.id == d.id) {
-                        let src = SourceText::new(&f, std::fs::read_to_string(&f).unwrap_or_default());
+                        let src =
+                            SourceText::new(&f, std::fs::read_to_string(&f).unwrap_or_default());
                         problems.push(src.problem_at_key(
                             "id",
-                            format!("device id {:?} is also used by {}", d.id, other.file.display()),
+                            format!(
+                                "device id {:?} is also used by {}",
+                                d.id,
+                                other.file.display()
+                            ),
                             Some("every device needs its own id"),
                         ));
                     } else {
@@ -555,14 +646,18 @@ mod tests {
     #[test]
     fn synthetic_defaults() {
         let d = parse("id = \"s\"\ndriver = \"synthetic\"\nenabled = true\n").unwrap();
-        assert_eq!(d.connection, Connection::Synthetic(SyntheticConnection::default()));
+        assert_eq!(
+            d.connection,
+            Connection::Synthetic(SyntheticConnection::default())
+        );
         assert_eq!(d.features.bands.len(), 5);
         assert_eq!(d.buffer.ring_seconds, 10.0);
     }
 
     #[test]
     fn missing_port_is_named() {
-        let e = parse("id = \"c\"\ndriver = \"openbci-cyton\"\n[connection]\ndaisy = true\n").unwrap_err();
+        let e = parse("id = \"c\"\ndriver = \"openbci-cyton\"\n[connection]\ndaisy = true\n")
+            .unwrap_err();
         assert!(e[0].message.contains("missing field `port`"), "{}", e[0]);
         assert_eq!(e[0].key.as_deref(), Some("connection.port"));
         assert!(e[0].line_col.is_some());
@@ -572,7 +667,8 @@ mod tests {
 
     #[test]
     fn unknown_connection_key_is_located() {
-        let e = parse("id = \"s\"\ndriver = \"synthetic\"\n[connection]\nsample_rat = 250\n").unwrap_err();
+        let e = parse("id = \"s\"\ndriver = \"synthetic\"\n[connection]\nsample_rat = 250\n")
+            .unwrap_err();
         assert_eq!(e[0].key.as_deref(), Some("connection.sample_rat"));
         assert_eq!(e[0].line_col, Some((4, 1)));
     }
@@ -598,8 +694,16 @@ mod tests {
     #[test]
     fn duplicate_ids() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("a.toml"), "id = \"x\"\ndriver = \"synthetic\"\n").unwrap();
-        std::fs::write(d.path().join("b.toml"), "id = \"x\"\ndriver = \"synthetic\"\n").unwrap();
+        std::fs::write(
+            d.path().join("a.toml"),
+            "id = \"x\"\ndriver = \"synthetic\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("b.toml"),
+            "id = \"x\"\ndriver = \"synthetic\"\n",
+        )
+        .unwrap();
         let e = load_devices_dir(d.path()).unwrap_err();
         assert!(e.problems[0].message.contains("also used by"));
     }

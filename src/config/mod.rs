@@ -363,7 +363,9 @@ fn resolve_paths(c: &mut DaemonConfig, base: &Path) {
     }
 }
 
-const SECTIONS: [&str; 7] = ["daemon", "journal", "crypto", "uplink", "status", "metrics", "log"];
+const SECTIONS: [&str; 7] = [
+    "daemon", "journal", "crypto", "uplink", "status", "metrics", "log",
+];
 
 /// Apply `NEUROEDGE_<SECTION>_<KEY>` variables. Returns `Ok(None)` when none
 /// is set. String-typed keys take the value verbatim; others parse it as a
@@ -384,9 +386,12 @@ fn apply_env_overrides(
         key,
         line_col: None,
         message,
-        hint: Some("variables are NEUROEDGE_<SECTION>_<KEY>, e.g. NEUROEDGE_UPLINK_ENDPOINT".into()),
+        hint: Some(
+            "variables are NEUROEDGE_<SECTION>_<KEY>, e.g. NEUROEDGE_UPLINK_ENDPOINT".into(),
+        ),
     };
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| env_problem("(file)", None, e.to_string()))?;
+    let mut table: toml::Table =
+        toml::from_str(text).map_err(|e| env_problem("(file)", None, e.to_string()))?;
     let defaults = toml::Table::try_from(DaemonConfig::default())
         .map_err(|e| env_problem("(defaults)", None, e.to_string()))?;
     let mut names = Vec::new();
@@ -394,13 +399,20 @@ fn apply_env_overrides(
         let rest = &var["NEUROEDGE_".len()..];
         let lower = rest.to_ascii_lowercase();
         let Some((section, key)) = lower.split_once('_') else {
-            return Err(env_problem(var, None, "not of the form NEUROEDGE_<SECTION>_<KEY>".into()));
+            return Err(env_problem(
+                var,
+                None,
+                "not of the form NEUROEDGE_<SECTION>_<KEY>".into(),
+            ));
         };
         if !SECTIONS.contains(&section) {
             return Err(env_problem(
                 var,
                 None,
-                format!("unknown section `{section}` (sections: {})", SECTIONS.join(", ")),
+                format!(
+                    "unknown section `{section}` (sections: {})",
+                    SECTIONS.join(", ")
+                ),
             ));
         }
         let default = defaults.get(section).and_then(|s| s.get(key));
@@ -421,7 +433,13 @@ fn apply_env_overrides(
             toml::Value::Table(t) => {
                 t.insert(key.to_string(), value);
             }
-            _ => return Err(env_problem(var, Some(section.into()), "section is not a table".into())),
+            _ => {
+                return Err(env_problem(
+                    var,
+                    Some(section.into()),
+                    "section is not a table".into(),
+                ))
+            }
         }
         names.push(var.clone());
     }
@@ -437,21 +455,38 @@ fn apply_env_overrides(
 }
 
 fn validate_daemon(c: &DaemonConfig, src: &SourceText, out: &mut Vec<Problem>) {
-    let mut bad = |key: &str, msg: String, hint: &str| out.push(src.problem_at_key(key, msg, Some(hint)));
+    let mut bad =
+        |key: &str, msg: String, hint: &str| out.push(src.problem_at_key(key, msg, Some(hint)));
     if c.daemon.site_id.trim().is_empty() {
-        bad("daemon.site_id", "must not be empty".into(), "name your lab or site, e.g. \"lab-3\"");
+        bad(
+            "daemon.site_id",
+            "must not be empty".into(),
+            "name your lab or site, e.g. \"lab-3\"",
+        );
     }
     if let Some(n) = &c.daemon.node_id {
         if n.trim().is_empty() {
-            bad("daemon.node_id", "must not be empty".into(), "remove the key to use the host name");
+            bad(
+                "daemon.node_id",
+                "must not be empty".into(),
+                "remove the key to use the host name",
+            );
         }
     }
     let bs = c.journal.batch_seconds;
     if !(0.1..=60.0).contains(&bs) || !bs.is_finite() {
-        bad("journal.batch_seconds", format!("{bs} is out of range"), "use 0.1 to 60 seconds (default 1.0)");
+        bad(
+            "journal.batch_seconds",
+            format!("{bs} is out of range"),
+            "use 0.1 to 60 seconds (default 1.0)",
+        );
     }
     if c.journal.max_bytes.0 < 1024 * 1024 {
-        bad("journal.max_bytes", format!("{} bytes is too small", c.journal.max_bytes.0), "use at least \"1MiB\" (default \"2GiB\")");
+        bad(
+            "journal.max_bytes",
+            format!("{} bytes is too small", c.journal.max_bytes.0),
+            "use at least \"1MiB\" (default \"2GiB\")",
+        );
     }
     if parse_socket_mode(&c.status.socket_mode).is_none() {
         bad(
@@ -460,22 +495,47 @@ fn validate_daemon(c: &DaemonConfig, src: &SourceText, out: &mut Vec<Problem>) {
             "write it as a string of octal digits, e.g. \"0660\"",
         );
     }
-    if c.uplink.enabled && c.uplink.endpoint.as_deref().is_none_or(|e| e.trim().is_empty()) {
-        bad("uplink.endpoint", "uplink is enabled but has no endpoint".into(), "set endpoint = \"https://...\" or enabled = false");
+    if c.uplink.enabled
+        && c.uplink
+            .endpoint
+            .as_deref()
+            .is_none_or(|e| e.trim().is_empty())
+    {
+        bad(
+            "uplink.endpoint",
+            "uplink is enabled but has no endpoint".into(),
+            "set endpoint = \"https://...\" or enabled = false",
+        );
     }
     if c.uplink.max_in_flight == 0 {
-        bad("uplink.max_in_flight", "must be at least 1".into(), "default is 4");
+        bad(
+            "uplink.max_in_flight",
+            "must be at least 1".into(),
+            "default is 4",
+        );
     }
     if c.uplink.backoff_initial.0 > c.uplink.backoff_max.0 {
-        bad("uplink.backoff_initial", "is larger than backoff_max".into(), "backoff_initial <= backoff_max");
+        bad(
+            "uplink.backoff_initial",
+            "is larger than backoff_max".into(),
+            "backoff_initial <= backoff_max",
+        );
     }
     if let Some(l) = &c.metrics.listen {
         if l.parse::<std::net::SocketAddr>().is_err() {
-            bad("metrics.listen", format!("{l:?} is not an address"), "write e.g. \"127.0.0.1:9273\"");
+            bad(
+                "metrics.listen",
+                format!("{l:?} is not an address"),
+                "write e.g. \"127.0.0.1:9273\"",
+            );
         }
     }
     if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
-        bad("log.level", format!("{:?} is not a log level", c.log.level), "use error, warn, info, debug or trace");
+        bad(
+            "log.level",
+            format!("{:?} is not a log level", c.log.level),
+            "use error, warn, info, debug or trace",
+        );
     }
 }
 
@@ -517,7 +577,11 @@ mod tests {
     #[test]
     fn unknown_key_names_file_key_and_line() {
         let d = tempfile::tempdir().unwrap();
-        let cfg = write(d.path(), "neuroedge.toml", "[journal]\nbatch_seconds = 1.0\nmax_bites = \"1GiB\"\n");
+        let cfg = write(
+            d.path(),
+            "neuroedge.toml",
+            "[journal]\nbatch_seconds = 1.0\nmax_bites = \"1GiB\"\n",
+        );
         write(d.path(), "devices/synthetic.toml", SYNTH);
         let e = load_with_env(&cfg, &[]).unwrap_err();
         let p = &e.problems[0];
@@ -530,7 +594,11 @@ mod tests {
     #[test]
     fn wrong_type_is_located() {
         let d = tempfile::tempdir().unwrap();
-        let cfg = write(d.path(), "neuroedge.toml", "[journal]\nbatch_seconds = \"one\"\n");
+        let cfg = write(
+            d.path(),
+            "neuroedge.toml",
+            "[journal]\nbatch_seconds = \"one\"\n",
+        );
         write(d.path(), "devices/synthetic.toml", SYNTH);
         let e = load_with_env(&cfg, &[]).unwrap_err();
         assert_eq!(e.problems[0].key.as_deref(), Some("journal.batch_seconds"));
@@ -540,11 +608,21 @@ mod tests {
     #[test]
     fn env_overrides_file() {
         let d = tempfile::tempdir().unwrap();
-        let cfg = write(d.path(), "neuroedge.toml", "[uplink]\nendpoint = \"https://a\"\n");
+        let cfg = write(
+            d.path(),
+            "neuroedge.toml",
+            "[uplink]\nendpoint = \"https://a\"\n",
+        );
         write(d.path(), "devices/synthetic.toml", SYNTH);
         let env = vec![
-            ("NEUROEDGE_UPLINK_ENDPOINT".to_string(), "https://b".to_string()),
-            ("NEUROEDGE_JOURNAL_BATCH_SECONDS".to_string(), "2.5".to_string()),
+            (
+                "NEUROEDGE_UPLINK_ENDPOINT".to_string(),
+                "https://b".to_string(),
+            ),
+            (
+                "NEUROEDGE_JOURNAL_BATCH_SECONDS".to_string(),
+                "2.5".to_string(),
+            ),
             ("NEUROEDGE_DAEMON_NODE_ID".to_string(), "123".to_string()),
             ("NEUROEDGE_CONFIG".to_string(), "ignored".to_string()),
         ];
@@ -552,9 +630,14 @@ mod tests {
         assert_eq!(c.daemon.uplink.endpoint.as_deref(), Some("https://b"));
         assert_eq!(c.daemon.journal.batch_seconds, 2.5);
         assert_eq!(c.node_id, "123");
-        let bad = vec![("NEUROEDGE_JOURNAL_BATCH_SECONDS".to_string(), "x".to_string())];
+        let bad = vec![(
+            "NEUROEDGE_JOURNAL_BATCH_SECONDS".to_string(),
+            "x".to_string(),
+        )];
         let e = load_with_env(&cfg, &bad).unwrap_err();
-        assert!(e.problems[0].source.contains("NEUROEDGE_JOURNAL_BATCH_SECONDS"));
+        assert!(e.problems[0]
+            .source
+            .contains("NEUROEDGE_JOURNAL_BATCH_SECONDS"));
         let bad = vec![("NEUROEDGE_NOPE_X".to_string(), "1".to_string())];
         assert!(load_with_env(&cfg, &bad).is_err());
     }

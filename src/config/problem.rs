@@ -122,7 +122,9 @@ impl SourceText {
                 };
                 let covers = |r: Option<Range<usize>>| r.is_some_and(|r| r.contains(&offset));
                 let children: Vec<(&toml_edit::Key, &toml_edit::Item)> = match v {
-                    toml_edit::Item::Table(t) => t.iter().filter_map(|(n, _)| t.get_key_value(n)).collect(),
+                    toml_edit::Item::Table(t) => {
+                        t.iter().filter_map(|(n, _)| t.get_key_value(n)).collect()
+                    }
                     _ => Vec::new(),
                 };
                 if let Some(deeper) = walk(children, offset, &path) {
@@ -137,14 +139,21 @@ impl SourceText {
         let doc = self.doc.as_ref()?;
         let root = doc.as_table();
         walk(
-            root.iter().filter_map(|(n, _)| root.get_key_value(n)).collect(),
+            root.iter()
+                .filter_map(|(n, _)| root.get_key_value(n))
+                .collect(),
             offset,
             "",
         )
     }
 
     /// A problem at a key, located when the key is present in the text.
-    pub fn problem_at_key(&self, key: &str, message: impl Into<String>, hint: Option<&str>) -> Problem {
+    pub fn problem_at_key(
+        &self,
+        key: &str,
+        message: impl Into<String>,
+        hint: Option<&str>,
+    ) -> Problem {
         Problem {
             source: self.name(),
             key: Some(key.to_string()),
@@ -173,7 +182,10 @@ impl SourceText {
         let hint = if message.starts_with("unknown field") {
             Some("remove it or fix its spelling; see the commented defaults in config/neuroedge.toml and devices/*.toml".to_string())
         } else if message.starts_with("invalid type") {
-            Some("check the value's type (quotes for strings, no quotes for numbers and booleans)".to_string())
+            Some(
+                "check the value's type (quotes for strings, no quotes for numbers and booleans)"
+                    .to_string(),
+            )
         } else if message.starts_with("missing field") {
             Some("add this key; it has no default".to_string())
         } else {
@@ -201,7 +213,10 @@ mod tests {
         );
         let span = src.key_span("connection.baud").unwrap();
         assert_eq!(src.line_col(span.start), (4, 1));
-        assert_eq!(src.key_at(span.start + 8).as_deref(), Some("connection.baud"));
+        assert_eq!(
+            src.key_at(span.start + 8).as_deref(),
+            Some("connection.baud")
+        );
         assert_eq!(src.key_at(1).as_deref(), Some("id"));
         // A missing key falls back to its parent table.
         let parent = src.key_span("connection.missing").unwrap();

@@ -32,7 +32,11 @@ impl<'de> Deserialize<'de> for ByteCount {
 
 impl Serialize for ByteCount {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&bytesize::ByteSize(self.0).to_string_as(true).replace(' ', ""))
+        s.serialize_str(
+            &bytesize::ByteSize(self.0)
+                .to_string_as(true)
+                .replace(' ', ""),
+        )
     }
 }
 

@@ -9,9 +9,15 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {path}: {source} (is the daemon running? `systemctl status neuroedge`, or pass --socket)")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("status socket {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the daemon sent a reply that is not JSON: {0}")]
     Reply(String),
 }
@@ -19,13 +25,26 @@ pub enum ClientError {
 /// Send one request line and read one JSON reply.
 pub fn request(socket: &Path, line: &str) -> Result<Value, ClientError> {
     let path = socket.display().to_string();
-    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: path.clone(), source })?;
-    let io = |source| ClientError::Io { path: path.clone(), source };
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
-    s.write_all(format!("{}\n", line.trim_end()).as_bytes()).map_err(io)?;
+    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    s.write_all(format!("{}\n", line.trim_end()).as_bytes())
+        .map_err(io)?;
     let mut reply = String::new();
     BufReader::new(&s).read_line(&mut reply).map_err(io)?;
-    serde_json::from_str(&reply).map_err(|e| ClientError::Reply(format!("{e}: {:?}", reply.chars().take(200).collect::<String>())))
+    serde_json::from_str(&reply).map_err(|e| {
+        ClientError::Reply(format!(
+            "{e}: {:?}",
+            reply.chars().take(200).collect::<String>()
+        ))
+    })
 }
 
 fn num(v: &Value, k: &str) -> f64 {
@@ -39,7 +58,13 @@ fn human_bytes(b: f64) -> String {
 /// A technician-readable summary of a `status` reply.
 pub fn render(status: &Value) -> String {
     let mut out = String::new();
-    let s = |k: &str| status.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    let s = |k: &str| {
+        status
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
     out += &format!(
         "neuroedge {} on node {} (site {}), up {:.0} s\n\n",
         s("version"),
@@ -51,9 +76,17 @@ pub fn render(status: &Value) -> String {
         "{:<16} {:<14} {:<12} {:>8} {:>10} {:>12} {:>8} {:>6} {:>9}\n",
         "DEVICE", "DRIVER", "STATE", "RATE", "SAMPLES/S", "SAMPLES", "DROPPED", "GAPS", "LAST"
     );
-    for d in status.get("devices").and_then(Value::as_array).into_iter().flatten() {
+    for d in status
+        .get("devices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let t = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-        let age = d.get("last_sample_age_s").and_then(Value::as_f64).map_or("-".into(), |a| format!("{a:.2}s"));
+        let age = d
+            .get("last_sample_age_s")
+            .and_then(Value::as_f64)
+            .map_or("-".into(), |a| format!("{a:.2}s"));
         out += &format!(
             "{:<16} {:<14} {:<12} {:>6.0}Hz {:>10.1} {:>12} {:>8} {:>6} {:>9}\n",
             t("id"),
@@ -66,12 +99,20 @@ pub fn render(status: &Value) -> String {
             num(d, "gaps") as u64,
             age
         );
-        if let Some(q) = d.get("quality").and_then(Value::as_array).filter(|q| !q.is_empty()) {
+        if let Some(q) = d
+            .get("quality")
+            .and_then(Value::as_array)
+            .filter(|q| !q.is_empty())
+        {
             let compact: Vec<String> = q
                 .iter()
                 .map(|c| {
                     let st = c.get("state").and_then(Value::as_str).unwrap_or("?");
-                    format!("{}:{}", c.get("channel").and_then(Value::as_str).unwrap_or("?"), st)
+                    format!(
+                        "{}:{}",
+                        c.get("channel").and_then(Value::as_str).unwrap_or("?"),
+                        st
+                    )
                 })
                 .collect();
             out += &format!("    quality {}\n", compact.join(" "));
@@ -81,7 +122,10 @@ pub fn render(status: &Value) -> String {
         }
     }
     if let Some(j) = status.get("journal") {
-        let oldest = j.get("oldest_pending_age_s").and_then(Value::as_f64).map_or("-".into(), |a| format!("{a:.0} s"));
+        let oldest = j
+            .get("oldest_pending_age_s")
+            .and_then(Value::as_f64)
+            .map_or("-".into(), |a| format!("{a:.0} s"));
         out += &format!(
             "\njournal  {} pending ({}), oldest {}; {} of {} used; {} evicted; {}\n",
             num(j, "pending_batches") as u64,

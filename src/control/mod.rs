@@ -24,7 +24,10 @@ pub enum SocketError {
     #[error("status socket {path}: another neuroedge is already answering there; stop it or set [status] socket to another path")]
     InUse { path: PathBuf },
     #[error("status socket {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Bind the socket race-free: bind inside a fresh private folder (0700),
@@ -35,13 +38,25 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
         source,
     };
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(SocketError::InUse { path: path.to_path_buf() });
+        return Err(SocketError::InUse {
+            path: path.to_path_buf(),
+        });
     }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(io)?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .map_err(io)?;
     let private = parent.join(format!(".neuroedge-sock-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&private);
-    std::fs::DirBuilder::new().mode(0o700).create(&private).map_err(io)?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(io)?;
     let tmp = private.join("s");
     let result = (|| {
         let l = std::os::unix::net::UnixListener::bind(&tmp)?;
@@ -56,7 +71,11 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
 }
 
 /// Serve until `shutdown` completes.
-pub async fn serve(listener: UnixListener, state: Arc<DaemonState>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: UnixListener,
+    state: Arc<DaemonState>,
+    shutdown: impl Future<Output = ()>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -84,13 +103,22 @@ pub async fn serve(listener: UnixListener, state: Arc<DaemonState>, shutdown: im
 
 /// Read one line of at most MAX_LINE bytes. Returns None at end of stream;
 /// Some(Err(len)) when the line was too long (and has been skipped).
-async fn read_line(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>, buf: &mut Vec<u8>) -> std::io::Result<Option<Result<(), usize>>> {
+async fn read_line(
+    r: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Result<(), usize>>> {
     buf.clear();
     let mut skipped = 0usize;
     loop {
         let chunk = r.fill_buf().await?;
         if chunk.is_empty() {
-            return Ok(if buf.is_empty() && skipped == 0 { None } else if skipped > 0 { Some(Err(skipped)) } else { Some(Ok(())) });
+            return Ok(if buf.is_empty() && skipped == 0 {
+                None
+            } else if skipped > 0 {
+                Some(Err(skipped))
+            } else {
+                Some(Ok(()))
+            });
         }
         let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
             Some(i) => (i + 1, true),
@@ -126,7 +154,8 @@ async fn handle(stream: UnixStream, state: Arc<DaemonState>) -> std::io::Result<
                 Err(e) => protocol::error_reply(&e.message, &e.hint),
             },
         };
-        let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
+        let mut out =
+            serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
         out.push(b'\n');
         wr.write_all(&out).await?;
     }

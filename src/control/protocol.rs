@@ -22,7 +22,8 @@ pub struct ParseError {
     pub hint: String,
 }
 
-const COMMANDS: &str = "status, health, devices, journal, uplink, version, mark DEVICE TEXT, flush, reload";
+const COMMANDS: &str =
+    "status, health, devices, journal, uplink, version, mark DEVICE TEXT, flush, reload";
 
 fn bad(message: impl Into<String>) -> ParseError {
     ParseError {
@@ -67,8 +68,12 @@ pub fn parse(line: &[u8]) -> Result<Option<Request>, ParseError> {
         return Ok(None);
     }
     if text.starts_with('{') {
-        let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("malformed JSON request: {e}")))?;
-        let cmd = v.get("cmd").and_then(Value::as_str).ok_or_else(|| bad("JSON request without a \"cmd\" string"))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("malformed JSON request: {e}")))?;
+        let cmd = v
+            .get("cmd")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("JSON request without a \"cmd\" string"))?;
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         return command(cmd, s("device"), s("text")).map(Some);
     }
@@ -91,10 +96,16 @@ mod tests {
     fn words_and_json() {
         assert_eq!(parse(b"status").unwrap(), Some(Request::Status));
         assert_eq!(parse(b"  health \r").unwrap(), Some(Request::Health));
-        assert_eq!(parse(b"{\"cmd\": \"journal\"}").unwrap(), Some(Request::Journal));
+        assert_eq!(
+            parse(b"{\"cmd\": \"journal\"}").unwrap(),
+            Some(Request::Journal)
+        );
         assert_eq!(
             parse(b"mark eeg-1 eyes closed").unwrap(),
-            Some(Request::Mark { device: "eeg-1".into(), text: "eyes closed".into() })
+            Some(Request::Mark {
+                device: "eeg-1".into(),
+                text: "eyes closed".into()
+            })
         );
         assert_eq!(parse(b"").unwrap(), None);
     }

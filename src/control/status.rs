@@ -31,7 +31,9 @@ impl DaemonState {
         if s == DeviceState::Streaming {
             let age = self.last_sample_age(d);
             let chunk = 1.0 / d.sample_rate.load().max(1.0);
-            if age.is_none_or(|a| a > STALL_AFTER_S + chunk) && self.now_mono() > STALL_AFTER_S + chunk {
+            if age.is_none_or(|a| a > STALL_AFTER_S + chunk)
+                && self.now_mono() > STALL_AFTER_S + chunk
+            {
                 return DeviceState::Stalled;
             }
         }
@@ -45,9 +47,17 @@ impl DaemonState {
 
     pub fn device_json(&self, d: &DeviceStats) -> Value {
         use std::sync::atomic::Ordering::Relaxed;
-        let names = d.channel_names.lock().map(|n| n.clone()).unwrap_or_default();
+        let names = d
+            .channel_names
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default();
         let features = d.features.lock().map(|f| f.clone()).unwrap_or_default();
-        let band_power: serde_json::Map<String, Value> = features.band_power.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let band_power: serde_json::Map<String, Value> = features
+            .band_power
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
         json!({
             "id": d.id,
             "driver": d.driver,
@@ -110,16 +120,27 @@ impl DaemonState {
         };
         let j = self.journal.snapshot();
         if j.state == "ok" {
-            put("journal".into(), 0, format!("{} pending batches", j.pending_batches));
+            put(
+                "journal".into(),
+                0,
+                format!("{} pending batches", j.pending_batches),
+            );
         } else {
             put(
                 "journal".into(),
                 1,
-                format!("writes failing, {} batches held in memory: {}", j.queued_batches, j.last_error.unwrap_or_default()),
+                format!(
+                    "writes failing, {} batches held in memory: {}",
+                    j.queued_batches,
+                    j.last_error.unwrap_or_default()
+                ),
             );
         }
         let devs = self.devices.read().map(|d| d.clone()).unwrap_or_default();
-        let enabled: Vec<_> = devs.iter().filter(|d| d.state() != DeviceState::Disabled).collect();
+        let enabled: Vec<_> = devs
+            .iter()
+            .filter(|d| d.state() != DeviceState::Disabled)
+            .collect();
         let mut streaming = 0;
         for d in &enabled {
             let s = self.device_state(d);
@@ -129,12 +150,19 @@ impl DaemonState {
                     (0, format!("{:.1} samples/s", d.samples_per_s.load()))
                 }
                 DeviceState::Connecting => (1, "connecting".to_string()),
-                other => (1, format!("{}: {}", other.as_str(), d.last_error().unwrap_or_default())),
+                other => (
+                    1,
+                    format!("{}: {}", other.as_str(), d.last_error().unwrap_or_default()),
+                ),
             };
             put(format!("device:{}", d.id), level, detail);
         }
         if !enabled.is_empty() && streaming == 0 && self.now_mono() > 10.0 {
-            put("recording".into(), 2, "no enabled device is streaming".into());
+            put(
+                "recording".into(),
+                2,
+                "no enabled device is streaming".into(),
+            );
         }
         let overall = ["ok", "degraded", "failing"][worst as usize];
         json!({"status": overall, "checks": checks})

@@ -46,7 +46,10 @@ pub struct Stats {
 pub fn stats(j: &Journal) -> Result<Stats, JournalError> {
     let e = err(j);
     let c = &j.conn;
-    let one = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64);
+    let one = |sql: &str| {
+        c.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+    };
     let mut st = c
         .prepare(
             "SELECT d.device_id, d.next_seq,
@@ -85,8 +88,10 @@ pub fn stats(j: &Journal) -> Result<Stats, JournalError> {
         batches: one("SELECT COUNT(*) FROM batches").map_err(&e)?,
         batch_bytes: one("SELECT COALESCE(SUM(size), 0) FROM batches").map_err(&e)?,
         pending_batches: one("SELECT COUNT(*) FROM batches WHERE state = 'pending'").map_err(&e)?,
-        uploaded_batches: one("SELECT COUNT(*) FROM batches WHERE state = 'uploaded'").map_err(&e)?,
-        quarantined_batches: one("SELECT COUNT(*) FROM batches WHERE state = 'quarantined'").map_err(&e)?,
+        uploaded_batches: one("SELECT COUNT(*) FROM batches WHERE state = 'uploaded'")
+            .map_err(&e)?,
+        quarantined_batches: one("SELECT COUNT(*) FROM batches WHERE state = 'quarantined'")
+            .map_err(&e)?,
         audit_records: one("SELECT COUNT(*) FROM audit").map_err(&e)?,
         evicted_batches: one("SELECT COUNT(*) FROM audit WHERE event = 'evicted'").map_err(&e)?,
         devices,
@@ -108,7 +113,12 @@ pub struct Row {
 }
 
 /// Batches in journal order, optionally of one device / one state.
-pub fn list(j: &Journal, device: Option<&str>, state: Option<&str>, limit: u64) -> Result<Vec<Row>, JournalError> {
+pub fn list(
+    j: &Journal,
+    device: Option<&str>,
+    state: Option<&str>,
+    limit: u64,
+) -> Result<Vec<Row>, JournalError> {
     let e = err(j);
     let mut st = j
         .conn
@@ -138,7 +148,12 @@ pub fn list(j: &Journal, device: Option<&str>, state: Option<&str>, limit: u64) 
 }
 
 /// The envelope of one batch, by batch_id or by (device, seq).
-pub fn envelope(j: &Journal, batch_id: Option<&str>, device: Option<&str>, seq: Option<u64>) -> Result<Option<Vec<u8>>, JournalError> {
+pub fn envelope(
+    j: &Journal,
+    batch_id: Option<&str>,
+    device: Option<&str>,
+    seq: Option<u64>,
+) -> Result<Option<Vec<u8>>, JournalError> {
     use rusqlite::OptionalExtension;
     let e = err(j);
     j.conn
@@ -167,13 +182,23 @@ impl VerifyReport {
 
 /// Full check: SQLite integrity, every envelope opens and matches its row,
 /// and seq is gapless per device above the oldest row kept.
-pub fn verify(j: &Journal, keys: &Keyring, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport, JournalError> {
+pub fn verify(
+    j: &Journal,
+    keys: &Keyring,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<VerifyReport, JournalError> {
     let e = err(j);
     let mut report = VerifyReport {
-        integrity: j.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(&e)?,
+        integrity: j
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(&e)?,
         ..Default::default()
     };
-    let total: i64 = j.conn.query_row("SELECT COUNT(*) FROM batches", [], |r| r.get(0)).map_err(&e)?;
+    let total: i64 = j
+        .conn
+        .query_row("SELECT COUNT(*) FROM batches", [], |r| r.get(0))
+        .map_err(&e)?;
     let mut st = j
         .conn
         .prepare("SELECT batch_id, device_id, seq, first_sample, n_samples, key_id, envelope FROM batches ORDER BY device_id, seq")
@@ -190,21 +215,29 @@ pub fn verify(j: &Journal, keys: &Keyring, mut progress: impl FnMut(u64, u64)) -
         report.batches_checked += 1;
         if let Some((d, s)) = &last {
             if *d == device && seq != s + 1 {
-                report.problems.push(format!("device {device}: seq jumps from {s} to {seq}"));
+                report
+                    .problems
+                    .push(format!("device {device}: seq jumps from {s} to {seq}"));
             }
         }
         last = Some((device.clone(), seq));
         match batch::open(keys, &env) {
-            Err(err) => report.problems.push(format!("batch {batch_id} ({device} seq {seq}): {err}")),
+            Err(err) => report
+                .problems
+                .push(format!("batch {batch_id} ({device} seq {seq}): {err}")),
             Ok((h, data)) => {
                 let mismatch = check_header(&h, &batch_id, &device, seq, first_sample, n_samples);
                 let shape = data.raw.len() == data.timestamps.len() * data.channels.len()
                     && data.filtered.len() == data.raw.len()
                     && data.timestamps.len() as u64 == h.n_samples;
                 if let Some(m) = mismatch {
-                    report.problems.push(format!("batch {batch_id}: header disagrees with its row ({m})"));
+                    report.problems.push(format!(
+                        "batch {batch_id}: header disagrees with its row ({m})"
+                    ));
                 } else if !shape {
-                    report.problems.push(format!("batch {batch_id}: sample arrays have the wrong shape"));
+                    report.problems.push(format!(
+                        "batch {batch_id}: sample arrays have the wrong shape"
+                    ));
                 } else {
                     report.batches_ok += 1;
                 }
@@ -218,7 +251,14 @@ pub fn verify(j: &Journal, keys: &Keyring, mut progress: impl FnMut(u64, u64)) -
     Ok(report)
 }
 
-fn check_header(h: &BatchHeader, batch_id: &str, device: &str, seq: u64, first_sample: u64, n: u64) -> Option<&'static str> {
+fn check_header(
+    h: &BatchHeader,
+    batch_id: &str,
+    device: &str,
+    seq: u64,
+    first_sample: u64,
+    n: u64,
+) -> Option<&'static str> {
     if h.batch_id != batch_id {
         Some("batch_id")
     } else if h.device_id != device {

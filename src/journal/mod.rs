@@ -81,7 +81,11 @@ pub enum JournalError {
     #[error("journal {path} is corrupt ({detail}); move it aside and restart, or run `neuroedge journal verify`")]
     Corrupt { path: PathBuf, detail: String },
     #[error("journal {path} has schema version {found}, newer than this neuroedge ({supported}); upgrade neuroedge")]
-    TooNew { path: PathBuf, found: i64, supported: i64 },
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("journal {path} does not use WAL mode (got {mode:?}); is it on a filesystem without shared memory support?")]
     NotWal { path: PathBuf, mode: String },
 }
@@ -91,7 +95,15 @@ pub fn is_storage_error(e: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode::*;
     matches!(
         e.sqlite_error_code(),
-        Some(DiskFull | SystemIoFailure | CannotOpen | DatabaseBusy | DatabaseLocked | ReadOnly | OutOfMemory)
+        Some(
+            DiskFull
+                | SystemIoFailure
+                | CannotOpen
+                | DatabaseBusy
+                | DatabaseLocked
+                | ReadOnly
+                | OutOfMemory
+        )
     )
 }
 
@@ -147,7 +159,9 @@ pub struct JournalShared {
 impl JournalShared {
     pub fn snapshot(&self) -> JournalStatus {
         let mut s = self.status.lock().map(|g| g.clone()).unwrap_or_default();
-        s.oldest_pending_age_s = s.oldest_pending_created_at.map(|c| (crate::clock::wall_unix() - c).max(0.0));
+        s.oldest_pending_age_s = s
+            .oldest_pending_created_at
+            .map(|c| (crate::clock::wall_unix() - c).max(0.0));
         s
     }
 
@@ -190,7 +204,8 @@ impl Journal {
         }
         let e = sqlite_err(path);
         let conn = Connection::open(path).map_err(&e)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(&e)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(&e)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(|err| classify(path, err))?;
@@ -226,10 +241,16 @@ impl Journal {
     /// Open an existing journal read-only (CLI, while the daemon runs).
     pub fn open_readonly(path: &Path) -> Result<Journal, JournalError> {
         let e = sqlite_err(path);
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(&e)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(&e)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(&e)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|err| classify(path, err))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|err| classify(path, err))?;
         if version > SCHEMA_VERSION {
             return Err(JournalError::TooNew {
                 path: path.to_path_buf(),
@@ -254,7 +275,9 @@ impl Journal {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|err| classify(&path, err))?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(&e)?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(&e)?;
         if version > SCHEMA_VERSION {
             return Err(JournalError::TooNew {
                 path: self.path.clone(),
@@ -264,7 +287,8 @@ impl Journal {
         }
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.execute_batch(m).map_err(&e)?;
-            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(&e)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .map_err(&e)?;
         }
         tx.commit().map_err(&e)
     }
@@ -272,7 +296,10 @@ impl Journal {
     /// Next seq and sample index of every device the journal has seen.
     pub fn cursors(&self) -> Result<HashMap<String, DeviceCursor>, JournalError> {
         let e = sqlite_err(&self.path);
-        let mut st = self.conn.prepare("SELECT device_id, next_seq, next_sample FROM devices").map_err(&e)?;
+        let mut st = self
+            .conn
+            .prepare("SELECT device_id, next_seq, next_sample FROM devices")
+            .map_err(&e)?;
         let rows = st
             .query_map([], |r| {
                 Ok((
@@ -305,11 +332,17 @@ impl Journal {
             .map_err(&e)?;
         let total: i64 = self
             .conn
-            .query_row("SELECT COALESCE(SUM(size), 0) FROM batches", [], |r| r.get(0))
+            .query_row("SELECT COALESCE(SUM(size), 0) FROM batches", [], |r| {
+                r.get(0)
+            })
             .map_err(&e)?;
         let evicted: i64 = self
             .conn
-            .query_row("SELECT COUNT(*) FROM audit WHERE event = 'evicted'", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM audit WHERE event = 'evicted'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(&e)?;
         Ok(JournalStatus {
             path: self.path.display().to_string(),
@@ -346,10 +379,12 @@ impl Journal {
 
 fn classify(path: &Path, e: rusqlite::Error) -> JournalError {
     match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase) => JournalError::Corrupt {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        },
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase) => {
+            JournalError::Corrupt {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            }
+        }
         _ => JournalError::Sqlite {
             path: path.to_path_buf(),
             source: e,
@@ -374,14 +409,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("j/journal.db");
         let j = Journal::open(&p, SyncMode::Full).unwrap();
-        let v: i64 = j.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = j
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
-        j.audit(&AuditEvent::new("test", None, serde_json::json!({}))).unwrap();
+        j.audit(&AuditEvent::new("test", None, serde_json::json!({})))
+            .unwrap();
         drop(j);
         let j = Journal::open(&p, SyncMode::Normal).unwrap();
-        let n: i64 = j.conn.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0)).unwrap();
+        let n: i64 = j
+            .conn
+            .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 1);
-        assert!(j.conn.execute("DELETE FROM audit", []).is_err(), "audit is append-only");
+        assert!(
+            j.conn.execute("DELETE FROM audit", []).is_err(),
+            "audit is append-only"
+        );
         assert!(j.conn.execute("UPDATE audit SET event = 'x'", []).is_err());
     }
 
@@ -392,7 +437,10 @@ mod tests {
         let j = Journal::open(&p, SyncMode::Full).unwrap();
         j.conn.execute_batch("PRAGMA user_version = 99").unwrap();
         drop(j);
-        assert!(matches!(Journal::open(&p, SyncMode::Full), Err(JournalError::TooNew { .. })));
+        assert!(matches!(
+            Journal::open(&p, SyncMode::Full),
+            Err(JournalError::TooNew { .. })
+        ));
         let g = d.path().join("garbage.db");
         std::fs::write(&g, vec![0x55u8; 8192]).unwrap();
         let e = Journal::open(&g, SyncMode::Full).err().unwrap();

@@ -13,7 +13,7 @@ use super::{insert_audit, AuditEvent, DeviceCursor, Journal, JournalShared};
 use crate::batch::{seal, BatchData, Gap, GapCause, SealParams};
 use crate::config::WhenFull;
 use crate::crypto::Keyring;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{params, OptionalExtension};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,11 +53,10 @@ pub struct JournalTx {
 }
 
 impl JournalTx {
-    /// Queue a batch without waiting; gives it back when the queue is full.
-    pub fn try_send_batch(&self, b: BatchData) -> Result<(), BatchData> {
-        self.batches.try_send(b).map_err(|e| match e {
-            TrySendError::Full(b) | TrySendError::Disconnected(b) => b,
-        })
+    /// Queue a batch without waiting; false when the queue is full (or
+    /// the writer is gone) and the batch was not taken.
+    pub fn try_send_batch(&self, b: BatchData) -> bool {
+        self.batches.try_send(b).is_ok()
     }
 
     /// Queue an audit record; never waits (a full audit queue is logged).
@@ -93,7 +92,11 @@ impl WriterHandle {
 }
 
 /// Start the writer thread on an open journal.
-pub fn spawn_writer(journal: Journal, keyring: Arc<Keyring>, cfg: WriterConfig) -> Result<WriterHandle, super::JournalError> {
+pub fn spawn_writer(
+    journal: Journal,
+    keyring: Arc<Keyring>,
+    cfg: WriterConfig,
+) -> Result<WriterHandle, super::JournalError> {
     let cursors = journal.cursors()?;
     let mut status = journal.load_status(cfg.max_bytes)?;
     let shared = Arc::new(JournalShared::default());
@@ -194,7 +197,10 @@ impl Writer {
             while let Ok(ev) = self.arx.try_recv() {
                 self.audits.push(ev);
             }
-            let may_try = self.failing.as_ref().is_none_or(|f| Instant::now() >= f.retry_at);
+            let may_try = self
+                .failing
+                .as_ref()
+                .is_none_or(|f| Instant::now() >= f.retry_at);
             if may_try && (!self.queue.is_empty() || !self.audits.is_empty()) {
                 self.commit_all();
             }
@@ -224,7 +230,10 @@ impl Writer {
     fn receive(&mut self, stopping: bool) {
         let room = |w: &Writer| stopping || w.queue_bytes < w.cfg.max_queue_bytes;
         let wait = match &self.failing {
-            Some(f) => f.retry_at.saturating_duration_since(Instant::now()).min(Duration::from_millis(200)),
+            Some(f) => f
+                .retry_at
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200)),
             None if self.queue.is_empty() && !stopping => Duration::from_millis(200),
             None => Duration::ZERO,
         };
@@ -246,7 +255,13 @@ impl Writer {
 
     fn enqueue(&mut self, mut b: BatchData) {
         if let Some(g) = self.carry_gaps.remove(&b.device_id) {
-            b.gaps.insert(0, Gap { before_sample: b.first_sample, ..g });
+            b.gaps.insert(
+                0,
+                Gap {
+                    before_sample: b.first_sample,
+                    ..g
+                },
+            );
         }
         self.queue_bytes += batch_bytes(&b);
         self.queue.push_back(b);
@@ -262,7 +277,10 @@ impl Writer {
             match self.try_commit() {
                 Ok(()) => {
                     if let Some(f) = self.failing.take() {
-                        tracing::info!(after_s = f.since.elapsed().as_secs(), "journal writes recovered");
+                        tracing::info!(
+                            after_s = f.since.elapsed().as_secs(),
+                            "journal writes recovered"
+                        );
                         self.audits.push(AuditEvent::new(
                             "journal_recovered",
                             None,
@@ -347,7 +365,11 @@ impl Writer {
                     // Only an impossible size makes sealing fail; refuse
                     // the batch loudly rather than retry forever.
                     tracing::error!(device = %b.device_id, error = %e, "cannot seal batch; it is dropped");
-                    audit_rows.push(AuditEvent::new("refused", Some(&b.device_id), serde_json::json!({"reason": e.to_string(), "n_samples": b.n_samples()})));
+                    audit_rows.push(AuditEvent::new(
+                        "refused",
+                        Some(&b.device_id),
+                        serde_json::json!({"reason": e.to_string(), "n_samples": b.n_samples()}),
+                    ));
                     outcomes.push(Outcome::Refused);
                     continue;
                 }
@@ -425,7 +447,11 @@ impl Writer {
                 evicted_pending.0 += 1;
                 evicted_pending.1 += e.size as u64;
             }
-            let what = if e.state == "uploaded" { "uploaded batch deleted for space" } else { "UNSENT batch evicted for space (when_full = drop_oldest)" };
+            let what = if e.state == "uploaded" {
+                "uploaded batch deleted for space"
+            } else {
+                "UNSENT batch evicted for space (when_full = drop_oldest)"
+            };
             if e.state == "uploaded" {
                 tracing::info!(device = %e.device_id, seq = e.seq, "{what}");
             } else {
@@ -435,19 +461,32 @@ impl Writer {
         let evicted_unsent = evicted.iter().filter(|e| e.state != "uploaded").count() as u64;
         let mut refused = 0u64;
         for o in outcomes {
-            let Some(b) = self.queue.pop_front() else { break };
+            let Some(b) = self.queue.pop_front() else {
+                break;
+            };
             self.queue_bytes = self.queue_bytes.saturating_sub(batch_bytes(&b));
             if let Outcome::Refused = o {
                 refused += 1;
                 tracing::error!(device = %b.device_id, samples = b.n_samples(), "journal full: new batch refused (when_full = drop_newest)");
-                let start = b.first_sample - b.gaps.iter().filter(|g| g.before_sample == b.first_sample).map(|g| g.missing).sum::<u64>();
+                let start = b.first_sample
+                    - b.gaps
+                        .iter()
+                        .filter(|g| g.before_sample == b.first_sample)
+                        .map(|g| g.missing)
+                        .sum::<u64>();
                 let gap = Gap {
                     before_sample: b.end_sample(),
                     missing: b.end_sample() - start,
                     cause: GapCause::Journal,
                 };
                 match self.queue.iter_mut().find(|n| n.device_id == b.device_id) {
-                    Some(next) => next.gaps.insert(0, Gap { before_sample: next.first_sample, ..gap }),
+                    Some(next) => next.gaps.insert(
+                        0,
+                        Gap {
+                            before_sample: next.first_sample,
+                            ..gap
+                        },
+                    ),
                     None => {
                         self.carry_gaps.insert(b.device_id.clone(), gap);
                     }
@@ -478,10 +517,9 @@ impl Writer {
     fn maintenance(&mut self) {
         let cutoff = crate::clock::wall_unix() - self.cfg.retain_uploaded.as_secs_f64();
         let r: rusqlite::Result<Vec<i64>> = (|| {
-            let mut st = self
-                .journal
-                .conn
-                .prepare("DELETE FROM batches WHERE state = 'uploaded' AND uploaded_at < ?1 RETURNING size")?;
+            let mut st = self.journal.conn.prepare(
+                "DELETE FROM batches WHERE state = 'uploaded' AND uploaded_at < ?1 RETURNING size",
+            )?;
             let rows = st.query_map([cutoff], |r| r.get(0))?;
             rows.collect()
         })();
@@ -491,7 +529,11 @@ impl Writer {
                 self.total_bytes = self.total_bytes.saturating_sub(freed as u64);
                 let t = self.total_bytes;
                 self.shared.update(|s| s.total_bytes = t);
-                tracing::info!(batches = sizes.len(), bytes = freed, "deleted uploaded batches past retain_uploaded");
+                tracing::info!(
+                    batches = sizes.len(),
+                    bytes = freed,
+                    "deleted uploaded batches past retain_uploaded"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "retention cleanup failed; will retry"),
@@ -499,7 +541,11 @@ impl Writer {
     }
 
     fn close(&mut self) {
-        let ev = AuditEvent::new("journal_closed", None, serde_json::json!({"committed_total_bytes": self.total_bytes}));
+        let ev = AuditEvent::new(
+            "journal_closed",
+            None,
+            serde_json::json!({"committed_total_bytes": self.total_bytes}),
+        );
         self.audits.push(ev);
         while let Ok(ev) = self.arx.try_recv() {
             self.audits.push(ev);
@@ -517,7 +563,10 @@ impl Writer {
 
 /// Delete one batch to make room: the oldest uploaded one, else (with
 /// drop_oldest) the oldest unsent one.
-fn evict_one(tx: &rusqlite::Transaction<'_>, when_full: WhenFull) -> rusqlite::Result<Option<Evicted>> {
+fn evict_one(
+    tx: &rusqlite::Transaction<'_>,
+    when_full: WhenFull,
+) -> rusqlite::Result<Option<Evicted>> {
     let pick = |sql: &str| {
         tx.query_row(sql, [], |r| {
             Ok((
@@ -535,9 +584,13 @@ fn evict_one(tx: &rusqlite::Transaction<'_>, when_full: WhenFull) -> rusqlite::R
         .optional()
     };
     const COLS: &str = "id, batch_id, device_id, seq, n_samples, size, state";
-    let mut victim = pick(&format!("SELECT {COLS} FROM batches WHERE state = 'uploaded' ORDER BY id LIMIT 1"))?;
+    let mut victim = pick(&format!(
+        "SELECT {COLS} FROM batches WHERE state = 'uploaded' ORDER BY id LIMIT 1"
+    ))?;
     if victim.is_none() && when_full == WhenFull::DropOldest {
-        victim = pick(&format!("SELECT {COLS} FROM batches WHERE state <> 'uploaded' ORDER BY id LIMIT 1"))?;
+        victim = pick(&format!(
+            "SELECT {COLS} FROM batches WHERE state <> 'uploaded' ORDER BY id LIMIT 1"
+        ))?;
     }
     match victim {
         Some((id, ev)) => {

@@ -90,7 +90,9 @@ fn set_state(stats: &DeviceStats, journal: &JournalTx, s: DeviceState, why: Opti
             DeviceState::Error | DeviceState::Disconnected => {
                 tracing::warn!(device = %stats.id, from = prev.as_str(), to = s.as_str(), reason = why.unwrap_or(""), "device state changed")
             }
-            _ => tracing::info!(device = %stats.id, from = prev.as_str(), to = s.as_str(), "device state changed"),
+            _ => {
+                tracing::info!(device = %stats.id, from = prev.as_str(), to = s.as_str(), "device state changed")
+            }
         }
         journal.audit(AuditEvent::new(
             "device_state",
@@ -106,7 +108,13 @@ struct Pipe {
     processing: JoinHandle<()>,
 }
 
-fn start_pipe(cfg: &DeviceConfig, ctx: &DeviceContext, stats: &Arc<DeviceStats>, info: StreamInfo, markers: crossbeam_channel::Receiver<Marker>) -> std::io::Result<Pipe> {
+fn start_pipe(
+    cfg: &DeviceConfig,
+    ctx: &DeviceContext,
+    stats: &Arc<DeviceStats>,
+    info: StreamInfo,
+    markers: crossbeam_channel::Receiver<Marker>,
+) -> std::io::Result<Pipe> {
     let mut info = info;
     if let Some(names) = &cfg.channels.names {
         if names.len() == info.channels {
@@ -221,7 +229,16 @@ fn acquisition(
                 let m = e.to_string();
                 stats.set_error(Some(m.clone()));
                 let fatal = matches!(e, SourceError::Fatal(_));
-                set_state(&stats, &journal, if fatal { DeviceState::Error } else { DeviceState::Disconnected }, Some(&m));
+                set_state(
+                    &stats,
+                    &journal,
+                    if fatal {
+                        DeviceState::Error
+                    } else {
+                        DeviceState::Disconnected
+                    },
+                    Some(&m),
+                );
                 break;
             }
         }

@@ -53,7 +53,10 @@ impl ChannelGen {
         self.pink[1] = 0.96300 * self.pink[1] + w * 0.2965164;
         self.pink[2] = 0.57000 * self.pink[2] + w * 1.0526913;
         let pink = self.pink[0] + self.pink[1] + self.pink[2] + w * 0.1848;
-        self.dc + self.alpha_amp * (TAU * 10.0 * t + self.alpha_phase).sin() + 8.0 * (TAU * 50.0 * t).sin() + 3.0 * pink
+        self.dc
+            + self.alpha_amp * (TAU * 10.0 * t + self.alpha_phase).sin()
+            + 8.0 * (TAU * 50.0 * t).sin()
+            + 3.0 * pink
     }
 }
 
@@ -71,7 +74,9 @@ pub struct Synthetic {
 
 impl Synthetic {
     pub fn new(cfg: SyntheticConnection) -> Self {
-        let gens = (0..cfg.channels).map(|c| ChannelGen::new(cfg.seed, c)).collect();
+        let gens = (0..cfg.channels)
+            .map(|c| ChannelGen::new(cfg.seed, c))
+            .collect();
         let frame = vec![0.0; cfg.channels];
         Synthetic {
             cfg,
@@ -151,7 +156,10 @@ mod tests {
         assert_eq!(va, vb);
         assert_ne!(va, vc);
         let mean = va.iter().sum::<f64>() / 100.0;
-        assert!((mean - 125.0).abs() < 20.0, "DC offset of channel 3 ≈ 125 µV, got {mean}");
+        assert!(
+            (mean - 125.0).abs() < 20.0,
+            "DC offset of channel 3 ≈ 125 µV, got {mean}"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = Env { dir };
         std::fs::create_dir_all(e.path().join("devices")).expect("devices dir");
-        let base = format!(
+        let base = String::from(
             "[daemon]\nsite_id = \"test-lab\"\nnode_id = \"test-node\"\ndevices_dir = \"devices\"\n\
              [crypto]\nkey_file = \"var/batch.key\"\ngenerate_if_missing = true\n\
              [status]\nsocket = \"var/run/ne.sock\"\n[log]\nlevel = \"info\"\n"
@@ -66,7 +66,11 @@ impl Env {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Output {
-        Command::new(BIN).args(args).env_remove("NEUROEDGE_CONFIG").output().expect("run neuroedge")
+        Command::new(BIN)
+            .args(args)
+            .env_remove("NEUROEDGE_CONFIG")
+            .output()
+            .expect("run neuroedge")
     }
 
     pub fn spawn(&self) -> Daemon {
@@ -89,7 +93,10 @@ impl Env {
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// Append sections of `extra` into `base`: same-named sections are merged
@@ -107,7 +114,10 @@ fn merge(base: &str, extra: &str) -> String {
         } else if !t.is_empty() {
             match &current {
                 Some(h) => {
-                    let pos = out.find(h.as_str()).map(|p| p + h.len() + 1).unwrap_or(out.len());
+                    let pos = out
+                        .find(h.as_str())
+                        .map(|p| p + h.len() + 1)
+                        .unwrap_or(out.len());
                     out.insert_str(pos, &format!("{t}\n"));
                 }
                 None => out.insert_str(0, &format!("{t}\n")),
@@ -143,16 +153,28 @@ impl Daemon {
         while start.elapsed() < within {
             if let Some(s) = self.status() {
                 let devs = s["devices"].as_array().cloned().unwrap_or_default();
-                if !devs.is_empty() && devs.iter().all(|d| d["state"] == "streaming" && d["samples_total"].as_u64() > Some(0)) {
+                if !devs.is_empty()
+                    && devs
+                        .iter()
+                        .all(|d| d["state"] == "streaming" && d["samples_total"].as_u64() > Some(0))
+                {
                     return start.elapsed();
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("devices not streaming within {within:?}; log:\n{}", self.log_text());
+        panic!(
+            "devices not streaming within {within:?}; log:\n{}",
+            self.log_text()
+        );
     }
 
-    pub fn wait_for(&self, within: Duration, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
+    pub fn wait_for(
+        &self,
+        within: Duration,
+        what: &str,
+        mut cond: impl FnMut(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         while start.elapsed() < within {
             if let Some(s) = self.status() {
@@ -162,7 +184,11 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("timed out waiting for {what}; last status {:?}\nlog:\n{}", self.status(), self.log_text());
+        panic!(
+            "timed out waiting for {what}; last status {:?}\nlog:\n{}",
+            self.status(),
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -180,7 +206,10 @@ impl Daemon {
             }
             if start.elapsed() > Duration::from_secs(30) {
                 let _ = self.child.kill();
-                panic!("daemon did not stop within 30 s after SIGTERM; log:\n{}", self.log_text());
+                panic!(
+                    "daemon did not stop within 30 s after SIGTERM; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
