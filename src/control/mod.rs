@@ -42,6 +42,16 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
             path: path.to_path_buf(),
         });
     }
+    // Only ever replace a (stale) socket, never another kind of file.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way; move it or set [status] socket to another path",
+            )));
+        }
+    }
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

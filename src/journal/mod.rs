@@ -13,7 +13,7 @@
 pub mod inspect;
 pub mod writer;
 
-pub use writer::{spawn_writer, JournalTx, WriterHandle};
+pub use writer::{spawn_writer, JournalTx, UploadMark, WriterHandle};
 
 use crate::config::SyncMode;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -141,6 +141,9 @@ pub struct JournalStatus {
     pub max_bytes: u64,
     pub evicted_batches: u64,
     pub refused_batches: u64,
+    /// Marked uploaded / quarantined since the daemon started.
+    pub uploaded_batches: u64,
+    pub quarantined_batches: u64,
     pub committed_batches: u64,
     /// Batches waiting in memory (queue to the writer and its retry queue).
     pub queued_batches: u64,
@@ -170,6 +173,18 @@ impl JournalShared {
             f(&mut g);
         }
     }
+}
+
+/// A batch waiting for upload.
+#[derive(Debug, Clone)]
+pub struct PendingBatch {
+    /// Row id: commit order, for paging.
+    pub id: i64,
+    pub batch_id: String,
+    pub device_id: String,
+    pub seq: u64,
+    /// The envelope, byte for byte as journaled (the upload body).
+    pub envelope: Vec<u8>,
 }
 
 /// Where the next batch of a device continues.
@@ -367,6 +382,36 @@ impl Journal {
             )
             .optional()
             .map_err(sqlite_err(&self.path))
+    }
+
+    /// Up to `limit` pending batches with row id > `after_id`, in commit
+    /// order (which is `seq` order per device). Keyset paging keeps memory
+    /// flat whatever the backlog.
+    pub fn pending_page(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingBatch>, JournalError> {
+        let e = sqlite_err(&self.path);
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, batch_id, device_id, seq, envelope FROM batches
+                 WHERE state = 'pending' AND id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(&e)?;
+        let rows = st
+            .query_map(params![after_id, limit as i64], |r| {
+                Ok(PendingBatch {
+                    id: r.get(0)?,
+                    batch_id: r.get(1)?,
+                    device_id: r.get(2)?,
+                    seq: r.get::<_, i64>(3)? as u64,
+                    envelope: r.get(4)?,
+                })
+            })
+            .map_err(&e)?;
+        rows.collect::<Result<_, _>>().map_err(&e)
     }
 
     /// Checkpoint the WAL into the main file (clean shutdown).

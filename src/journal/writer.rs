@@ -44,11 +44,24 @@ pub struct WriterConfig {
     pub compress: bool,
 }
 
+/// The uplink's verdict on one batch, applied by the writer thread (the
+/// only SQLite writer), so counters and rows stay consistent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UploadMark {
+    /// The backend acknowledged the batch (2xx): kept `retain_uploaded`, then deleted.
+    Uploaded { batch_id: String },
+    /// The backend refused the batch for good: kept, counted, audited, never sent again.
+    Quarantined { batch_id: String, reason: String },
+    /// A failed attempt that will be retried: counts attempts, keeps the error.
+    Attempt { batch_id: String, error: String },
+}
+
 /// Sending side, cloned into every device.
 #[derive(Clone)]
 pub struct JournalTx {
     batches: Sender<BatchData>,
     audits: Sender<AuditEvent>,
+    marks: Sender<UploadMark>,
     shared: Arc<JournalShared>,
 }
 
@@ -57,6 +70,12 @@ impl JournalTx {
     /// the writer is gone) and the batch was not taken.
     pub fn try_send_batch(&self, b: BatchData) -> bool {
         self.batches.try_send(b).is_ok()
+    }
+
+    /// Record the uplink's verdict on a batch; applied by the writer in its
+    /// next transaction. False if the queue is full (retry later).
+    pub fn mark_upload(&self, m: UploadMark) -> bool {
+        self.marks.try_send(m).is_ok()
     }
 
     /// Queue an audit record; never waits (a full audit queue is logged).
@@ -106,9 +125,11 @@ pub fn spawn_writer(
     shared.update(|s| *s = status);
     let (btx, brx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
     let (atx, arx) = crossbeam_channel::bounded(4096);
+    let (mtx, mrx) = crossbeam_channel::bounded(65_536);
     let tx = JournalTx {
         batches: btx,
         audits: atx,
+        marks: mtx,
         shared: shared.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -127,6 +148,8 @@ pub fn spawn_writer(
         failing: None,
         brx,
         arx,
+        mrx,
+        marks: Vec::new(),
         stop: stop.clone(),
     };
     let thread = std::thread::Builder::new()
@@ -181,6 +204,9 @@ struct Writer {
     failing: Option<Failing>,
     brx: Receiver<BatchData>,
     arx: Receiver<AuditEvent>,
+    mrx: Receiver<UploadMark>,
+    /// Upload verdicts waiting for the next commit.
+    marks: Vec<UploadMark>,
     stop: Arc<AtomicBool>,
 }
 
@@ -197,11 +223,16 @@ impl Writer {
             while let Ok(ev) = self.arx.try_recv() {
                 self.audits.push(ev);
             }
+            while let Ok(m) = self.mrx.try_recv() {
+                self.marks.push(m);
+            }
             let may_try = self
                 .failing
                 .as_ref()
                 .is_none_or(|f| Instant::now() >= f.retry_at);
-            if may_try && (!self.queue.is_empty() || !self.audits.is_empty()) {
+            if may_try
+                && !(self.queue.is_empty() && self.audits.is_empty() && self.marks.is_empty())
+            {
                 self.commit_all();
             }
             if last_maintenance.elapsed() >= MAINTENANCE_EVERY && self.failing.is_none() {
@@ -290,7 +321,7 @@ impl Writer {
                             s.state = "ok".into();
                         });
                     }
-                    if self.queue.is_empty() && self.audits.is_empty() {
+                    if self.queue.is_empty() && self.audits.is_empty() && self.marks.is_empty() {
                         return;
                     }
                 }
@@ -338,7 +369,6 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(n);
         let mut evicted: Vec<Evicted> = Vec::new();
         let mut added = (0u64, 0u64);
-        let mut audit_rows: Vec<AuditEvent> = Vec::new();
         let now = crate::clock::wall_unix();
         let tx = self
             .journal
@@ -346,6 +376,51 @@ impl Writer {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for ev in &self.audits {
             insert_audit(&tx, ev)?;
+        }
+        let mut audit_rows: Vec<AuditEvent> = Vec::new();
+        let mut done = (0u64, 0u64, 0u64); // uploaded, quarantined, bytes leaving `pending`
+        for m in &self.marks {
+            match m {
+                UploadMark::Uploaded { batch_id } => {
+                    let size: Option<i64> = tx
+                        .query_row(
+                            "UPDATE batches SET state = 'uploaded', uploaded_at = ?2, attempts = attempts + 1, last_error = NULL
+                             WHERE batch_id = ?1 AND state = 'pending' RETURNING size",
+                            params![batch_id, now],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if let Some(s) = size {
+                        done.0 += 1;
+                        done.2 += s as u64;
+                    }
+                }
+                UploadMark::Quarantined { batch_id, reason } => {
+                    let row: Option<(i64, String, i64)> = tx
+                        .query_row(
+                            "UPDATE batches SET state = 'quarantined', attempts = attempts + 1, last_error = ?2
+                             WHERE batch_id = ?1 AND state = 'pending' RETURNING size, device_id, seq",
+                            params![batch_id, reason],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        )
+                        .optional()?;
+                    if let Some((s, device, seq)) = row {
+                        done.1 += 1;
+                        done.2 += s as u64;
+                        audit_rows.push(AuditEvent::new(
+                            "quarantined",
+                            Some(&device),
+                            serde_json::json!({"batch_id": batch_id, "seq": seq, "reason": reason}),
+                        ));
+                    }
+                }
+                UploadMark::Attempt { batch_id, error } => {
+                    tx.execute(
+                        "UPDATE batches SET attempts = attempts + 1, last_error = ?2 WHERE batch_id = ?1",
+                        params![batch_id, error],
+                    )?;
+                }
+            }
         }
         for b in self.queue.iter().take(n) {
             let cur = *cursors
@@ -439,6 +514,7 @@ impl Writer {
 
         // Committed: apply to memory.
         self.audits.clear();
+        self.marks.clear();
         self.cursors.extend(cursors);
         self.total_bytes = total;
         let mut evicted_pending = (0u64, 0u64);
@@ -493,9 +569,10 @@ impl Writer {
                 }
             }
         }
-        self.pending.0 = (self.pending.0 + added.0).saturating_sub(evicted_pending.0);
-        self.pending.1 = (self.pending.1 + added.1).saturating_sub(evicted_pending.1);
-        let oldest = if evicted_pending.0 > 0 || added.0 > 0 {
+        self.pending.0 =
+            (self.pending.0 + added.0).saturating_sub(evicted_pending.0 + done.0 + done.1);
+        self.pending.1 = (self.pending.1 + added.1).saturating_sub(evicted_pending.1 + done.2);
+        let oldest = if evicted_pending.0 > 0 || added.0 > 0 || done.0 + done.1 > 0 {
             self.journal.oldest_pending_created_at().ok().flatten()
         } else {
             self.shared.snapshot().oldest_pending_created_at
@@ -509,6 +586,8 @@ impl Writer {
             s.evicted_batches += evicted_unsent;
             s.refused_batches += refused;
             s.committed_batches += committed;
+            s.uploaded_batches += done.0;
+            s.quarantined_batches += done.1;
         });
         Ok(())
     }
@@ -598,5 +677,193 @@ fn evict_one(
             Ok(Some(ev))
         }
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SyncMode;
+    use crate::crypto::BatchKey;
+
+    fn batch(device: &str, first: u64, n: usize) -> BatchData {
+        BatchData {
+            device_id: device.into(),
+            sample_rate: 100.0,
+            channels: vec!["a".into(), "b".into()],
+            units: "uV".into(),
+            first_sample: first,
+            timestamps: (0..n)
+                .map(|i| (first as usize + i) as f64 / 100.0)
+                .collect(),
+            raw: (0..n * 2).map(|i| i as f32).collect(),
+            filtered: (0..n * 2).map(|i| i as f32).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn start(path: &std::path::Path, max_bytes: u64, when_full: WhenFull) -> WriterHandle {
+        let j = Journal::open(path, SyncMode::Normal).unwrap();
+        spawn_writer(
+            j,
+            Arc::new(Keyring::new(BatchKey::from_bytes(&[1u8; 32]))),
+            WriterConfig {
+                site_id: "lab".into(),
+                node_id: "n".into(),
+                max_bytes,
+                when_full,
+                retain_uploaded: Duration::from_secs(3600),
+                max_queue_bytes: 1 << 26,
+                compress: false,
+            },
+        )
+        .unwrap()
+    }
+
+    fn wait(tx: &JournalTx, cond: impl Fn(&super::super::JournalStatus) -> bool) {
+        let t = Instant::now();
+        while !cond(&tx.shared().snapshot()) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "timeout: {:?}",
+                tx.shared().snapshot()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn seq_per_device_continues_after_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j.db");
+        let w = start(&p, 1 << 30, WhenFull::DropOldest);
+        let tx = w.sender();
+        for i in 0..3 {
+            assert!(tx.try_send_batch(batch("a", i * 10, 10)));
+            assert!(tx.try_send_batch(batch("b", i * 10, 10)));
+        }
+        wait(&tx, |s| s.committed_batches == 6);
+        w.shutdown();
+        let w = start(&p, 1 << 30, WhenFull::DropOldest);
+        let tx = w.sender();
+        assert!(tx.try_send_batch(batch("a", 30, 10)));
+        wait(&tx, |s| s.committed_batches == 1);
+        w.shutdown();
+        let j = Journal::open_readonly(&p).unwrap();
+        let c = j.cursors().unwrap();
+        assert_eq!(
+            c["a"],
+            DeviceCursor {
+                next_seq: 4,
+                next_sample: 40
+            }
+        );
+        assert_eq!(c["b"].next_seq, 3);
+    }
+
+    #[test]
+    fn upload_marks_update_rows_and_counters() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j.db");
+        let w = start(&p, 1 << 30, WhenFull::DropOldest);
+        let tx = w.sender();
+        for i in 0..3 {
+            assert!(tx.try_send_batch(batch("a", i * 10, 10)));
+        }
+        wait(&tx, |s| s.committed_batches == 3 && s.pending_batches == 3);
+        let reader = Journal::open_readonly(&p).unwrap();
+        let page = reader.pending_page(0, 2).unwrap();
+        assert_eq!(page.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![0, 1]);
+        let rest = reader.pending_page(page[1].id, 10).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert!(tx.mark_upload(UploadMark::Attempt {
+            batch_id: page[0].batch_id.clone(),
+            error: "503".into()
+        }));
+        assert!(tx.mark_upload(UploadMark::Uploaded {
+            batch_id: page[0].batch_id.clone()
+        }));
+        assert!(
+            tx.mark_upload(UploadMark::Uploaded {
+                batch_id: page[0].batch_id.clone()
+            }),
+            "a repeat is harmless"
+        );
+        assert!(tx.mark_upload(UploadMark::Quarantined {
+            batch_id: page[1].batch_id.clone(),
+            reason: "413".into()
+        }));
+        wait(&tx, |s| {
+            s.uploaded_batches == 1 && s.quarantined_batches == 1
+        });
+        let s = tx.shared().snapshot();
+        assert_eq!(s.pending_batches, 1);
+        assert_eq!(reader.pending_page(0, 10).unwrap().len(), 1);
+        w.shutdown();
+        let (state, attempts): (String, i64) = reader
+            .conn
+            .query_row(
+                "SELECT state, attempts FROM batches WHERE seq = 0",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((state.as_str(), attempts), ("uploaded", 2));
+        let q: i64 = reader
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM audit WHERE event = 'quarantined'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(q, 1);
+    }
+
+    #[test]
+    fn drop_newest_refuses_and_reports_a_journal_gap() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j.db");
+        // Each uncompressed batch of 4000 frames x 2 ch is ~64 KiB sealed.
+        let w = start(&p, 1024 * 1024, WhenFull::DropNewest);
+        let tx = w.sender();
+        let mut first = 0;
+        for _ in 0..40 {
+            while !tx.try_send_batch(batch("a", first, 4000)) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            first += 4000;
+        }
+        wait(&tx, |s| s.committed_batches + s.refused_batches == 40);
+        let s = tx.shared().snapshot();
+        assert!(
+            s.refused_batches > 0 && s.total_bytes <= 1024 * 1024,
+            "{s:?}"
+        );
+        assert_eq!(
+            s.evicted_batches, 0,
+            "drop_newest never evicts pending batches"
+        );
+        w.shutdown();
+        let j = Journal::open_readonly(&p).unwrap();
+        let refused: i64 = j
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM audit WHERE event = 'refused'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(refused as u64, s.refused_batches);
+        // seq stays gapless; the kept batches are the oldest.
+        let seqs: Vec<i64> = j
+            .conn
+            .prepare("SELECT seq FROM batches ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(seqs, (0..seqs.len() as i64).collect::<Vec<_>>());
     }
 }
