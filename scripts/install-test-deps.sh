@@ -2,10 +2,11 @@
 # Install what the test suite needs that a fresh machine lacks. Idempotent.
 set -euo pipefail
 
-# Python peers of the tests: the batch decoder (cbor2, zstandard, cryptography).
+# Python peers of the tests: the batch decoder (cbor2, zstandard,
+# cryptography) and the SciPy reference of the DSP checks (numpy, scipy).
 PY=${NEUROEDGE_TEST_PYTHON:-python3}
 need_py=()
-for mod in cbor2 zstandard cryptography; do
+for mod in cbor2 zstandard cryptography numpy scipy; do
   "$PY" -c "import $mod" 2>/dev/null || need_py+=("$mod")
 done
 if [ ${#need_py[@]} -gt 0 ]; then

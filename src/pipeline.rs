@@ -3,38 +3,155 @@
 //! network, never blocks on the journal (a full queue drops the batch and
 //! reports the loss as a gap in the next one).
 
-use crate::batch::{BatchData, FilterDescription, Gap, GapCause, Marker};
-use crate::config::FiltersSection;
+use crate::batch::{BatchData, FeatureRecord, FilterDescription, Gap, GapCause, Marker};
+use crate::config::{FeaturesSection, FiltersSection, QualitySection};
+use crate::dsp::{
+    Band, DspError, FeatureConfig, FeatureExtractor, FeatureFrame, FilterBank, FilterSpec,
+    QualityThresholds,
+};
 use crate::journal::JournalTx;
 use crate::ring::{Block, Consumer};
 use crate::source::StreamInfo;
-use crate::state::DeviceStats;
+use crate::state::{DeviceStats, QualitySnapshot};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long the processing thread sleeps when the ring is empty.
 const IDLE: Duration = Duration::from_millis(2);
 
-/// The device's filter chain. Identity until the DSP stage is configured.
+/// The device's filter chain (contract §4): Butterworth SOS then notches,
+/// f64 state per channel carried for the device's whole run.
 pub struct FilterStage {
+    bank: FilterBank,
     description: FilterDescription,
 }
 
 impl FilterStage {
-    pub fn new(_cfg: &FiltersSection, _info: &StreamInfo) -> Self {
-        FilterStage {
-            description: FilterDescription::default(),
-        }
+    pub fn new(cfg: &FiltersSection, info: &StreamInfo) -> Result<Self, DspError> {
+        let spec = FilterSpec {
+            highpass_hz: cfg.highpass_hz,
+            lowpass_hz: cfg.lowpass_hz,
+            order: cfg.order,
+            notch_hz: cfg.notch_hz,
+            notch_harmonics: cfg.notch_harmonics,
+            notch_q: cfg.notch_q,
+        };
+        let bank = FilterBank::new(&spec, info.sample_rate, info.channels)?;
+        let butter = cfg.highpass_hz.is_some() || cfg.lowpass_hz.is_some();
+        let description = FilterDescription {
+            highpass_hz: cfg.highpass_hz,
+            lowpass_hz: cfg.lowpass_hz,
+            order: butter.then_some(cfg.order),
+            notch_hz: cfg.notch_hz,
+            notch_harmonics: cfg.notch_hz.map(|_| cfg.notch_harmonics),
+        };
+        Ok(FilterStage { bank, description })
     }
 
-    /// Filter frame-major `raw` into `out` (same length).
+    /// Filter frame-major `raw` into `out` (same length). Allocates nothing.
     #[inline]
     pub fn process(&mut self, raw: &[f32], out: &mut [f32]) {
-        out.copy_from_slice(raw);
+        // Shapes are fixed by the ring, so this cannot fail; stay total anyway.
+        if self.bank.process(raw, out).is_err() {
+            out.copy_from_slice(raw);
+        }
     }
 
     pub fn description(&self) -> &FilterDescription {
         &self.description
+    }
+}
+
+/// Welch band powers, RMS and quality every `step_s`, per contract §4.
+pub struct FeatureStage {
+    extractor: FeatureExtractor,
+    band_names: Vec<String>,
+    channel_names: Vec<String>,
+    /// Emitted records not yet placed in a batch (their window end is
+    /// after the current batch's last sample, or the batch is still open).
+    pending: Vec<FeatureRecord>,
+}
+
+impl FeatureStage {
+    pub fn new(
+        cfg: &FeaturesSection,
+        quality: &QualitySection,
+        filters: &FiltersSection,
+        info: &StreamInfo,
+    ) -> Result<Self, DspError> {
+        let bands: Vec<Band> = cfg
+            .bands
+            .iter()
+            .map(|(name, [lo, hi])| Band::new(name, *lo, *hi))
+            .collect();
+        let config = FeatureConfig {
+            window_s: cfg.window_s,
+            step_s: cfg.step_s,
+            bands,
+            line_hz: filters.notch_hz.unwrap_or(50.0),
+            thresholds: QualityThresholds {
+                flat_ptp_uv: quality.flat_ptp_uv,
+                railed_abs_uv: quality.railed_abs_uv,
+                railed_min_fraction: quality.railed_min_fraction,
+                noisy_rms_uv: quality.noisy_rms_uv,
+                noisy_line_ratio: quality.noisy_line_ratio,
+            },
+        };
+        let extractor = FeatureExtractor::new(info.sample_rate, info.channels, &config)?;
+        Ok(FeatureStage {
+            band_names: cfg.bands.keys().cloned().collect(),
+            channel_names: info.channel_names.clone(),
+            extractor,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Feed one block; emissions are queued for the batch and published
+    /// to the status snapshot (twice a second by default, not per sample).
+    fn push(&mut self, raw: &[f32], filtered: &[f32], ts: &[f64], stats: &DeviceStats) {
+        let (names, channels, pending) = (&self.band_names, &self.channel_names, &mut self.pending);
+        let r = self
+            .extractor
+            .push(raw, filtered, ts, &mut |f: &FeatureFrame<'_>| {
+                let band_power: Vec<(String, Vec<f64>)> = names
+                    .iter()
+                    .enumerate()
+                    .map(|(b, n)| {
+                        (
+                            n.clone(),
+                            f.band_power[b * f.channels..(b + 1) * f.channels].to_vec(),
+                        )
+                    })
+                    .collect();
+                if let Ok(mut snap) = stats.features.lock() {
+                    snap.quality = f
+                        .quality
+                        .iter()
+                        .zip(channels)
+                        .map(|(q, name)| QualitySnapshot {
+                            channel: name.clone(),
+                            state: q.status.as_str().to_string(),
+                            rms_uv: q.rms_uv,
+                            line_noise_ratio: q.line_noise_ratio,
+                        })
+                        .collect();
+                    snap.band_power.clone_from(&band_power);
+                }
+                pending.push(FeatureRecord {
+                    t: f.t,
+                    band_power,
+                    rms: f.rms.to_vec(),
+                });
+            });
+        if let Err(e) = r {
+            tracing::warn!(device = %stats.id, error = %e, "feature extraction skipped a block");
+        }
+    }
+
+    /// Records whose window ends at or before `t_end`.
+    fn take_until(&mut self, t_end: f64) -> Vec<FeatureRecord> {
+        let split = self.pending.partition_point(|r| r.t <= t_end);
+        self.pending.drain(..split).collect()
     }
 }
 
@@ -47,6 +164,7 @@ pub struct Processing {
     /// Sample index (journal-wide) of ring index 0.
     pub index_offset: u64,
     pub filters: FilterStage,
+    pub features: FeatureStage,
     pub journal: JournalTx,
     pub markers: crossbeam_channel::Receiver<Marker>,
     pub stats: Arc<DeviceStats>,
@@ -169,6 +287,7 @@ impl Processing {
         let out = &mut filtered[..raw.len()];
         self.filters.process(raw, out);
         let ts = block.timestamps();
+        self.features.push(raw, out, ts, &self.stats);
         let mut k = 0;
         while k < n {
             let b = &mut batcher.current;
@@ -197,8 +316,10 @@ impl Processing {
 
     /// Hand a finished batch to the journal, never waiting. A refused batch
     /// becomes a gap at the start of the next one.
-    fn send(&self, mut b: BatchData, carry: &mut Option<Gap>) {
+    fn send(&mut self, mut b: BatchData, carry: &mut Option<Gap>) {
         use std::sync::atomic::Ordering::Relaxed;
+        let t_end = b.timestamps.last().copied().unwrap_or(f64::NEG_INFINITY);
+        b.features = self.features.take_until(t_end);
         if let Some(g) = carry.take() {
             b.gaps.insert(
                 0,

@@ -586,3 +586,59 @@ fn env_override_and_journal_opened_by_library() {
     assert!(j.cursors().unwrap().is_empty());
     let _ = Instant::now();
 }
+
+#[test]
+fn filtered_samples_and_features_equal_scipy_end_to_end() {
+    let env = Env::new("[journal]\nbatch_seconds = 0.4");
+    // Odd channel count, band-pass + notch with a harmonic, batches of 0.4 s
+    // so filter state and feature windows cross batch boundaries.
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device(
+            "filtered",
+            5,
+            250.0,
+            "[filters]\nhighpass_hz = 1.0\nlowpass_hz = 45.0\norder = 4\nnotch_hz = 50.0\nnotch_harmonics = 2\n",
+        ),
+    );
+    let d = env.spawn();
+    d.wait_streaming(Duration::from_secs(5));
+    let s = d.wait_for(
+        Duration::from_secs(15),
+        "band power and quality in status",
+        |s| {
+            s["devices"][0]["band_power"]["alpha"]
+                .as_array()
+                .is_some_and(|a| a.len() == 5)
+                && s["devices"][0]["quality"]
+                    .as_array()
+                    .is_some_and(|q| q.len() == 5)
+                && s["journal"]["committed_batches"].as_u64() >= Some(8)
+        },
+    );
+    let q = &s["devices"][0]["quality"][0];
+    assert!(
+        q["state"].is_string() && q["rms_uv"].is_number() && q["line_noise_ratio"].is_number(),
+        "{q}"
+    );
+    assert_eq!(d.terminate(), 0);
+    let out = std::process::Command::new(util::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/check_filtered.py"
+        ))
+        .arg(env.journal())
+        .arg(env.key())
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scipy check failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let r = &v["devices"]["filtered"];
+    assert_eq!(r["sections"], 6, "4 band-pass sections + 2 notches");
+    assert!(r["feature_windows"].as_u64() >= Some(4), "{r}");
+}

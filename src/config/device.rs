@@ -246,6 +246,35 @@ impl Default for FeaturesSection {
     }
 }
 
+/// `[quality]`: per-channel signal quality thresholds (all optional).
+/// A channel is `railed` when at least `railed_min_fraction` of the raw
+/// window is at or beyond `railed_abs_uv`; `flat` when the raw window's
+/// peak-to-peak is below `flat_ptp_uv`; `noisy` when the filtered RMS
+/// exceeds `noisy_rms_uv` or more than `noisy_line_ratio` of the raw power
+/// lies within ±2 Hz of the mains line (`notch_hz`, else 50 Hz).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualitySection {
+    pub flat_ptp_uv: f64,
+    pub railed_abs_uv: f64,
+    pub railed_min_fraction: f64,
+    pub noisy_rms_uv: f64,
+    pub noisy_line_ratio: f64,
+}
+
+impl Default for QualitySection {
+    fn default() -> Self {
+        let t = crate::dsp::QualityThresholds::default();
+        QualitySection {
+            flat_ptp_uv: t.flat_ptp_uv,
+            railed_abs_uv: t.railed_abs_uv,
+            railed_min_fraction: t.railed_min_fraction,
+            noisy_rms_uv: t.noisy_rms_uv,
+            noisy_line_ratio: t.noisy_line_ratio,
+        }
+    }
+}
+
 /// `[buffer]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -276,6 +305,8 @@ struct DeviceFile<C> {
     #[serde(default)]
     features: FeaturesSection,
     #[serde(default)]
+    quality: QualitySection,
+    #[serde(default)]
     buffer: BufferSection,
 }
 
@@ -296,6 +327,7 @@ pub struct DeviceConfig {
     pub channels: ChannelsSection,
     pub filters: FiltersSection,
     pub features: FeaturesSection,
+    pub quality: QualitySection,
     pub buffer: BufferSection,
 }
 
@@ -340,6 +372,7 @@ fn parse_as<C: serde::de::DeserializeOwned>(
         channels: f.channels,
         filters: f.filters,
         features: f.features,
+        quality: f.quality,
         buffer: f.buffer,
     })
 }
@@ -372,6 +405,7 @@ pub fn parse_device(path: &Path, text: String) -> Result<DeviceConfig, Vec<Probl
         channels: f.channels,
         filters: f.filters,
         features: f.features,
+        quality: f.quality,
         buffer: f.buffer,
     };
     let problems = validate_device(&dev, &src);
@@ -563,6 +597,32 @@ fn validate_device(d: &DeviceConfig, src: &SourceText) -> Vec<Problem> {
                 &format!("features.bands.{name}"),
                 format!("band [{lo}, {hi}] is not a range"),
                 "write [lo, hi] with 0 <= lo < hi",
+            );
+        }
+    }
+    let q = &d.quality;
+    for (key, v) in [
+        ("quality.flat_ptp_uv", q.flat_ptp_uv),
+        ("quality.railed_abs_uv", q.railed_abs_uv),
+        ("quality.noisy_rms_uv", q.noisy_rms_uv),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            bad(
+                key,
+                format!("{v} must be positive"),
+                "remove the key to use the default",
+            );
+        }
+    }
+    for (key, v) in [
+        ("quality.railed_min_fraction", q.railed_min_fraction),
+        ("quality.noisy_line_ratio", q.noisy_line_ratio),
+    ] {
+        if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+            bad(
+                key,
+                format!("{v} is not a fraction"),
+                "use a value between 0 and 1",
             );
         }
     }

@@ -147,7 +147,20 @@ impl DaemonState {
             let (level, detail) = match s {
                 DeviceState::Streaming => {
                     streaming += 1;
-                    (0, format!("{:.1} samples/s", d.samples_per_s.load()))
+                    let quality = d
+                        .features
+                        .lock()
+                        .map(|f| f.quality.clone())
+                        .unwrap_or_default();
+                    let dead = quality
+                        .iter()
+                        .filter(|q| q.state == "flat" || q.state == "railed")
+                        .count();
+                    if !quality.is_empty() && dead == quality.len() {
+                        (1, format!("streaming, but all {dead} channels are flat or railed: check electrodes and cabling"))
+                    } else {
+                        (0, format!("{:.1} samples/s", d.samples_per_s.load()))
+                    }
                 }
                 DeviceState::Connecting => (1, "connecting".to_string()),
                 other => (

@@ -6,7 +6,7 @@ use super::{Sink, Source, SourceError, StreamInfo};
 use crate::batch::Marker;
 use crate::config::DeviceConfig;
 use crate::journal::{AuditEvent, JournalTx};
-use crate::pipeline::{FilterStage, Processing};
+use crate::pipeline::{FeatureStage, FilterStage, Processing};
 use crate::ring;
 use crate::state::{DeviceState, DeviceStats};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,7 +114,7 @@ fn start_pipe(
     stats: &Arc<DeviceStats>,
     info: StreamInfo,
     markers: crossbeam_channel::Receiver<Marker>,
-) -> std::io::Result<Pipe> {
+) -> Result<Pipe, String> {
     let mut info = info;
     if let Some(names) = &cfg.channels.names {
         if names.len() == info.channels {
@@ -138,7 +138,10 @@ fn start_pipe(
         units: cfg.channels.units.clone(),
         batch_frames: ((ctx.batch_seconds * rate).round() as usize).max(1),
         index_offset: ctx.first_sample,
-        filters: FilterStage::new(&cfg.filters, &info),
+        filters: FilterStage::new(&cfg.filters, &info)
+            .map_err(|e| format!("filter settings in {}: {e}", cfg.file.display()))?,
+        features: FeatureStage::new(&cfg.features, &cfg.quality, &cfg.filters, &info)
+            .map_err(|e| format!("feature settings in {}: {e}", cfg.file.display()))?,
         journal: ctx.journal.clone(),
         markers,
         stats: stats.clone(),
@@ -146,7 +149,8 @@ fn start_pipe(
     };
     let processing = std::thread::Builder::new()
         .name(format!("dsp-{}", cfg.id))
-        .spawn(move || processing.run(consumer))?;
+        .spawn(move || processing.run(consumer))
+        .map_err(|e| format!("cannot start processing thread: {e}"))?;
     Ok(Pipe {
         producer,
         info,
@@ -206,8 +210,8 @@ fn acquisition(
             let Some(rx) = markers_rx.take() else { break };
             match start_pipe(&cfg, &ctx, &stats, info, rx) {
                 Ok(p) => pipe = Some(p),
-                Err(e) => {
-                    let m = format!("cannot start processing thread: {e}");
+                Err(m) => {
+                    source.close();
                     stats.set_error(Some(m.clone()));
                     set_state(&stats, &journal, DeviceState::Error, Some(&m));
                     break;
