@@ -624,7 +624,7 @@ mod tests {
         let flat = |_i: usize| 12.25f32;
         let railed = |i: usize| if i % 2 == 0 { 187_500.0 } else { -187_500.0 };
         let loud = sine(10.0, 400.0);
-        let mains = |i: usize| (sine(50.0, 40.0)(i) + sine(10.0, 5.0)(i)) as f32;
+        let mains = |i: usize| sine(50.0, 40.0)(i) + sine(10.0, 5.0)(i);
         let (q, n) = run(500, &[&ok, &flat, &railed, &loud, &mains], None);
         assert!(n > 0);
         let status: Vec<&str> = q.iter().map(|c| c.status.as_str()).collect();
@@ -643,7 +643,7 @@ mod tests {
     #[test]
     fn quality_uses_raw_for_line_noise_and_filtered_for_rms() {
         // Raw has strong mains; the "filtered" stream (notched) does not.
-        let raw = |i: usize| (sine(50.0, 40.0)(i) + sine(10.0, 5.0)(i)) as f32;
+        let raw = |i: usize| sine(50.0, 40.0)(i) + sine(10.0, 5.0)(i);
         let filt = |_c: usize, i: usize| sine(10.0, 5.0)(i);
         let (q, _) = run(500, &[&raw], Some(&filt));
         assert_eq!(q[0].status, QualityStatus::Noisy);

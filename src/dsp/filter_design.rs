@@ -212,7 +212,7 @@ fn bilinear(zpk: Zpk, fs: f64) -> Zpk {
     let fs2 = C::real(2.0 * fs);
     let mut z: Vec<C> = zpk.z.iter().map(|&z| fs2.add(z).div(fs2.sub(z))).collect();
     let p: Vec<C> = zpk.p.iter().map(|&p| fs2.add(p).div(fs2.sub(p))).collect();
-    z.extend(std::iter::repeat(C::real(-1.0)).take(degree));
+    z.extend(std::iter::repeat_n(C::real(-1.0), degree));
     let dz: Vec<C> = zpk.z.iter().map(|&z| fs2.sub(z)).collect();
     let dp: Vec<C> = zpk.p.iter().map(|&p| fs2.sub(p)).collect();
     let k = zpk.k * prod(&dz).div(prod(&dp)).re;
