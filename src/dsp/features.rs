@@ -720,8 +720,10 @@ mod tests {
             }),
             Some(DspError::InvalidFrequency { .. })
         ));
-        let mut th = QualityThresholds::default();
-        th.railed_min_fraction = 2.0;
+        let th = QualityThresholds {
+            railed_min_fraction: 2.0,
+            ..QualityThresholds::default()
+        };
         assert!(matches!(
             bad(FeatureConfig {
                 thresholds: th,

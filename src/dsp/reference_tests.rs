@@ -185,7 +185,9 @@ fn features_match_scipy_welch() {
             thresholds: QualityThresholds::default(),
         };
         let mut fx = FeatureExtractor::new(fs, ch, &cfg).expect("extractor");
-        let mut got: Vec<(f64, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
+        // (t, band_power, rms, line_noise_ratio) per emission.
+        type Emission = (f64, Vec<f64>, Vec<f64>, Vec<f64>);
+        let mut got: Vec<Emission> = Vec::new();
         let mut sink = |f: &FeatureFrame<'_>| {
             got.push((
                 f.t,
