@@ -66,6 +66,26 @@ enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Measure whether this machine keeps up with a rig: the real pipeline
+    /// stages on synthetic data, then end to end into a temporary journal.
+    Bench {
+        /// Device file whose filters and features to use [default: 4th-order 1-45 Hz band-pass, default features]
+        #[arg(long, value_name = "FILE")]
+        device: Option<PathBuf>,
+        #[arg(long)]
+        channels: Option<usize>,
+        #[arg(long, value_name = "HZ")]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, value_enum, default_value = "all")]
+        stage: neuroedge::bench::Stage,
+        /// Use these raw samples (little-endian f64, frame-major) instead of synthetic data
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -171,6 +191,31 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
         Command::Keygen { out } => {
             let k = crypto::generate_key_file(&out).map_err(|e| usage(e.to_string()))?;
             println!("wrote {} (key_id {}); keep a backup: batches sealed with it cannot be read without it", out.display(), k.id());
+            Ok(())
+        }
+        Command::Bench {
+            device,
+            channels,
+            rate,
+            seconds,
+            stage,
+            input,
+            json,
+        } => {
+            let r = neuroedge::bench::run(&neuroedge::bench::BenchArgs {
+                device: device.as_deref(),
+                channels,
+                rate,
+                seconds,
+                stage,
+                input: input.as_deref(),
+            })
+            .map_err(usage)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", neuroedge::bench::render(&r));
+            }
             Ok(())
         }
         Command::Status {

@@ -60,6 +60,11 @@ impl FilterStage {
     pub fn description(&self) -> &FilterDescription {
         &self.description
     }
+
+    /// Number of second-order sections in the chain.
+    pub fn sections(&self) -> usize {
+        self.bank.sos().len()
+    }
 }
 
 /// Welch band powers, RMS and quality every `step_s`, per contract §4.
@@ -108,7 +113,7 @@ impl FeatureStage {
 
     /// Feed one block; emissions are queued for the batch and published
     /// to the status snapshot (twice a second by default, not per sample).
-    fn push(&mut self, raw: &[f32], filtered: &[f32], ts: &[f64], stats: &DeviceStats) {
+    pub fn push(&mut self, raw: &[f32], filtered: &[f32], ts: &[f64], stats: &DeviceStats) {
         let (names, channels, pending) = (&self.band_names, &self.channel_names, &mut self.pending);
         let r = self
             .extractor
@@ -166,6 +171,9 @@ pub struct Processing {
     pub filters: FilterStage,
     pub features: FeatureStage,
     pub journal: JournalTx,
+    /// Wait for the journal instead of dropping: only for a source that can
+    /// itself wait (unpaced synthetic), so backpressure reaches the source.
+    pub backpressure: bool,
     pub markers: crossbeam_channel::Receiver<Marker>,
     pub stats: Arc<DeviceStats>,
     /// Daemon start, for monotonic "last sample" ages.
@@ -337,7 +345,12 @@ impl Processing {
                 .sum::<u64>();
         let end = b.end_sample();
         let n = b.n_samples() as u64;
-        if !self.journal.try_send_batch(b) {
+        let taken = if self.backpressure {
+            self.journal.send_batch_blocking(b)
+        } else {
+            self.journal.try_send_batch(b)
+        };
+        if !taken {
             self.stats.dropped_samples.fetch_add(n, Relaxed);
             self.stats.gaps.fetch_add(1, Relaxed);
             *carry = Some(Gap {

@@ -174,6 +174,10 @@ impl FeatureFrame<'_> {
     }
 }
 
+/// Upper bound on window/step lengths in samples (2^24, ~19 h at 250 Hz):
+/// rejects absurd configs instead of attempting a huge allocation.
+const MAX_SAMPLES: f64 = 16_777_216.0;
+
 /// Python-style `round` (ties to even), as the contract's `round(x)`.
 fn round_samples(x: f64) -> f64 {
     x.round_ties_even()
@@ -307,14 +311,14 @@ impl FeatureExtractor {
             return Err(DspError::ZeroChannels);
         }
         let win_f = round_samples(config.window_s * fs);
-        if !config.window_s.is_finite() || !(2.0..=1e9).contains(&win_f) {
+        if !config.window_s.is_finite() || !(2.0..=MAX_SAMPLES).contains(&win_f) {
             return Err(DspError::InvalidDuration {
                 what: "window_s",
                 value: config.window_s,
             });
         }
         let step_f = round_samples(config.step_s * fs);
-        if !config.step_s.is_finite() || !(1.0..=1e9).contains(&step_f) {
+        if !config.step_s.is_finite() || !(1.0..=MAX_SAMPLES).contains(&step_f) {
             return Err(DspError::InvalidDuration {
                 what: "step_s",
                 value: config.step_s,

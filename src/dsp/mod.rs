@@ -14,7 +14,7 @@ pub use features::{
     QualityThresholds,
 };
 pub use filter_bank::FilterBank;
-pub use filter_design::{design_sos, sosfilt_zi, FilterSpec, Sos};
+pub use filter_design::{design_sos, sosfilt_zi, validate_spec, FilterSpec, Sos};
 
 use std::fmt;
 

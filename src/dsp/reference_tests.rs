@@ -151,6 +151,9 @@ fn filter_f32_matches_scipy_across_uneven_batches() {
     }
 }
 
+/// One captured emission: (t, band_power, rms, line_noise_ratio).
+type Emission = (f64, Vec<f64>, Vec<f64>, Vec<f64>);
+
 fn rel_err(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-300)
 }
@@ -185,8 +188,6 @@ fn features_match_scipy_welch() {
             thresholds: QualityThresholds::default(),
         };
         let mut fx = FeatureExtractor::new(fs, ch, &cfg).expect("extractor");
-        // (t, band_power, rms, line_noise_ratio) per emission.
-        type Emission = (f64, Vec<f64>, Vec<f64>, Vec<f64>);
         let mut got: Vec<Emission> = Vec::new();
         let mut sink = |f: &FeatureFrame<'_>| {
             got.push((

@@ -72,6 +72,12 @@ impl JournalTx {
         self.batches.try_send(b).is_ok()
     }
 
+    /// Queue a batch, waiting for room. Only for sources that can wait
+    /// (the unpaced synthetic source); real devices use `try_send_batch`.
+    pub fn send_batch_blocking(&self, b: BatchData) -> bool {
+        self.batches.send(b).is_ok()
+    }
+
     /// Record the uplink's verdict on a batch; applied by the writer in its
     /// next transaction. False if the queue is full (retry later).
     pub fn mark_upload(&self, m: UploadMark) -> bool {

@@ -102,6 +102,13 @@ fn set_state(stats: &DeviceStats, journal: &JournalTx, s: DeviceState, why: Opti
     }
 }
 
+/// Frames per ring block: ~100 ms. Batches are a second long, so latency
+/// does not suffer, and the filter runs on runs of frames long enough to
+/// amortise its per-call work.
+pub fn block_frames(rate: f64) -> usize {
+    ((rate / 10.0).round() as usize).clamp(1, 8192)
+}
+
 struct Pipe {
     producer: ring::Producer,
     info: StreamInfo,
@@ -123,8 +130,7 @@ fn start_pipe(
     }
     let rate = info.sample_rate;
     let capacity = (cfg.buffer.ring_seconds * rate).ceil() as usize;
-    // ~20 ms per block: small enough for latency, large enough for throughput.
-    let block_frames = ((rate / 50.0).round() as usize).clamp(1, 4096);
+    let block_frames = block_frames(rate);
     let (producer, consumer, ring_stats) = ring::ring(info.channels, capacity, block_frames);
     let _ = ring_stats;
     stats.sample_rate.store(rate);
@@ -143,6 +149,7 @@ fn start_pipe(
         features: FeatureStage::new(&cfg.features, &cfg.quality, &cfg.filters, &info)
             .map_err(|e| format!("feature settings in {}: {e}", cfg.file.display()))?,
         journal: ctx.journal.clone(),
+        backpressure: matches!(&cfg.connection, crate::config::Connection::Synthetic(s) if !s.pace),
         markers,
         stats: stats.clone(),
         epoch: ctx.epoch,

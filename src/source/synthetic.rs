@@ -100,6 +100,22 @@ impl Synthetic {
     }
 }
 
+/// Generate `frames` frames of the synthetic signal up front (for `bench`):
+/// timestamps from `t0_unix`, frame-major samples.
+pub fn generate(cfg: &SyntheticConnection, frames: usize, t0_unix: f64) -> (Vec<f64>, Vec<f32>) {
+    let mut gens: Vec<ChannelGen> = (0..cfg.channels)
+        .map(|c| ChannelGen::new(cfg.seed, c))
+        .collect();
+    let mut ts = Vec::with_capacity(frames);
+    let mut data = Vec::with_capacity(frames * cfg.channels);
+    for n in 0..frames {
+        let t = n as f64 / cfg.sample_rate;
+        ts.push(t0_unix + t);
+        data.extend(gens.iter_mut().map(|g| g.next(t) as f32));
+    }
+    (ts, data)
+}
+
 impl Source for Synthetic {
     fn open(&mut self) -> Result<StreamInfo, SourceError> {
         if self.started.is_none() {
@@ -126,6 +142,9 @@ impl Source for Synthetic {
                 return Ok(());
             }
             for _ in 0..UNPACED_CHUNK {
+                if sink.frames.nearly_full() {
+                    break;
+                }
                 self.emit(sink);
             }
             return Ok(());
