@@ -81,6 +81,11 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         serde_json::json!({"version": VERSION, "pid": std::process::id(), "config": cfg.path.display().to_string(), "key_id": key_id}),
     ));
 
+    let uplink_shared = Arc::new(if cfg.daemon.uplink.enabled {
+        crate::uplink::UplinkShared::starting()
+    } else {
+        crate::uplink::UplinkShared::disabled()
+    });
     let state = Arc::new(DaemonState {
         version: VERSION,
         started: epoch,
@@ -88,6 +93,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         site_id: cfg.daemon.daemon.site_id.clone(),
         devices: RwLock::new(Vec::new()),
         journal: jtx.shared().clone(),
+        uplink: uplink_shared.clone(),
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -106,6 +112,17 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+
+    let uplink = cfg.daemon.uplink.enabled.then(|| {
+        crate::uplink::spawn(
+            rt.handle(),
+            cfg.daemon.uplink.clone(),
+            jcfg.path.clone(),
+            jtx.clone(),
+            uplink_shared.clone(),
+            crate::uplink::EngineOptions::default(),
+        )
+    });
 
     let mut handles = Vec::new();
     let mut stats: Vec<Arc<DeviceStats>> = Vec::new();
@@ -161,6 +178,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         None,
         serde_json::json!({"uptime_s": epoch.elapsed().as_secs_f64()}),
     ));
+    if let Some(u) = uplink {
+        tracing::info!("devices stopped; stopping the uplink");
+        rt.block_on(u.stop());
+    }
     tracing::info!("devices stopped; closing the journal");
     writer.shutdown();
     let _ = std::fs::remove_file(&socket_path);

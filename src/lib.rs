@@ -17,3 +17,4 @@ pub mod pipeline;
 pub mod ring;
 pub mod source;
 pub mod state;
+pub mod uplink;

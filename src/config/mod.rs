@@ -507,6 +507,36 @@ fn validate_daemon(c: &DaemonConfig, src: &SourceText, out: &mut Vec<Problem>) {
             "set endpoint = \"https://...\" or enabled = false",
         );
     }
+    if c.uplink.enabled {
+        if let Some(e) = c
+            .uplink
+            .endpoint
+            .as_deref()
+            .filter(|e| !e.trim().is_empty())
+        {
+            if let Err(msg) = crate::uplink::transport::batches_url(e) {
+                bad(
+                    "uplink.endpoint",
+                    msg,
+                    "write e.g. endpoint = \"https://ingest.example.org\"",
+                );
+            }
+        }
+        if c.uplink.token_file.is_none() {
+            bad(
+                "uplink.token_file",
+                "uplink is enabled but has no token_file".into(),
+                "set token_file = \"/etc/neuroedge/uplink.token\" (one line: the bearer token)",
+            );
+        }
+        if c.uplink.client_cert.is_some() != c.uplink.client_key.is_some() {
+            bad(
+                "uplink.client_cert",
+                "client_cert and client_key go together".into(),
+                "set both (PEM files) for mutual TLS, or neither",
+            );
+        }
+    }
     if c.uplink.max_in_flight == 0 {
         bad(
             "uplink.max_in_flight",

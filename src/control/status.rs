@@ -18,6 +18,8 @@ pub struct DaemonState {
     pub site_id: String,
     pub devices: RwLock<Vec<Arc<DeviceStats>>>,
     pub journal: Arc<JournalShared>,
+    /// The uplink's live figures (state `disabled` when not enabled).
+    pub uplink: Arc<crate::uplink::UplinkShared>,
 }
 
 impl DaemonState {
@@ -87,14 +89,7 @@ impl DaemonState {
     }
 
     fn uplink_json(&self) -> Value {
-        json!({
-            "state": "disabled",
-            "uploaded_batches": 0,
-            "quarantined_batches": 0,
-            "failed_attempts": 0,
-            "last_success_age_s": null,
-            "last_error": null,
-        })
+        self.uplink.json()
     }
 
     pub fn status_json(&self) -> Value {
@@ -189,7 +184,17 @@ impl DaemonState {
             Request::Journal => self.journal_json(),
             Request::Uplink => self.uplink_json(),
             Request::Version => json!({"version": self.version}),
-            Request::Mark { .. } | Request::Flush | Request::Reload => error_reply(
+            Request::Flush => {
+                if self.uplink.request_flush() {
+                    json!({"ok": true, "uplink": self.uplink_json(), "journal": {"pending_batches": self.journal.snapshot().pending_batches}})
+                } else {
+                    error_reply(
+                        "the uplink is disabled: nothing to flush",
+                        "set [uplink] enabled = true with an endpoint and token_file",
+                    )
+                }
+            }
+            Request::Mark { .. } | Request::Reload => error_reply(
                 "this command is not available in this version of neuroedge",
                 "available: status, health, devices, journal, uplink, version",
             ),

@@ -1,0 +1,148 @@
+//! HTTPS uplink (contract §7): pending batches are read from the journal
+//! through the uplink's own read-only connection, POSTed byte for byte,
+//! and the verdicts go back to the journal writer as [`UploadMark`]s.
+//!
+//! - [`policy`]: the pure retry policy (status classes, backoff with
+//!   jitter, `Retry-After`, the state shown in `status`);
+//! - [`ratelimit`]: the `max_bytes_per_sec` token bucket;
+//! - [`transport`]: the rustls client, endpoint rules, token;
+//! - [`engine`]: the task: keyset paging, per-device order, in-flight
+//!   requests, verdicts, state changes, `flush`.
+//!
+//! See docs/uplink.md.
+//!
+//! [`UploadMark`]: crate::journal::UploadMark
+
+pub mod engine;
+pub mod policy;
+pub mod ratelimit;
+pub mod transport;
+
+pub use engine::{spawn, EngineOptions, UplinkHandle};
+pub use policy::UplinkState;
+
+use serde_json::{json, Value};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// The uplink's figures for `status`, kept current by the engine.
+#[derive(Debug, Clone)]
+pub struct UplinkStatus {
+    pub state: UplinkState,
+    /// Acknowledged (2xx) since the daemon started.
+    pub uploaded_batches: u64,
+    /// Quarantined batches held in the journal (earlier runs included).
+    pub quarantined_batches: u64,
+    /// Attempts that did not end in an acknowledgement or a quarantine.
+    pub failed_attempts: u64,
+    pub last_success: Option<Instant>,
+    /// The latest problem, free of secrets; cleared by the next success.
+    pub last_error: Option<String>,
+    pub in_flight: usize,
+    /// Batches read from the journal and waiting in memory.
+    pub buffered_batches: usize,
+    pub endpoint: Option<String>,
+}
+
+/// Shared between the engine, the status socket and `flush`.
+#[derive(Debug)]
+pub struct UplinkShared {
+    status: Mutex<UplinkStatus>,
+    flush: tokio::sync::Notify,
+}
+
+impl UplinkShared {
+    fn with_state(state: UplinkState) -> UplinkShared {
+        UplinkShared {
+            status: Mutex::new(UplinkStatus {
+                state,
+                uploaded_batches: 0,
+                quarantined_batches: 0,
+                failed_attempts: 0,
+                last_success: None,
+                last_error: None,
+                in_flight: 0,
+                buffered_batches: 0,
+                endpoint: None,
+            }),
+            flush: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// `[uplink] enabled = false`.
+    pub fn disabled() -> UplinkShared {
+        UplinkShared::with_state(UplinkState::Disabled)
+    }
+
+    /// Before the engine's first report.
+    pub fn starting() -> UplinkShared {
+        UplinkShared::with_state(UplinkState::Idle)
+    }
+
+    pub fn snapshot(&self) -> UplinkStatus {
+        match self.status.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn update(&self, f: impl FnOnce(&mut UplinkStatus)) {
+        match self.status.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.snapshot().state != UplinkState::Disabled
+    }
+
+    /// `flush`: try every waiting batch now, skipping the current backoff
+    /// or pause. False when the uplink is disabled.
+    pub fn request_flush(&self) -> bool {
+        if !self.is_enabled() {
+            return false;
+        }
+        self.flush.notify_one();
+        true
+    }
+
+    pub(crate) async fn flushed(&self) {
+        self.flush.notified().await
+    }
+
+    /// The `uplink` object of `status` (contract §5).
+    pub fn json(&self) -> Value {
+        let s = self.snapshot();
+        json!({
+            "state": s.state.as_str(),
+            "uploaded_batches": s.uploaded_batches,
+            "quarantined_batches": s.quarantined_batches,
+            "failed_attempts": s.failed_attempts,
+            "last_success_age_s": s.last_success.map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+            "last_error": s.last_error,
+            "in_flight": s.in_flight,
+            "buffered_batches": s.buffered_batches,
+            "endpoint": s.endpoint,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disabled_json_and_flush() {
+        let s = UplinkShared::disabled();
+        let j = s.json();
+        assert_eq!(j["state"], "disabled");
+        assert_eq!(j["uploaded_batches"], 0);
+        assert!(j["last_success_age_s"].is_null() && j["last_error"].is_null());
+        assert!(!s.request_flush());
+        let s = UplinkShared::starting();
+        assert!(s.request_flush());
+        s.update(|x| x.last_success = Some(Instant::now()));
+        assert!(s.json()["last_success_age_s"].as_f64().is_some());
+    }
+}
