@@ -134,6 +134,18 @@ impl BatchData {
         self.channels.len()
     }
 
+    /// Sample index where this batch's span begins: `first_sample` minus
+    /// the samples of gaps right before it (gaps consume indices).
+    pub fn start_sample(&self) -> u64 {
+        let lead: u64 = self
+            .gaps
+            .iter()
+            .filter(|g| g.before_sample == self.first_sample)
+            .map(|g| g.missing)
+            .sum();
+        self.first_sample.saturating_sub(lead)
+    }
+
     /// One past the sample index of the last sample (gaps consume indices).
     pub fn end_sample(&self) -> u64 {
         self.first_sample

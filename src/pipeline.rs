@@ -337,12 +337,7 @@ impl Processing {
                 },
             );
         }
-        let start = b.first_sample
-            - b.gaps
-                .iter()
-                .filter(|g| g.before_sample == b.first_sample)
-                .map(|g| g.missing)
-                .sum::<u64>();
+        let start = b.start_sample();
         let end = b.end_sample();
         let n = b.n_samples() as u64;
         let taken = if self.backpressure {

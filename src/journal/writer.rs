@@ -550,12 +550,7 @@ impl Writer {
             if let Outcome::Refused = o {
                 refused += 1;
                 tracing::error!(device = %b.device_id, samples = b.n_samples(), "journal full: new batch refused (when_full = drop_newest)");
-                let start = b.first_sample
-                    - b.gaps
-                        .iter()
-                        .filter(|g| g.before_sample == b.first_sample)
-                        .map(|g| g.missing)
-                        .sum::<u64>();
+                let start = b.start_sample();
                 let gap = Gap {
                     before_sample: b.end_sample(),
                     missing: b.end_sample() - start,
