@@ -3,6 +3,9 @@
 //! References in the same run: sealing alone, and a bare SQLite insert of
 //! blobs of the same size (sync = full) without neuroedge.
 
+mod common;
+use common::one_second_batch;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use neuroedge::batch::{seal, BatchData, SealParams};
 use neuroedge::config::{SyncMode, WhenFull};
@@ -11,40 +14,13 @@ use neuroedge::journal::{self, writer::WriterConfig, Journal};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn one_second_batch(first: u64) -> BatchData {
-    let (rate, ch) = (250usize, 8usize);
-    let mut x = 12345u64;
-    let mut noise = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % 1000) as f32 / 100.0
-    };
-    let raw: Vec<f32> = (0..rate * ch)
-        .map(|i| 100.0 + ((i / ch) as f32 * 0.25).sin() * 20.0 + noise())
-        .collect();
-    BatchData {
-        device_id: "bench".into(),
-        sample_rate: rate as f64,
-        channels: (1..=ch).map(|i| format!("ch{i}")).collect(),
-        units: "uV".into(),
-        first_sample: first,
-        timestamps: (0..rate)
-            .map(|i| 1.7e9 + (first as usize + i) as f64 / rate as f64)
-            .collect(),
-        filtered: raw.clone(),
-        raw,
-        ..Default::default()
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("journal");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements(1));
     let key = BatchKey::from_bytes(&[9u8; 32]);
-    let batch = one_second_batch(0);
+    let batch = one_second_batch("bench", 0);
     g.bench_function("seal_1s_8ch_250hz", |b| {
         b.iter(|| {
             let p = SealParams {
@@ -98,8 +74,9 @@ fn bench(c: &mut Criterion) {
                 )
                 .expect("writer");
                 let tx = w.sender();
-                let batches: Vec<BatchData> =
-                    (0..iters).map(|i| one_second_batch(i * 250)).collect();
+                let batches: Vec<BatchData> = (0..iters)
+                    .map(|i| one_second_batch("bench", i * 250))
+                    .collect();
                 let start = Instant::now();
                 for b in batches {
                     // The writer's queue is bounded: wait for room.

@@ -14,11 +14,13 @@
 //! criterion on a 1 000 batch backlog. Under `cargo test` only the
 //! criterion part runs, once.
 
+mod common;
+use common::one_second_batch;
+
 #[path = "../tests/uplink_server/mod.rs"]
 mod uplink_server;
 
 use criterion::{Criterion, Throughput};
-use neuroedge::batch::BatchData;
 use neuroedge::config::{ByteCount, HumanDuration, SyncMode, UplinkSection, WhenFull};
 use neuroedge::crypto::{BatchKey, Keyring};
 use neuroedge::journal::{self, writer::WriterConfig, Journal};
@@ -31,33 +33,6 @@ use uplink_server::{make_pki, TestServer};
 
 const TOKEN: &str = "bench-token-0123456789";
 const CLIENT_THREADS: &str = "uplink-bench";
-
-fn one_second_batch(device: &str, first: u64) -> BatchData {
-    let (rate, ch) = (250usize, 8usize);
-    let mut x = 12345u64 ^ first;
-    let mut noise = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % 1000) as f32 / 100.0
-    };
-    let raw: Vec<f32> = (0..rate * ch)
-        .map(|i| 100.0 + ((i / ch) as f32 * 0.25).sin() * 20.0 + noise())
-        .collect();
-    BatchData {
-        device_id: device.into(),
-        sample_rate: rate as f64,
-        channels: (1..=ch).map(|i| format!("ch{i}")).collect(),
-        units: "uV".into(),
-        first_sample: first,
-        timestamps: (0..rate)
-            .map(|i| 1.7e9 + (first as usize + i) as f64 / rate as f64)
-            .collect(),
-        filtered: raw.clone(),
-        raw,
-        ..Default::default()
-    }
-}
 
 fn writer_on(path: &Path) -> journal::WriterHandle {
     let j = Journal::open(path, SyncMode::Normal).expect("journal");
