@@ -2,6 +2,7 @@
 //! authenticated) and an AES-256-GCM ciphertext of a zstd-compressed CBOR
 //! plaintext. The journal stores the envelope; the uplink sends it unchanged.
 
+pub use crate::clock::ClockStep;
 use crate::crypto::{BatchKey, Keyring, SealError};
 use ciborium::Value;
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,9 @@ pub struct BatchData {
     pub features: Vec<FeatureRecord>,
     pub markers: Vec<Marker>,
     pub gaps: Vec<Gap>,
+    /// Wall-clock steps noticed while this batch was being filled
+    /// (see `crate::clock`).
+    pub clock_steps: Vec<ClockStep>,
 }
 
 impl BatchData {
@@ -249,6 +253,17 @@ pub fn encode_plaintext(b: &BatchData) -> Vec<u8> {
             ])
         })
         .collect();
+    let clock_steps = b
+        .clock_steps
+        .iter()
+        .map(|c| {
+            Value::Map(vec![
+                (text("t"), Value::Float(c.t)),
+                (text("step_s"), Value::Float(c.step_s)),
+                (text("applied_s"), Value::Float(c.applied_s)),
+            ])
+        })
+        .collect();
     let map = Value::Map(vec![
         (
             text("channels"),
@@ -262,6 +277,7 @@ pub fn encode_plaintext(b: &BatchData) -> Vec<u8> {
         (text("features"), Value::Array(features)),
         (text("markers"), Value::Array(markers)),
         (text("gaps"), Value::Array(gaps)),
+        (text("clock_steps"), Value::Array(clock_steps)),
     ]);
     let mut out = Vec::new();
     // Writing CBOR into a Vec cannot fail.
@@ -468,6 +484,22 @@ pub fn decode_plaintext(plain: &[u8], header: &BatchHeader) -> Result<BatchData,
             })
         })
         .collect::<Result<Vec<_>, BatchError>>()?;
+    // Absent in batches written before clock steps were recorded.
+    let clock_steps = map_get(m, "clock_steps")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| {
+                    let c = c.as_map()?;
+                    Some(ClockStep {
+                        t: map_get(c, "t").and_then(as_f64)?,
+                        step_s: map_get(c, "step_s").and_then(as_f64)?,
+                        applied_s: map_get(c, "applied_s").and_then(as_f64).unwrap_or(0.0),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let floats = |v: &Value| {
         v.as_array()
             .map(|a| a.iter().filter_map(as_f64).collect::<Vec<_>>())
@@ -519,6 +551,7 @@ pub fn decode_plaintext(plain: &[u8], header: &BatchHeader) -> Result<BatchData,
         features,
         markers,
         gaps,
+        clock_steps,
     })
 }
 
@@ -545,6 +578,11 @@ mod tests {
             markers: vec![Marker {
                 t: 10.004,
                 value: "stimulus".into(),
+            }],
+            clock_steps: vec![ClockStep {
+                t: 1_700_000_000.5,
+                step_s: 3600.0,
+                applied_s: 3600.0,
             }],
             gaps: vec![Gap {
                 before_sample: 500,

@@ -120,6 +120,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         sample_rate: rate,
         channels,
         channel_names: crate::source::default_names(channels),
+        chunk_s: 0.0,
     };
     let synth = SyntheticConnection {
         sample_rate: rate,

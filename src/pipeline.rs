@@ -184,6 +184,10 @@ struct Batcher {
     current: BatchData,
     /// Gap to prepend to the next batch after a dropped one.
     carry_gap: Option<Gap>,
+    /// Markers waiting for the batch whose time span reaches them.
+    markers: Vec<Marker>,
+    /// Clock steps already put into a batch.
+    clock_steps_seen: u64,
 }
 
 impl Processing {
@@ -202,6 +206,7 @@ impl Processing {
             features: Vec::new(),
             markers: Vec::new(),
             gaps: Vec::new(),
+            clock_steps: Vec::new(),
         }
     }
 
@@ -213,6 +218,8 @@ impl Processing {
         let mut batcher = Batcher {
             current: self.new_batch(),
             carry_gap: None,
+            markers: Vec::new(),
+            clock_steps_seen: 0,
         };
         let mut expected: Option<u64> = None;
         let mut rate_window = (Instant::now(), 0u64);
@@ -245,14 +252,20 @@ impl Processing {
         }
         self.take_markers(&mut batcher);
         if !batcher.current.timestamps.is_empty() {
-            let b = std::mem::take(&mut batcher.current);
-            self.send(b, &mut batcher.carry_gap);
+            let mut b = std::mem::take(&mut batcher.current);
+            // The run ends: every marker still waiting goes into the last batch.
+            b.markers.append(&mut batcher.markers);
+            self.send(b, &mut batcher);
+        }
+        if !batcher.markers.is_empty() {
+            // Markers after the last sample: they still must not be lost.
+            tracing::warn!(device = %self.device_id, markers = batcher.markers.len(), "markers after the last sample of the run were not journaled (no batch to carry them)");
         }
     }
 
     fn take_markers(&self, batcher: &mut Batcher) {
         while let Ok(m) = self.markers.try_recv() {
-            batcher.current.markers.push(m);
+            batcher.markers.push(m);
         }
     }
 
@@ -310,7 +323,7 @@ impl Processing {
             if b.timestamps.len() >= self.batch_frames {
                 let next = self.new_batch();
                 let full = std::mem::replace(&mut batcher.current, next);
-                self.send(full, &mut batcher.carry_gap);
+                self.send(full, batcher);
             }
         }
         self.stats.samples_total.fetch_add(n as u64, Relaxed);
@@ -324,10 +337,26 @@ impl Processing {
 
     /// Hand a finished batch to the journal, never waiting. A refused batch
     /// becomes a gap at the start of the next one.
-    fn send(&mut self, mut b: BatchData, carry: &mut Option<Gap>) {
+    fn send(&mut self, mut b: BatchData, batcher: &mut Batcher) {
         use std::sync::atomic::Ordering::Relaxed;
         let t_end = b.timestamps.last().copied().unwrap_or(f64::NEG_INFINITY);
         b.features = self.features.take_until(t_end);
+        // Markers go into the batch covering their time (one from before
+        // the batch, e.g. arriving late, goes into the first batch sent).
+        if !batcher.markers.is_empty() {
+            let (now, later): (Vec<Marker>, Vec<Marker>) = std::mem::take(&mut batcher.markers)
+                .into_iter()
+                .partition(|m| m.t <= t_end);
+            b.markers.extend(now);
+            batcher.markers = later;
+        }
+        let clock = crate::clock::global();
+        if clock.step_count() > batcher.clock_steps_seen {
+            let (steps, seen) = clock.steps_from(batcher.clock_steps_seen);
+            b.clock_steps = steps;
+            batcher.clock_steps_seen = seen;
+        }
+        let carry = &mut batcher.carry_gap;
         if let Some(g) = carry.take() {
             b.gaps.insert(
                 0,

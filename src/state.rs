@@ -98,6 +98,8 @@ pub struct DeviceStats {
     /// Monotonic seconds (daemon clock) when the newest sample was processed.
     pub last_sample_mono: AtomicF64,
     pub samples_per_s: AtomicF64,
+    /// The rate the device really delivers, measured by the timestamp fit.
+    pub effective_rate: AtomicF64,
     pub last_error: Mutex<Option<String>>,
     pub channel_names: Mutex<Vec<String>>,
     pub features: Mutex<FeatureSnapshot>,
@@ -124,6 +126,7 @@ impl DeviceStats {
             last_sample_unix: AtomicF64::new(0.0),
             last_sample_mono: AtomicF64::new(f64::NAN),
             samples_per_s: AtomicF64::new(0.0),
+            effective_rate: AtomicF64::new(f64::NAN),
             last_error: Mutex::new(None),
             channel_names: Mutex::new(Vec::new()),
             features: Mutex::new(FeatureSnapshot::default()),

@@ -2,7 +2,7 @@
 //! and backoff, and the processing thread it feeds. This is the one place
 //! where connection failures are retried; drivers just report them.
 
-use super::{Sink, Source, SourceError, StreamInfo};
+use super::{Sink, Source, SourceError, StreamInfo, Timing};
 use crate::batch::Marker;
 use crate::config::DeviceConfig;
 use crate::journal::{AuditEvent, JournalTx};
@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A connected device silent this long (plus one of its chunks) is
+/// `stalled`.
+const STALL_AFTER: Duration = Duration::from_secs(2);
+/// A stalled device is closed and reopened after this long (a wedged
+/// dongle or a silently dead inlet often comes back that way).
+const REOPEN_STALLED_AFTER: Duration = Duration::from_secs(10);
 
 /// A running device.
 pub struct DeviceHandle {
@@ -184,6 +190,9 @@ fn acquisition(
     };
     let mut markers_rx = Some(markers_rx);
     let mut pipe: Option<Pipe> = None;
+    let clock = crate::clock::global();
+    let mut timing: Option<Timing> = None;
+    let mut opened_before = false;
     let mut backoff = BACKOFF_INITIAL;
     while !stop.load(Ordering::Relaxed) {
         let info = match source.open() {
@@ -196,7 +205,14 @@ fn acquisition(
             Err(e) => {
                 let m = e.to_string();
                 stats.set_error(Some(m.clone()));
-                set_state(&stats, &journal, DeviceState::Disconnected, Some(&m));
+                // Never connected yet: still `connecting` (e.g. an LSL
+                // stream not yet on the network); lost later: `disconnected`.
+                let s = if opened_before {
+                    DeviceState::Disconnected
+                } else {
+                    DeviceState::Connecting
+                };
+                set_state(&stats, &journal, s, Some(&m));
                 sleep_unless_stopped(&stop, backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -226,12 +242,30 @@ fn acquisition(
             }
         }
         let Some(p) = pipe.as_mut() else { break };
+        let timing = timing.get_or_insert_with(|| Timing::new(p.info.sample_rate));
+        if opened_before {
+            // Samples the device took while we were not connected are
+            // lost: estimate them from time.
+            timing.restart();
+            let down = clock.mono_now() - timing.last_mono();
+            let missing = (down * p.info.sample_rate).round() - 1.0;
+            if missing.is_finite() && missing >= 1.0 {
+                p.producer.skip(missing as u64);
+            }
+        }
+        opened_before = true;
         set_state(&stats, &journal, DeviceState::Streaming, None);
         stats.set_error(None);
         backoff = BACKOFF_INITIAL;
+        let stall_after = STALL_AFTER + Duration::from_secs_f64(p.info.chunk_s.clamp(0.0, 10.0));
+        let mut last_progress = Instant::now();
+        let mut next_index = p.producer.next_index();
+        let mut reopen = false;
         let mut sink = Sink {
             frames: &mut p.producer,
             markers: &marker_tx,
+            timing,
+            clock,
         };
         while !stop.load(Ordering::Relaxed) {
             let r = source.read(&mut sink);
@@ -252,10 +286,36 @@ fn acquisition(
                 );
                 break;
             }
+            let now = Instant::now();
+            if sink.frames.next_index() != next_index {
+                next_index = sink.frames.next_index();
+                last_progress = now;
+                stats.effective_rate.store(sink.timing.effective_rate());
+                if stats.state() == DeviceState::Stalled {
+                    set_state(&stats, &journal, DeviceState::Streaming, None);
+                    stats.set_error(None);
+                }
+            } else {
+                let silent = now.duration_since(last_progress);
+                if silent >= stall_after && stats.state() == DeviceState::Streaming {
+                    let m = format!("connected but no samples for {:.1} s", silent.as_secs_f64());
+                    stats.set_error(Some(m.clone()));
+                    set_state(&stats, &journal, DeviceState::Stalled, Some(&m));
+                }
+                if silent >= stall_after + REOPEN_STALLED_AFTER {
+                    tracing::warn!(device = %stats.id, "stalled device: closing and reopening it");
+                    reopen = true;
+                    break;
+                }
+            }
         }
         source.close();
         if stats.state() == DeviceState::Error {
             break;
+        }
+        if !reopen {
+            // A device that opens and fails at once must not spin.
+            sleep_unless_stopped(&stop, BACKOFF_INITIAL);
         }
     }
     // Closing the producer lets the processing thread drain and send the

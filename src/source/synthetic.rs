@@ -4,7 +4,6 @@
 //! depends only on (seed, c, n). `tests/decode_batches.py` re-implements it.
 
 use super::{default_names, Sink, Source, SourceError, StreamInfo};
-use crate::clock::Clock;
 use crate::config::SyntheticConnection;
 use std::f64::consts::TAU;
 use std::time::{Duration, Instant};
@@ -66,9 +65,9 @@ pub struct Synthetic {
     frame: Vec<f32>,
     /// Samples generated since the source started.
     n: u64,
-    clock: Clock,
     /// Unix time of sample 0 and the monotonic instant it maps to.
-    t0_unix: f64,
+    /// Monotonic time of sample 0.
+    t0_mono: f64,
     started: Option<Instant>,
 }
 
@@ -83,8 +82,7 @@ impl Synthetic {
             gens,
             frame,
             n: 0,
-            clock: Clock::new(),
-            t0_unix: 0.0,
+            t0_mono: f64::NAN,
             started: None,
         }
     }
@@ -95,7 +93,7 @@ impl Synthetic {
         for (v, g) in self.frame.iter_mut().zip(self.gens.iter_mut()) {
             *v = g.next(t) as f32;
         }
-        sink.frames.push(self.t0_unix + t, &self.frame);
+        sink.push_stamped(self.t0_mono + t, &self.frame);
         self.n += 1;
     }
 }
@@ -121,12 +119,13 @@ impl Source for Synthetic {
         if self.started.is_none() {
             let now = Instant::now();
             self.started = Some(now);
-            self.t0_unix = self.clock.unix_at(now);
+            self.t0_mono = crate::clock::global().mono_of(now);
         }
         Ok(StreamInfo {
             sample_rate: self.cfg.sample_rate,
             channels: self.cfg.channels,
             channel_names: default_names(self.cfg.channels),
+            chunk_s: TICK.as_secs_f64(),
         })
     }
 
