@@ -6,8 +6,8 @@ use crate::config::Config;
 use crate::control::{self, DaemonState};
 use crate::crypto::{self, KeyError, Keyring};
 use crate::journal::{self, writer::WriterConfig, AuditEvent, Journal};
-use crate::source::runner::{self, DeviceContext};
-use crate::state::DeviceStats;
+use crate::supervisor::{Command, Supervisor};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -86,6 +86,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     } else {
         crate::uplink::UplinkShared::disabled()
     });
+    let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded::<Command>();
     let state = Arc::new(DaemonState {
         version: VERSION,
         started: epoch,
@@ -94,6 +95,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         devices: RwLock::new(Vec::new()),
         journal: jtx.shared().clone(),
         uplink: uplink_shared.clone(),
+        markers: RwLock::new(HashMap::new()),
+        commands: Some(cmd_tx.clone()),
+        control_uids: cfg.daemon.status.control_uids.clone(),
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -102,6 +106,23 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Other(format!("cannot start the async runtime: {e}")))?;
+
+    // Prometheus /metrics and /health: bound before anything is served, so
+    // a bad `[metrics] listen` stops the start (exit 1) with the reason.
+    let metrics_listener = match cfg.daemon.metrics.listen.as_deref().map(|listen| {
+        let _in_runtime = rt.enter();
+        control::metrics::bind(listen).and_then(|l| {
+            tokio::net::TcpListener::from_std(l)
+                .map_err(|e| format!("[metrics] listen = {listen:?}: {e}"))
+        })
+    }) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            writer.shutdown();
+            return Err(DaemonError::Other(e));
+        }
+    };
 
     let socket_path = cfg.daemon.status.socket.clone();
     let mode = crate::config::parse_socket_mode(&cfg.daemon.status.socket_mode).unwrap_or(0o660);
@@ -124,55 +145,46 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         )
     });
 
-    let mut handles = Vec::new();
-    let mut stats: Vec<Arc<DeviceStats>> = Vec::new();
-    for dev in &cfg.devices {
-        if !dev.enabled {
-            stats.push(Arc::new(DeviceStats::new(
-                &dev.id,
-                dev.driver.name(),
-                false,
-            )));
-            continue;
-        }
-        let ctx = DeviceContext {
-            journal: jtx.clone(),
-            batch_seconds: jcfg.batch_seconds,
-            first_sample: cursors.get(&dev.id).map_or(0, |c| c.next_sample),
-            epoch,
-        };
-        match runner::spawn(dev.clone(), ctx) {
-            Ok(h) => {
-                tracing::info!(device = %dev.id, driver = dev.driver.name(), file = %dev.file.display(), "device started");
-                stats.push(h.stats.clone());
-                handles.push(h);
-            }
-            Err(e) => tracing::error!(device = %dev.id, error = %e, "cannot start device thread"),
-        }
-    }
-    if let Ok(mut d) = state.devices.write() {
-        *d = stats;
-    }
-    tracing::info!(socket = %socket_path.display(), devices = handles.len(), node_id = %cfg.node_id, "neuroedge {VERSION} running");
+    let next_sample: HashMap<String, u64> = cursors
+        .iter()
+        .map(|(id, c)| (id.clone(), c.next_sample))
+        .collect();
+    let mut supervisor = Supervisor::new(&cfg, jtx.clone(), next_sample, epoch, state.clone());
+    supervisor.start(&cfg.devices);
+    let enabled = cfg.devices.iter().filter(|d| d.enabled).count();
+    let supervisor = std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || supervisor.run(cmd_rx))
+        .map_err(|e| DaemonError::Other(format!("cannot start the supervisor thread: {e}")))?;
+    tracing::info!(socket = %socket_path.display(), devices = enabled, node_id = %cfg.node_id, "neuroedge {VERSION} running");
 
     let serve_state = state.clone();
+    let notify = Notifier::from_env();
+    let signal_commands = cmd_tx.clone();
+    let clock_audit = jtx.clone();
     rt.block_on(async move {
+        if let Some(l) = metrics_listener {
+            tokio::spawn(control::metrics::serve(l, serve_state.clone()));
+        }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(control::serve(listener, serve_state, async {
+        let server = tokio::spawn(control::serve(listener, serve_state.clone(), async {
             let _ = stop_rx.await;
         }));
-        wait_for_shutdown_signal().await;
+        // The journal is open and checked, the socket answers, devices
+        // are starting: ready.
+        let watchdog = tokio::spawn(notify.run(serve_state));
+        let clock_watch = tokio::spawn(watch_wall_clock(clock_audit));
+        wait_for_shutdown_signal(&signal_commands).await;
+        watchdog.abort();
+        clock_watch.abort();
         let _ = stop_tx.send(());
         let _ = server.await;
     });
+    notify.send(&[sd_notify::NotifyState::Stopping]);
 
     tracing::info!("shutting down: stopping devices");
-    for h in &handles {
-        h.request_stop();
-    }
-    for h in handles {
-        h.join();
-    }
+    let _ = cmd_tx.send(Command::Stop);
+    let _ = supervisor.join();
     jtx.audit(AuditEvent::new(
         "daemon_stop",
         None,
@@ -190,7 +202,30 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-async fn wait_for_shutdown_signal() {
+/// Notice wall-clock steps (NTP on a machine without RTC): log, audit,
+/// and the batches being filled record them (see `crate::clock`).
+async fn watch_wall_clock(journal: crate::journal::JournalTx) {
+    let clock = crate::clock::global();
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        interval.tick().await;
+        if let Some(step) = clock.check_wall(crate::clock::wall_unix()) {
+            tracing::warn!(
+                step_s = step.step_s,
+                applied_s = step.applied_s,
+                "wall clock stepped; timestamps stay monotonic (forward steps are followed, backward ones only recorded)"
+            );
+            journal.audit(AuditEvent::new(
+                "clock_step",
+                None,
+                serde_json::json!({"t": step.t, "step_s": step.step_s, "applied_s": step.applied_s}),
+            ));
+        }
+    }
+}
+
+/// Wait for SIGTERM/SIGINT; SIGHUP reloads the device files meanwhile.
+async fn wait_for_shutdown_signal(commands: &crossbeam_channel::Sender<Command>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -205,7 +240,110 @@ async fn wait_for_shutdown_signal() {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
             _ = int.recv() => { tracing::info!("SIGINT received"); return; }
-            _ = hup.recv() => tracing::warn!("SIGHUP received: live reload is not available in this version; restart to apply device changes"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading device files");
+                let _ = commands.send(Command::Reload(None));
+            }
+        }
+    }
+}
+
+/// systemd notifications (Type=notify): READY once running, STATUS= with
+/// the devices and backlog, WATCHDOG=1 only while the pipeline turns.
+/// Without NOTIFY_SOCKET every call is a no-op.
+#[derive(Clone, Copy)]
+struct Notifier {
+    enabled: bool,
+    /// The watchdog interval systemd set (WatchdogSec), if any.
+    watchdog: Option<std::time::Duration>,
+}
+
+impl Notifier {
+    fn from_env() -> Self {
+        let enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
+        // As sd_watchdog_enabled(3): WATCHDOG_USEC, and WATCHDOG_PID if
+        // set must be ours (a variable inherited from a parent is not).
+        let usec = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|u| *u > 0);
+        let for_us = std::env::var("WATCHDOG_PID")
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_none_or(|pid| pid == std::process::id());
+        let watchdog = usec
+            .filter(|_| enabled && for_us)
+            .map(std::time::Duration::from_micros);
+        Notifier { enabled, watchdog }
+    }
+
+    fn send(&self, states: &[sd_notify::NotifyState<'_>]) {
+        if self.enabled {
+            if let Err(e) = sd_notify::notify(false, states) {
+                tracing::warn!(error = %e, "cannot notify systemd");
+            }
+        }
+    }
+
+    async fn run(self, state: Arc<DaemonState>) {
+        if !self.enabled {
+            return;
+        }
+        self.send(&[sd_notify::NotifyState::Ready]);
+        tracing::info!(
+            watchdog_s = self.watchdog.map(|w| w.as_secs_f64()),
+            "systemd notified: ready"
+        );
+        // Check (and ping) several times per interval. A thread silent for
+        // half the interval (at most 10 s: the writer may legitimately
+        // wait 5 s on a lock) means the pipeline is stuck, and systemd
+        // should restart us. After a stall, pings resume only once the
+        // pipeline has turned for that long again (no flapping).
+        let tick = self
+            .watchdog
+            .map_or(std::time::Duration::from_secs(5), |w| {
+                (w / 4).clamp(
+                    std::time::Duration::from_millis(50),
+                    std::time::Duration::from_secs(1),
+                )
+            });
+        let max_age = self
+            .watchdog
+            .map_or(10.0, |w| (w.as_secs_f64() / 2.0).clamp(1.0, 10.0));
+        let mut last_status = state.status_line();
+        let mut withheld = false;
+        let mut healthy_since: Option<Instant> = None;
+        let mut interval = tokio::time::interval(tick);
+        loop {
+            interval.tick().await;
+            let line = state.status_line();
+            if line != last_status {
+                self.send(&[sd_notify::NotifyState::Status(&line)]);
+                last_status = line;
+            }
+            if self.watchdog.is_none() {
+                continue;
+            }
+            match state.pipeline_alive(max_age) {
+                Ok(()) => {
+                    let since = *healthy_since.get_or_insert_with(Instant::now);
+                    if withheld {
+                        if since.elapsed().as_secs_f64() < max_age {
+                            continue;
+                        }
+                        tracing::info!("pipeline turning again: watchdog pings resumed");
+                        withheld = false;
+                    }
+                    self.send(&[sd_notify::NotifyState::Watchdog]);
+                }
+                Err(why) => {
+                    healthy_since = None;
+                    if !withheld {
+                        tracing::error!(reason = %why, "pipeline stalled: withholding the systemd watchdog ping (systemd restarts neuroedge if this lasts)");
+                        withheld = true;
+                    }
+                }
+            }
         }
     }
 }

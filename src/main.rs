@@ -46,6 +46,33 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Add an event marker to a device's recording (lands in the batch
+    /// covering this moment).
+    Mark {
+        /// Device id (as in its device file)
+        device: String,
+        /// Marker text, e.g. "eyes closed"
+        text: Vec<String>,
+        /// Status socket [default: the config's status.socket]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Re-read the device files and apply changes (same as SIGHUP).
+    Reload {
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Upload the journal backlog now instead of waiting for the backoff.
+    Flush {
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Validate the daemon config and every device file; exit 0 or 2.
     CheckConfig(ConfigArg),
     /// Write a new 256-bit batch key (mode 0600).
@@ -224,6 +251,62 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
             json,
             watch,
         } => status(socket, &config, json, watch),
+        Command::Mark {
+            device,
+            text,
+            socket,
+            config,
+        } => {
+            let text = text.join(" ");
+            if text.trim().is_empty() {
+                return Err(usage("mark needs a text: neuroedge mark DEVICE TEXT"));
+            }
+            let req = serde_json::json!({"cmd": "mark", "device": device, "text": text});
+            control_command(socket, &config, &req.to_string(), |r| {
+                format!(
+                    "marker added to {} at {:.3}",
+                    r.get("device").and_then(|v| v.as_str()).unwrap_or("?"),
+                    r.get("t").and_then(|v| v.as_f64()).unwrap_or(0.0)
+                )
+            })
+        }
+        Command::Reload { socket, config } => control_command(socket, &config, "reload", |r| {
+            let d = &r["devices"];
+            let list = |k: &str| {
+                d.get(k)
+                    .and_then(|v| v.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "-".into())
+            };
+            let mut out = format!(
+                "reloaded: added {}; removed {}; changed {}; unchanged {}",
+                list("added"),
+                list("removed"),
+                list("changed"),
+                list("unchanged")
+            );
+            for n in r
+                .get("restart_needed")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+            {
+                out += &format!("\nnote: {}", n.as_str().unwrap_or(""));
+            }
+            out
+        }),
+        Command::Flush { socket, config } => control_command(socket, &config, "flush", |r| {
+            format!(
+                "upload requested; {} batches pending",
+                r["journal"]["pending_batches"].as_u64().unwrap_or(0)
+            )
+        }),
         Command::Journal {
             config,
             journal,
@@ -233,13 +316,8 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
     }
 }
 
-fn status(
-    socket: Option<PathBuf>,
-    config: &ConfigArg,
-    json: bool,
-    watch: bool,
-) -> Result<(), Fail> {
-    let socket = match socket {
+fn socket_path(socket: Option<PathBuf>, config: &ConfigArg) -> Result<PathBuf, Fail> {
+    Ok(match socket {
         Some(s) => s,
         None => {
             load_config(config)
@@ -248,22 +326,66 @@ fn status(
                 .status
                 .socket
         }
-    };
-    loop {
+    })
+}
+
+fn status(
+    socket: Option<PathBuf>,
+    config: &ConfigArg,
+    json: bool,
+    watch: bool,
+) -> Result<(), Fail> {
+    let socket = socket_path(socket, config)?;
+    if !watch {
         let reply = client::request(&socket, "status")?;
-        if watch {
-            print!("\x1b[2J\x1b[H");
-        }
         if json {
             println!("{reply}");
         } else {
             print!("{}", client::render(&reply));
         }
-        if !watch {
-            return Ok(());
-        }
+        return Ok(());
+    }
+    // --watch: redraw every second; a daemon that restarts meanwhile is
+    // shown as unreachable, not a reason to quit.
+    loop {
+        let text = match client::request(&socket, "status") {
+            Ok(reply) if json => format!("{reply}\n"),
+            Ok(reply) => client::render(&reply),
+            Err(e) => format!("{e}\n"),
+        };
+        println!("\x1b[2J\x1b[H{text}(refreshing every second; Ctrl-C to quit)");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
+}
+
+/// Send a command that changes something; print `ok` or the refusal.
+fn control_command(
+    socket: Option<PathBuf>,
+    config: &ConfigArg,
+    line: &str,
+    ok: impl Fn(&serde_json::Value) -> String,
+) -> Result<(), Fail> {
+    let socket = socket_path(socket, config)?;
+    let reply = client::request(&socket, line)?;
+    if let Some(e) = reply.get("error").and_then(|v| v.as_str()) {
+        let mut m = e.to_string();
+        for p in reply
+            .get("problems")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            m += &format!("\n  {}", p.as_str().unwrap_or(""));
+        }
+        if let Some(h) = reply.get("hint").and_then(|v| v.as_str()) {
+            m += &format!("\nhint: {h}");
+        }
+        return Err(Fail(1, m));
+    }
+    println!("{}", ok(&reply));
+    Ok(())
 }
 
 fn open_keyring(cfg: Option<&Config>, keys: &[PathBuf]) -> Result<crypto::Keyring, Fail> {

@@ -237,6 +237,9 @@ impl Processing {
                 None => std::thread::sleep(IDLE),
             }
             self.take_markers(&mut batcher);
+            self.stats
+                .heartbeat
+                .store(crate::clock::global().mono_now());
             let (since, n0) = rate_window;
             let el = since.elapsed();
             if el >= Duration::from_secs(1) {
@@ -304,6 +307,7 @@ impl Processing {
         }
         let n = block.len();
         *expected = Some(first + n as u64);
+        self.stats.set_next_sample(first + n as u64);
         let raw = block.samples();
         let out = &mut filtered[..raw.len()];
         self.filters.process(raw, out);

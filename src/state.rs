@@ -52,7 +52,7 @@ impl DeviceState {
 }
 
 /// An f64 stored in an `AtomicU64`.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct AtomicF64(AtomicU64);
 
 impl AtomicF64 {
@@ -100,6 +100,11 @@ pub struct DeviceStats {
     pub samples_per_s: AtomicF64,
     /// The rate the device really delivers, measured by the timestamp fit.
     pub effective_rate: AtomicF64,
+    /// Monotonic seconds ([`crate::clock`]) of the processing thread's
+    /// latest loop (NaN before it runs): the watchdog's liveness check.
+    pub heartbeat: AtomicF64,
+    /// Journal-wide index after the last processed sample (u64::MAX: none).
+    next_sample: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     pub channel_names: Mutex<Vec<String>>,
     pub features: Mutex<FeatureSnapshot>,
@@ -127,6 +132,8 @@ impl DeviceStats {
             last_sample_mono: AtomicF64::new(f64::NAN),
             samples_per_s: AtomicF64::new(0.0),
             effective_rate: AtomicF64::new(f64::NAN),
+            heartbeat: AtomicF64::new(f64::NAN),
+            next_sample: AtomicU64::new(u64::MAX),
             last_error: Mutex::new(None),
             channel_names: Mutex::new(Vec::new()),
             features: Mutex::new(FeatureSnapshot::default()),
@@ -146,6 +153,16 @@ impl DeviceStats {
         if let Ok(mut g) = self.last_error.lock() {
             *g = e;
         }
+    }
+
+    pub fn set_next_sample(&self, n: u64) {
+        self.next_sample.store(n, Ordering::Relaxed);
+    }
+
+    /// Where the next run of this device continues its sample index.
+    pub fn next_sample(&self) -> Option<u64> {
+        let n = self.next_sample.load(Ordering::Relaxed);
+        (n != u64::MAX).then_some(n)
     }
 
     pub fn last_error(&self) -> Option<String> {

@@ -55,6 +55,45 @@ fn human_bytes(b: f64) -> String {
     bytesize::ByteSize(b.max(0.0) as u64).to_string_as(true)
 }
 
+/// Per-channel quality in one short line: a letter per channel (`o` ok,
+/// `f` flat, `r` railed, `n` noisy), then the channels needing attention.
+pub fn compact_quality(q: &[Value]) -> String {
+    let mut letters = String::new();
+    let mut bad = Vec::new();
+    for (i, c) in q.iter().enumerate() {
+        let st = c.get("state").and_then(Value::as_str).unwrap_or("?");
+        let l = match st {
+            "ok" => 'o',
+            "flat" => 'f',
+            "railed" => 'r',
+            "noisy" => 'n',
+            _ => '?',
+        };
+        if i > 0 && i % 8 == 0 {
+            letters.push(' ');
+        }
+        letters.push(l);
+        if st != "ok" {
+            let name = c.get("channel").and_then(Value::as_str).unwrap_or("?");
+            bad.push(format!("{name} {st}"));
+        }
+    }
+    if bad.is_empty() {
+        format!("{letters}  all ok")
+    } else {
+        let shown: Vec<String> = bad.iter().take(6).cloned().collect();
+        let more = if bad.len() > 6 {
+            format!(" (+{} more)", bad.len() - 6)
+        } else {
+            String::new()
+        };
+        format!(
+            "{letters}  {}{more}  [o ok f flat r railed n noisy]",
+            shown.join(", ")
+        )
+    }
+}
+
 /// A technician-readable summary of a `status` reply.
 pub fn render(status: &Value) -> String {
     let mut out = String::new();
@@ -104,18 +143,16 @@ pub fn render(status: &Value) -> String {
             .and_then(Value::as_array)
             .filter(|q| !q.is_empty())
         {
-            let compact: Vec<String> = q
-                .iter()
-                .map(|c| {
-                    let st = c.get("state").and_then(Value::as_str).unwrap_or("?");
-                    format!(
-                        "{}:{}",
-                        c.get("channel").and_then(Value::as_str).unwrap_or("?"),
-                        st
-                    )
-                })
-                .collect();
-            out += &format!("    quality {}\n", compact.join(" "));
+            out += &format!("    quality  {}\n", compact_quality(q));
+        }
+        if let Some(r) = d.get("effective_rate").and_then(Value::as_f64) {
+            let nominal = num(d, "sample_rate");
+            if nominal > 0.0 {
+                out += &format!(
+                    "    measured rate {r:.3} Hz ({:+.0} ppm)\n",
+                    (r / nominal - 1.0) * 1e6
+                );
+            }
         }
         if let Some(e) = d.get("last_error").and_then(Value::as_str) {
             out += &format!("    last error: {e}\n");
@@ -149,6 +186,43 @@ pub fn render(status: &Value) -> String {
             num(u, "uploaded_batches") as u64,
             num(u, "quarantined_batches") as u64
         );
+        if let Some(e) = u.get("last_error").and_then(Value::as_str) {
+            out += &format!("    last error: {e}\n");
+        }
+    }
+    if let Some(c) = status.get("clock") {
+        let steps = c.get("steps").and_then(Value::as_array).map_or(0, Vec::len);
+        let off = num(c, "wall_offset_s");
+        if steps > 0 || off.abs() > 1.0 {
+            out += &format!(
+                "clock    {steps} wall-clock step(s) seen; wall clock - timestamps = {off:+.1} s\n"
+            );
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn quality_line_is_compact() {
+        let q: Vec<Value> = (1..=10)
+            .map(|i| json!({"channel": format!("ch{i}"), "state": if i == 3 { "flat" } else { "ok" }}))
+            .collect();
+        let line = compact_quality(&q);
+        assert!(line.starts_with("oofooooo oo  ch3 flat"), "{line}");
+        let all_ok: Vec<Value> = (1..=4)
+            .map(|i| json!({"channel": format!("c{i}"), "state": "ok"}))
+            .collect();
+        assert_eq!(compact_quality(&all_ok), "oooo  all ok");
+    }
+
+    #[test]
+    fn render_survives_missing_fields() {
+        let text = render(&json!({"devices": [{"id": "x"}], "journal": {}, "uplink": {}}));
+        assert!(text.contains("x"));
+    }
 }

@@ -2,6 +2,7 @@
 //! line out. Reads shared counters only; never blocks the data path.
 
 pub mod client;
+pub mod metrics;
 pub mod protocol;
 pub mod status;
 
@@ -160,7 +161,7 @@ async fn handle(stream: UnixStream, state: Arc<DaemonState>) -> std::io::Result<
             ),
             Ok(()) => match protocol::parse(&buf) {
                 Ok(None) => continue,
-                Ok(Some(req)) => state.answer(&req, peer_uid),
+                Ok(Some(req)) => state.answer_async(&req, peer_uid).await,
                 Err(e) => protocol::error_reply(&e.message, &e.hint),
             },
         };

@@ -157,6 +157,9 @@ pub struct JournalStatus {
 #[derive(Debug, Default)]
 pub struct JournalShared {
     status: Mutex<JournalStatus>,
+    /// Monotonic seconds ([`crate::clock`]) of the writer loop's latest
+    /// turn: the watchdog's liveness check.
+    pub heartbeat: crate::state::AtomicF64,
 }
 
 impl JournalShared {

@@ -246,6 +246,9 @@ impl Writer {
                 last_maintenance = Instant::now();
             }
             self.publish_queue_len();
+            self.shared
+                .heartbeat
+                .store(crate::clock::global().mono_now());
             if let Some(since) = stopping_since {
                 let drained = self.queue.is_empty() && self.brx.is_empty();
                 if drained || since.elapsed() > SHUTDOWN_GRACE {

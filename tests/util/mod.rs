@@ -74,12 +74,20 @@ impl Env {
     }
 
     pub fn spawn(&self) -> Daemon {
+        self.spawn_with_env(&[])
+    }
+
+    /// Start the daemon with extra environment variables.
+    pub fn spawn_with_env(&self, env: &[(&str, &str)]) -> Daemon {
         let log = self.path().join(format!("daemon-{}.log", rand_suffix()));
         let f = std::fs::File::create(&log).expect("log file");
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(self.config())
             .env_remove("NEUROEDGE_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()

@@ -1,0 +1,708 @@
+//! Prometheus endpoint (`[metrics] listen`): `GET /metrics` in the text
+//! exposition format 0.0.4 and `GET /health` (the socket's `health` reply).
+//!
+//! Every figure comes from the same JSON the status socket answers
+//! (`DaemonState::status_json` / `health_json`), so `neuroedge status` and a
+//! scrape never disagree. Building it only reads atomics and takes the short
+//! locks the socket takes too: a scrape never waits on the data path.
+
+use super::DaemonState;
+use crate::state::DeviceState;
+use crate::uplink::UplinkState;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The exposition format's media type.
+pub const CONTENT_TYPE_METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Concurrent connections served; more wait for a free slot.
+const MAX_CONNECTIONS: usize = 64;
+/// A client gets this long to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+const DEVICE_STATES: [DeviceState; 6] = [
+    DeviceState::Connecting,
+    DeviceState::Streaming,
+    DeviceState::Stalled,
+    DeviceState::Disconnected,
+    DeviceState::Error,
+    DeviceState::Disabled,
+];
+
+const UPLINK_STATES: [UplinkState; 7] = [
+    UplinkState::Disabled,
+    UplinkState::Idle,
+    UplinkState::Uploading,
+    UplinkState::Backoff,
+    UplinkState::Offline,
+    UplinkState::AuthFailed,
+    UplinkState::Misconfigured,
+];
+
+/// Bind `[metrics] listen` (a blocking std listener, set non-blocking so it
+/// can be handed to tokio).
+pub fn bind(listen: &str) -> Result<std::net::TcpListener, String> {
+    let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+        format!("[metrics] listen = {listen:?} is not an address: write e.g. \"127.0.0.1:9273\"")
+    })?;
+    let l = std::net::TcpListener::bind(addr).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "another program uses this port: pick another one in [metrics] listen"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need privileges: use a port such as 9273"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "this machine has no such address: use 127.0.0.1 or one of its own addresses"
+            }
+            _ => "fix [metrics] listen, or remove it to turn the endpoint off",
+        };
+        format!("[metrics] listen = {listen:?}: cannot listen: {e} ({hint})")
+    })?;
+    l.set_nonblocking(true)
+        .map_err(|e| format!("[metrics] listen = {listen:?}: {e}"))?;
+    Ok(l)
+}
+
+/// Serve HTTP/1.1 on `listener` for as long as the runtime runs.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<DaemonState>) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listen = %addr, "metrics endpoint: http://{addr}/metrics and /health");
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let reply = respond(&state, req.method(), req.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(reply) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The reply to one request. HEAD gets GET's headers; hyper leaves out the
+/// body.
+fn respond(state: &DaemonState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET and HEAD are served\n".into(),
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match path {
+        "/metrics" => reply(StatusCode::OK, CONTENT_TYPE_METRICS, exposition(state)),
+        "/health" => {
+            let health = state.health_json();
+            let code = if health["status"] == "failing" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            let mut body = serde_json::to_string(&health).unwrap_or_default();
+            body.push('\n');
+            reply(code, "application/json", body)
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: try /metrics or /health\n".into(),
+        ),
+    }
+}
+
+fn reply(code: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Text exposition writer: one family (HELP, TYPE, samples) at a time, as
+/// the format requires.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// One sample; a value that is absent (null) or not finite is left out.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: &Value) {
+        let Some(v) = format_value(value) else {
+            return;
+        };
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.out.push_str(k);
+                self.out.push_str("=\"");
+                escape_label_into(&mut self.out, val);
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        self.out.push(' ');
+        self.out.push_str(&v);
+        self.out.push('\n');
+    }
+}
+
+/// Label values escape `\`, `"` and line feed (exposition format 0.0.4).
+fn escape_label_into(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn format_value(v: &Value) -> Option<String> {
+    match v {
+        Value::Bool(b) => Some(if *b { "1" } else { "0" }.into()),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Some(u.to_string())
+            } else if let Some(i) = n.as_i64() {
+                Some(i.to_string())
+            } else {
+                let f = n.as_f64()?;
+                if !f.is_finite() {
+                    None
+                } else if f != 0.0 && !(1e-6..1e15).contains(&f.abs()) {
+                    Some(format!("{f:e}"))
+                } else {
+                    Some(format!("{f}"))
+                }
+            }
+        }
+        _ => None,
+    }
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// The whole `/metrics` body.
+pub fn exposition(state: &DaemonState) -> String {
+    let status = state.status_json();
+    let mut e = Exposition {
+        out: String::with_capacity(8192),
+    };
+    let devices = status["devices"].as_array().cloned().unwrap_or_default();
+
+    let per_device = [
+        (
+            "neuroedge_device_samples_total",
+            "counter",
+            "samples_total",
+            "Samples received from the device since the daemon started.",
+        ),
+        (
+            "neuroedge_device_dropped_samples_total",
+            "counter",
+            "dropped_samples",
+            "Samples lost inside neuroedge (ring overflow, journal refusal).",
+        ),
+        (
+            "neuroedge_device_gaps_total",
+            "counter",
+            "gaps",
+            "Gap events: losses the device revealed or neuroedge counted.",
+        ),
+        (
+            "neuroedge_device_sample_rate_hz",
+            "gauge",
+            "sample_rate",
+            "Nominal sample rate of the device.",
+        ),
+        (
+            "neuroedge_device_channels",
+            "gauge",
+            "channels",
+            "Channels the device delivers.",
+        ),
+        (
+            "neuroedge_device_samples_per_second",
+            "gauge",
+            "samples_per_s",
+            "Measured rate of samples arriving.",
+        ),
+        (
+            "neuroedge_device_last_sample_age_seconds",
+            "gauge",
+            "last_sample_age_s",
+            "Seconds since the newest sample was processed (absent before the first).",
+        ),
+    ];
+    for (name, kind, key, help) in per_device {
+        e.family(name, kind, help);
+        for d in &devices {
+            let labels = [
+                ("device", str_of(&d["id"])),
+                ("driver", str_of(&d["driver"])),
+            ];
+            e.sample(name, &labels, &d[key]);
+        }
+    }
+    e.family(
+        "neuroedge_device_state",
+        "gauge",
+        "1 for the device's current state, 0 for the others.",
+    );
+    for d in &devices {
+        let current = str_of(&d["state"]);
+        let id = str_of(&d["id"]);
+        for s in DEVICE_STATES.iter().map(|s| s.as_str()) {
+            e.sample(
+                "neuroedge_device_state",
+                &[("device", id), ("state", s)],
+                &Value::from(u8::from(s == current)),
+            );
+        }
+        if !DEVICE_STATES.iter().any(|s| s.as_str() == current) {
+            e.sample(
+                "neuroedge_device_state",
+                &[("device", id), ("state", current)],
+                &Value::from(1),
+            );
+        }
+    }
+
+    let j = &status["journal"];
+    for (name, kind, key, help) in [
+        (
+            "neuroedge_journal_pending_batches",
+            "gauge",
+            "pending_batches",
+            "Sealed batches in the journal not yet uploaded.",
+        ),
+        (
+            "neuroedge_journal_pending_bytes",
+            "gauge",
+            "pending_bytes",
+            "Bytes of the batches not yet uploaded.",
+        ),
+        (
+            "neuroedge_journal_oldest_pending_age_seconds",
+            "gauge",
+            "oldest_pending_age_s",
+            "Age of the oldest batch not yet uploaded (absent when none is pending).",
+        ),
+        (
+            "neuroedge_journal_total_bytes",
+            "gauge",
+            "total_bytes",
+            "Bytes of all batches stored in the journal.",
+        ),
+        (
+            "neuroedge_journal_max_bytes",
+            "gauge",
+            "max_bytes",
+            "The journal quota ([journal] max_bytes).",
+        ),
+        (
+            "neuroedge_journal_evicted_batches_total",
+            "counter",
+            "evicted_batches",
+            "Batches given up under [journal] when_full since the daemon started.",
+        ),
+    ] {
+        e.family(name, kind, help);
+        e.sample(name, &[], &j[key]);
+    }
+
+    let u = &status["uplink"];
+    for (name, kind, key, help) in [
+        (
+            "neuroedge_uplink_uploaded_batches_total",
+            "counter",
+            "uploaded_batches",
+            "Batches the backend acknowledged since the daemon started.",
+        ),
+        (
+            "neuroedge_uplink_quarantined_batches_total",
+            "counter",
+            "quarantined_batches",
+            "Batches the backend refused (kept in the journal) since the daemon started.",
+        ),
+        (
+            "neuroedge_uplink_failed_attempts_total",
+            "counter",
+            "failed_attempts",
+            "Upload attempts that failed and will be retried.",
+        ),
+        (
+            "neuroedge_uplink_last_success_age_seconds",
+            "gauge",
+            "last_success_age_s",
+            "Seconds since the last acknowledged upload (absent before the first).",
+        ),
+    ] {
+        e.family(name, kind, help);
+        e.sample(name, &[], &u[key]);
+    }
+    e.family(
+        "neuroedge_uplink_state",
+        "gauge",
+        "1 for the uplink's current state, 0 for the others.",
+    );
+    let current = str_of(&u["state"]);
+    for s in UPLINK_STATES.iter().map(|s| s.as_str()) {
+        e.sample(
+            "neuroedge_uplink_state",
+            &[("state", s)],
+            &Value::from(u8::from(s == current)),
+        );
+    }
+    if !current.is_empty() && !UPLINK_STATES.iter().any(|s| s.as_str() == current) {
+        e.sample(
+            "neuroedge_uplink_state",
+            &[("state", current)],
+            &Value::from(1),
+        );
+    }
+
+    e.family("neuroedge_up", "gauge", "1 while the daemon answers.");
+    e.sample("neuroedge_up", &[], &Value::from(1));
+    e.family(
+        "neuroedge_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+    );
+    e.sample("neuroedge_uptime_seconds", &[], &status["uptime_s"]);
+    e.family(
+        "neuroedge_build_info",
+        "gauge",
+        "Always 1; the label carries the neuroedge version.",
+    );
+    e.sample(
+        "neuroedge_build_info",
+        &[("version", str_of(&status["version"]))],
+        &Value::from(1),
+    );
+    e.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::JournalShared;
+    use crate::state::DeviceStats;
+    use crate::uplink::UplinkShared;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::RwLock;
+    use std::time::Instant;
+
+    const ODD_ID: &str = "eeg \"lab\" \\ 1";
+
+    fn state() -> Arc<DaemonState> {
+        let d = Arc::new(DeviceStats::new(ODD_ID, "synthetic", true));
+        d.set_state(DeviceState::Streaming);
+        d.sample_rate.store(250.0);
+        d.channels.store(8, Relaxed);
+        d.samples_total.store(12_345, Relaxed);
+        d.dropped_samples.store(2, Relaxed);
+        d.samples_per_s.store(250.0);
+        d.last_sample_mono.store(0.0);
+        let off = Arc::new(DeviceStats::new("off", "lsl", false));
+        let journal = Arc::new(JournalShared::default());
+        journal.update(|j| {
+            j.pending_batches = 3;
+            j.max_bytes = 1 << 31;
+            j.state = "ok".into();
+        });
+        Arc::new(DaemonState {
+            version: "9.9.9",
+            started: Instant::now(),
+            node_id: "n".into(),
+            site_id: "s".into(),
+            devices: RwLock::new(vec![d, off]),
+            journal,
+            uplink: Arc::new(UplinkShared::disabled()),
+            markers: Default::default(),
+            commands: None,
+            control_uids: Vec::new(),
+        })
+    }
+
+    /// A sample line: name, labels, value. Panics on anything the 0.0.4
+    /// text format does not allow.
+    fn parse_sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
+        fn is_name(s: &str) -> bool {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+        }
+        let name_end = line.find(['{', ' ']).expect("name ends");
+        let name = &line[..name_end];
+        assert!(is_name(name), "bad metric name in {line:?}");
+        let mut labels = BTreeMap::new();
+        let mut chars = line[name_end..].chars().peekable();
+        if chars.peek() == Some(&'{') {
+            chars.next();
+            loop {
+                let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+                assert!(is_name(&key), "bad label name {key:?} in {line:?}");
+                assert_eq!(chars.next(), Some('"'), "label value quoted in {line:?}");
+                let mut value = String::new();
+                loop {
+                    match chars.next().expect("closing quote") {
+                        '\\' => match chars.next().expect("escape") {
+                            '\\' => value.push('\\'),
+                            '"' => value.push('"'),
+                            'n' => value.push('\n'),
+                            other => panic!("bad escape \\{other} in {line:?}"),
+                        },
+                        '"' => break,
+                        '\n' => panic!("raw newline in {line:?}"),
+                        c => value.push(c),
+                    }
+                }
+                assert!(labels.insert(key, value).is_none(), "label twice: {line:?}");
+                match chars.next() {
+                    Some(',') => continue,
+                    Some('}') => break,
+                    other => panic!("unexpected {other:?} after a label in {line:?}"),
+                }
+            }
+        }
+        assert_eq!(chars.next(), Some(' '), "space before the value: {line:?}");
+        let value: String = chars.collect();
+        assert!(!value.contains(' '), "no timestamp expected in {line:?}");
+        let v: f64 = value.parse().expect("value is a float");
+        assert!(v.is_finite(), "non-finite sample in {line:?}");
+        (name.to_string(), labels, v)
+    }
+
+    #[test]
+    fn exposition_is_well_formed_and_escapes_labels() {
+        let text = exposition(&state());
+        assert!(text.ends_with('\n'));
+        let mut declared: Vec<String> = Vec::new();
+        let mut samples = Vec::new();
+        let mut last_family = String::new();
+        for line in text.lines() {
+            if let Some(h) = line.strip_prefix("# HELP ") {
+                let name = h.split(' ').next().unwrap().to_string();
+                assert!(!declared.contains(&name), "family {name} declared twice");
+                declared.push(name.clone());
+                last_family = name;
+            } else if let Some(t) = line.strip_prefix("# TYPE ") {
+                let mut it = t.split(' ');
+                assert_eq!(it.next(), Some(last_family.as_str()), "TYPE after HELP");
+                let kind = it.next().unwrap();
+                assert!(kind == "counter" || kind == "gauge", "{line}");
+                assert_eq!(it.next(), None);
+            } else {
+                let s = parse_sample(line);
+                assert_eq!(s.0, last_family, "sample under its own family: {line}");
+                samples.push(s);
+            }
+        }
+        let find = |name: &str, device: &str| {
+            samples
+                .iter()
+                .find(|(n, l, _)| n == name && l.get("device").map(String::as_str) == Some(device))
+                .map(|s| s.2)
+        };
+        // The id with `"` and `\` round-trips through the escaping.
+        assert_eq!(
+            find("neuroedge_device_samples_total", ODD_ID),
+            Some(12_345.0)
+        );
+        assert!(text.contains(r#"device="eeg \"lab\" \\ 1",driver="synthetic""#));
+        assert_eq!(
+            find("neuroedge_device_dropped_samples_total", ODD_ID),
+            Some(2.0)
+        );
+        assert_eq!(find("neuroedge_device_sample_rate_hz", ODD_ID), Some(250.0));
+        // The disabled device never had a sample: its age is left out.
+        assert!(find("neuroedge_device_last_sample_age_seconds", ODD_ID).is_some());
+        assert!(find("neuroedge_device_last_sample_age_seconds", "off").is_none());
+        // Six states per device, exactly one of them 1.
+        for dev in [ODD_ID, "off"] {
+            let states: Vec<_> = samples
+                .iter()
+                .filter(|(n, l, _)| {
+                    n == "neuroedge_device_state" && l["device"] == dev && l.len() == 2
+                })
+                .collect();
+            assert_eq!(states.len(), 6, "{dev}");
+            assert_eq!(states.iter().filter(|s| s.2 == 1.0).count(), 1);
+        }
+        let on = |name: &str, state: &str| {
+            samples.iter().any(|(n, l, v)| {
+                n == name && l.get("state").map(String::as_str) == Some(state) && *v == 1.0
+            })
+        };
+        assert!(on("neuroedge_device_state", "streaming"));
+        assert!(on("neuroedge_device_state", "disabled"));
+        assert!(on("neuroedge_uplink_state", "disabled"));
+        let single = |name: &str| {
+            samples
+                .iter()
+                .find(|(n, l, _)| n == name && l.is_empty())
+                .map(|s| s.2)
+        };
+        assert_eq!(single("neuroedge_journal_pending_batches"), Some(3.0));
+        assert_eq!(
+            single("neuroedge_journal_max_bytes"),
+            Some((1u64 << 31) as f64)
+        );
+        assert_eq!(single("neuroedge_journal_oldest_pending_age_seconds"), None);
+        assert_eq!(single("neuroedge_uplink_last_success_age_seconds"), None);
+        assert_eq!(single("neuroedge_up"), Some(1.0));
+        assert!(samples
+            .iter()
+            .any(|(n, l, _)| n == "neuroedge_build_info" && l["version"] == "9.9.9"));
+        // Every family is declared even when it has no sample.
+        for f in [
+            "neuroedge_journal_oldest_pending_age_seconds",
+            "neuroedge_uplink_last_success_age_seconds",
+            "neuroedge_uptime_seconds",
+        ] {
+            assert!(declared.iter().any(|d| d == f), "{f}");
+        }
+    }
+
+    #[test]
+    fn values_and_escapes() {
+        let mut s = String::new();
+        escape_label_into(&mut s, "a\"b\\c\nd");
+        assert_eq!(s, "a\\\"b\\\\c\\nd");
+        assert_eq!(format_value(&Value::Null), None);
+        assert_eq!(format_value(&serde_json::json!(f64::NAN)), None);
+        assert_eq!(
+            format_value(&serde_json::json!(2.5)).as_deref(),
+            Some("2.5")
+        );
+        assert_eq!(
+            format_value(&serde_json::json!(u64::MAX)).as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(
+            format_value(&serde_json::json!(1e20)).as_deref(),
+            Some("1e20")
+        );
+        assert_eq!(format_value(&serde_json::json!(-3)).as_deref(), Some("-3"));
+    }
+
+    #[test]
+    fn bind_errors_name_the_key() {
+        let e = bind("nonsense").unwrap_err();
+        assert!(
+            e.contains("[metrics] listen") && e.contains("nonsense"),
+            "{e}"
+        );
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let e = bind(&addr).unwrap_err();
+        assert!(e.contains("[metrics] listen") && e.contains(&addr), "{e}");
+    }
+
+    fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    #[test]
+    fn serves_metrics_health_and_refuses_the_rest() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let l = bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let state = state();
+        rt.spawn(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            serve(l, state).await
+        });
+        let (code, head, body) = http(addr, "GET", "/metrics");
+        assert_eq!(code, 200);
+        assert!(head.contains("content-type: text/plain; version=0.0.4"));
+        assert!(body.contains("neuroedge_device_samples_total{"));
+        let (code, head, body) = http(addr, "HEAD", "/metrics");
+        assert_eq!(code, 200);
+        assert!(head.contains("version=0.0.4"));
+        assert!(body.is_empty(), "HEAD has no body: {body:?}");
+        let (code, _, body) = http(addr, "GET", "/health?x=1");
+        // Both devices: the enabled one streams, so at most degraded.
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(v["status"].is_string() && v["checks"].is_object());
+        assert_eq!(http(addr, "GET", "/").0, 404);
+        assert_eq!(http(addr, "GET", "/metricsx").0, 404);
+        let (code, head, _) = http(addr, "POST", "/metrics");
+        assert_eq!(code, 405);
+        assert!(head.contains("allow: get, head"));
+        // A garbled request does not stop the server.
+        {
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let _ = s.write_all(b"\x00\x01garbage\r\n\r\n");
+        }
+        assert_eq!(http(addr, "GET", "/metrics").0, 200);
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
+}

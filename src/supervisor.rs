@@ -1,0 +1,259 @@
+//! The set of running devices, and live reload of the device files.
+//!
+//! One thread owns every device handle. A reload (SIGHUP or the socket's
+//! `reload`) reloads the whole config; if any file is invalid nothing
+//! changes and the problems are reported. Otherwise devices are compared by
+//! id: removed ones are stopped (their partial batch is sealed), added ones
+//! started, changed ones restarted; the others are not touched. Daemon
+//! settings (`neuroedge.toml` sections) need a restart; a reload says so.
+
+use crate::batch::Marker;
+use crate::config::{Config, DeviceConfig};
+use crate::control::DaemonState;
+use crate::journal::{AuditEvent, JournalTx};
+use crate::source::runner::{self, DeviceContext, DeviceHandle};
+use crate::state::DeviceStats;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the supervisor thread is asked to do.
+pub enum Command {
+    /// Reload the config; the answer goes to `reply` when given.
+    Reload(Option<tokio::sync::oneshot::Sender<Value>>),
+    /// Stop every device and return.
+    Stop,
+}
+
+struct Running {
+    cfg: DeviceConfig,
+    handle: Option<DeviceHandle>,
+    stats: Arc<DeviceStats>,
+}
+
+pub struct Supervisor {
+    config_path: PathBuf,
+    daemon: crate::config::DaemonConfig,
+    journal: JournalTx,
+    batch_seconds: f64,
+    epoch: Instant,
+    /// Next journal-wide sample index per device id (continues across
+    /// restarts of a device within the run and across runs).
+    next_sample: HashMap<String, u64>,
+    devices: Vec<Running>,
+    state: Arc<DaemonState>,
+}
+
+impl Supervisor {
+    pub fn new(
+        cfg: &Config,
+        journal: JournalTx,
+        next_sample: HashMap<String, u64>,
+        epoch: Instant,
+        state: Arc<DaemonState>,
+    ) -> Self {
+        Supervisor {
+            config_path: cfg.path.clone(),
+            daemon: cfg.daemon.clone(),
+            journal,
+            batch_seconds: cfg.daemon.journal.batch_seconds,
+            epoch,
+            next_sample,
+            devices: Vec::new(),
+            state,
+        }
+    }
+
+    /// Start the devices of the initial config.
+    pub fn start(&mut self, devices: &[DeviceConfig]) {
+        for d in devices {
+            let r = self.launch(d.clone());
+            self.devices.push(r);
+        }
+        self.publish();
+    }
+
+    /// Serve commands until told to stop; then stop every device.
+    pub fn run(mut self, commands: crossbeam_channel::Receiver<Command>) {
+        while let Ok(cmd) = commands.recv() {
+            match cmd {
+                Command::Reload(reply) => {
+                    let answer = self.reload();
+                    if let Some(r) = reply {
+                        let _ = r.send(answer);
+                    }
+                }
+                Command::Stop => break,
+            }
+        }
+        self.stop_all();
+    }
+
+    fn launch(&mut self, cfg: DeviceConfig) -> Running {
+        if !cfg.enabled {
+            return Running {
+                stats: Arc::new(DeviceStats::new(&cfg.id, cfg.driver.name(), false)),
+                cfg,
+                handle: None,
+            };
+        }
+        let ctx = DeviceContext {
+            journal: self.journal.clone(),
+            batch_seconds: self.batch_seconds,
+            first_sample: self.next_sample.get(&cfg.id).copied().unwrap_or(0),
+            epoch: self.epoch,
+        };
+        match runner::spawn(cfg.clone(), ctx) {
+            Ok(h) => {
+                tracing::info!(device = %cfg.id, driver = cfg.driver.name(), file = %cfg.file.display(), "device started");
+                Running {
+                    stats: h.stats.clone(),
+                    cfg,
+                    handle: Some(h),
+                }
+            }
+            Err(e) => {
+                tracing::error!(device = %cfg.id, error = %e, "cannot start device thread");
+                let stats = Arc::new(DeviceStats::new(&cfg.id, cfg.driver.name(), true));
+                stats.set_state(crate::state::DeviceState::Error);
+                stats.set_error(Some(format!("cannot start device thread: {e}")));
+                Running {
+                    stats,
+                    cfg,
+                    handle: None,
+                }
+            }
+        }
+    }
+
+    /// Stop a device and remember where its sample index ended.
+    fn stop(&mut self, r: Running) {
+        if let Some(h) = r.handle {
+            h.join();
+            let next = r.stats.next_sample();
+            if let Some(n) = next {
+                self.next_sample.insert(r.cfg.id.clone(), n);
+            }
+            tracing::info!(device = %r.cfg.id, "device stopped");
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for r in &self.devices {
+            if let Some(h) = &r.handle {
+                h.request_stop();
+            }
+        }
+        let all = std::mem::take(&mut self.devices);
+        for r in all {
+            self.stop(r);
+        }
+        self.publish();
+    }
+
+    /// Show the current device list to the socket, metrics and `mark`.
+    fn publish(&self) {
+        if let Ok(mut d) = self.state.devices.write() {
+            *d = self.devices.iter().map(|r| r.stats.clone()).collect();
+        }
+        let markers: HashMap<String, crossbeam_channel::Sender<Marker>> = self
+            .devices
+            .iter()
+            .filter_map(|r| Some((r.cfg.id.clone(), r.handle.as_ref()?.markers.clone())))
+            .collect();
+        if let Ok(mut m) = self.state.markers.write() {
+            *m = markers;
+        }
+    }
+
+    fn reload(&mut self) -> Value {
+        tracing::info!(config = %self.config_path.display(), "reloading the configuration");
+        let new = match crate::config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                let problems: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+                tracing::error!(
+                    problems = problems.len(),
+                    "reload refused: the new configuration is invalid; the running one stays\n{}",
+                    problems.join("\n")
+                );
+                self.journal.audit(AuditEvent::new(
+                    "reload_refused",
+                    None,
+                    json!({"problems": problems}),
+                ));
+                return json!({
+                    "error": "reload refused: the new configuration is invalid; the running configuration is unchanged",
+                    "problems": problems,
+                    "hint": "fix the files named above (neuroedge check-config shows the same), then reload again",
+                });
+            }
+        };
+        let mut restart_needed = Vec::new();
+        if serde_json::to_value(&new.daemon).ok() != serde_json::to_value(&self.daemon).ok() {
+            restart_needed.push(
+                "daemon settings in neuroedge.toml changed: restart neuroedge to apply them"
+                    .to_string(),
+            );
+        }
+        let mut old: HashMap<String, Running> = std::mem::take(&mut self.devices)
+            .into_iter()
+            .map(|r| (r.cfg.id.clone(), r))
+            .collect();
+        let (mut added, mut removed, mut changed, mut unchanged) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Stop what goes away or changes first (in parallel), then start.
+        let mut to_stop = Vec::new();
+        let mut keep = Vec::new();
+        for d in &new.devices {
+            match old.remove(&d.id) {
+                Some(r) if r.cfg == *d => {
+                    unchanged.push(d.id.clone());
+                    keep.push(Some(r));
+                }
+                Some(r) => {
+                    changed.push(d.id.clone());
+                    if let Some(h) = &r.handle {
+                        h.request_stop();
+                    }
+                    to_stop.push(r);
+                    keep.push(None);
+                }
+                None => {
+                    added.push(d.id.clone());
+                    keep.push(None);
+                }
+            }
+        }
+        for (id, r) in old {
+            removed.push(id);
+            if let Some(h) = &r.handle {
+                h.request_stop();
+            }
+            to_stop.push(r);
+        }
+        for r in to_stop {
+            self.stop(r);
+        }
+        for (d, k) in new.devices.iter().zip(keep) {
+            let r = match k {
+                Some(r) => r,
+                None => self.launch(d.clone()),
+            };
+            self.devices.push(r);
+        }
+        self.publish();
+        let summary = json!({
+            "added": added, "removed": removed, "changed": changed, "unchanged": unchanged,
+        });
+        tracing::info!(added = ?summary["added"], removed = ?summary["removed"], changed = ?summary["changed"], "configuration reloaded");
+        for r in &restart_needed {
+            tracing::warn!("{r}");
+        }
+        self.journal
+            .audit(AuditEvent::new("reload", None, summary.clone()));
+        json!({"ok": true, "devices": summary, "restart_needed": restart_needed})
+    }
+}
