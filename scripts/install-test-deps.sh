@@ -1,20 +1,43 @@
 #!/usr/bin/env bash
-# Install what the test suite needs that a fresh machine lacks. Idempotent.
+# Install what the build and the test suite need that a fresh machine
+# lacks. Idempotent; quiet when everything is there.
 set -euo pipefail
 
+# Build prerequisites (Debian): libudev + pkg-config for the serialport
+# crate (USB ids of serial adapters), cmake + g++ for liblsl (the `lsl`
+# crate builds it), util-linux `mount` for the full-disk test on a tmpfs,
+# systemd for `systemd-analyze` (unit checks), sqlite3 for a test's look
+# at the audit table.
+need_apt=()
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+[ -e /usr/include/libudev.h ] || need_apt+=(libudev-dev)
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v g++ >/dev/null || need_apt+=(g++)
+command -v mount >/dev/null || need_apt+=(mount)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need_apt[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
 # Python peers of the tests: the batch decoder (cbor2, zstandard,
-# cryptography) and the SciPy reference of the DSP checks (numpy, scipy).
+# cryptography), the SciPy reference of the DSP checks (numpy, scipy), the
+# Prometheus text parser (prometheus-client), BrainFlow's library with its
+# synthetic board (brainflow) and a real LSL outlet (pylsl, which bundles
+# liblsl).
 PY=${NEUROEDGE_TEST_PYTHON:-python3}
 need_py=()
-for mod in cbor2 zstandard cryptography numpy scipy; do
-  "$PY" -c "import $mod" 2>/dev/null || need_py+=("$mod")
+for spec in cbor2:cbor2 zstandard:zstandard cryptography:cryptography numpy:numpy \
+            scipy:scipy prometheus_client:prometheus-client brainflow:brainflow pylsl:pylsl; do
+  mod=${spec%%:*}
+  pkg=${spec#*:}
+  "$PY" -c "import $mod" 2>/dev/null || need_py+=("$pkg")
 done
 if [ ${#need_py[@]} -gt 0 ]; then
   echo "installing Python packages: ${need_py[*]}"
   "$PY" -m pip install --quiet --disable-pip-version-check "${need_py[@]}"
-fi
-
-# mount (util-linux) for the full-disk test on a tmpfs.
-if ! command -v mount >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq mount
 fi
