@@ -3,7 +3,9 @@
 //! of filters, disks or networks. Reconnects with backoff live in
 //! [`runner`], not in the drivers.
 
+pub mod openbci_cyton;
 pub mod runner;
+pub mod serial_ascii;
 pub mod synthetic;
 pub mod timing;
 
@@ -127,6 +129,8 @@ pub trait Source: Send {
 pub fn build(cfg: &DeviceConfig) -> Result<Box<dyn Source>, SourceError> {
     match &cfg.connection {
         Connection::Synthetic(c) => Ok(Box::new(synthetic::Synthetic::new(c.clone()))),
+        Connection::OpenbciCyton(c) => Ok(Box::new(openbci_cyton::Cyton::new(&cfg.id, c.clone()))),
+        Connection::SerialAscii(c) => Ok(Box::new(serial_ascii::SerialAscii::new(&cfg.id, c.clone()))),
         _ => Err(SourceError::Fatal(format!(
             "driver {:?} is not available in this build of neuroedge; disable {} or use the synthetic driver",
             cfg.driver.name(),
