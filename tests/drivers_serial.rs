@@ -440,3 +440,85 @@ fn serial_ascii_values_and_malformed_lines() {
     assert!(sum["samples"].as_u64().unwrap() > 200 * 2, "{sum}");
     println!("ascii: {}", sum["jitter"]);
 }
+
+/// Stall detection: a device that stays connected but goes silent turns
+/// `stalled` within 2 s plus one chunk, `health` says degraded, the log
+/// says so once; when it talks again it is `streaming`, with a gap
+/// estimated from the silence and timestamps back on real time.
+#[test]
+fn serial_ascii_stall_detected_once_then_recovers_with_a_gap() {
+    let env = Env::new("");
+    let mut peer = Peer::start(
+        &env,
+        "ascii",
+        "ascii_emulator.py",
+        &["--rate", "200", "--channels", "2"],
+    );
+    env.write(
+        "devices/ascii.toml",
+        &format!(
+            "id = \"ascii\"\ndriver = \"serial-ascii\"\nenabled = true\n[connection]\nport = \"{}\"\nsample_rate = 200.0\nchannels = 2\n",
+            peer.link.display()
+        ),
+    );
+    let d = env.spawn();
+    d.wait_streaming(Duration::from_secs(15));
+    sleep_s(2.0);
+    let paused = Instant::now();
+    peer.send("pause 5");
+    let s = d.wait_for(Duration::from_secs(4), "ascii stalled", |s| {
+        device(s, "ascii")["state"] == "stalled"
+    });
+    let took = paused.elapsed();
+    // 2 s plus a chunk, plus the status poll and the 100 ms read cadence.
+    assert!(took < Duration::from_millis(2800), "stalled after {took:?}");
+    assert!(took >= Duration::from_secs(2), "stalled after {took:?}");
+    let _ = s;
+    let h = d.request("health").expect("health");
+    assert_eq!(h["status"], "degraded", "{h}");
+    sleep_s(1.5);
+    let s = d.wait_for(Duration::from_secs(5), "ascii streaming again", |s| {
+        device(s, "ascii")["state"] == "streaming"
+    });
+    let resumed_total = device(&s, "ascii")["samples_total"].as_u64().unwrap_or(0);
+    sleep_s(2.0);
+    let s = d.status().expect("status");
+    assert!(device(&s, "ascii")["samples_total"].as_u64().unwrap_or(0) > resumed_total);
+    let h = d.request("health").expect("health");
+    assert_eq!(h["status"], "ok", "{h}");
+    let log = stop(d);
+    let stalled_lines = log
+        .lines()
+        .filter(|l| l.contains("to=\"stalled\"") || l.contains("to=stalled"))
+        .count();
+    assert_eq!(stalled_lines, 1, "logged once:\n{log}");
+    drop(peer);
+    // The journal: one device gap of ~5 s x 200 Hz, and the first sample
+    // after it stamped ~5 s after the last one before it.
+    let out = Command::new(util::python())
+        .arg(format!(
+            "{}/tests/dump_batches.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(env.journal())
+        .arg(env.key())
+        .output()
+        .expect("dump_batches.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gaps: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|b| b["gaps"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let missing = gaps[0]["missing"].as_u64().unwrap_or(0);
+    assert!(
+        (900..=1100).contains(&missing),
+        "a 5 s silence at 200 Hz is ~1000 samples, got {missing}"
+    );
+    assert_eq!(gaps[0]["cause"], "device");
+}

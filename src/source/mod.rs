@@ -64,9 +64,18 @@ impl Sink<'_> {
     /// A frame from a device without a clock, received at `received`
     /// (monotonic seconds; frames of one read may share it): stamped by
     /// the dejitter fit.
+    /// A frame arriving far later than the fit expects (the device was
+    /// silent for over a second) follows a gap estimated from time, and
+    /// the fit starts afresh.
     #[inline]
     pub fn push_received(&mut self, received: f64, values: &[f32]) {
-        let n = self.frames.next_index();
+        let mut n = self.frames.next_index();
+        let silent = self.timing.unexplained_gap(n, received);
+        if silent > 0 {
+            self.frames.skip(silent);
+            self.timing.restart();
+            n = self.frames.next_index();
+        }
         let t = self.timing.stamp_received(n, received);
         self.frames.push(self.clock.unix_of_mono(t), values);
     }

@@ -19,6 +19,10 @@ pub const HALF_LIFE_S: f64 = 30.0;
 const PRIOR_S: f64 = 2.0;
 /// A fitted rate further than this from the nominal one is not believed.
 const MAX_RATE_ERROR: f64 = 0.05;
+/// A sample this late (seconds; and 20 periods) means the device was
+/// silent and samples are missing: more than transport jitter or a
+/// scheduling hiccup, and more than a tty buffer holds at EEG data rates.
+const LATE_GAP_S: f64 = 1.0;
 /// Recentre the sums when the index has moved this far from the reference
 /// (keeps the f64 sums well conditioned over months).
 const RECENTRE_AFTER: f64 = 1.0e6;
@@ -210,6 +214,26 @@ impl Timing {
         t
     }
 
+    /// A clockless device whose sample `n` arrives far later than the fit
+    /// expects (more than 1 s and 20 periods) went silent without saying
+    /// so: a paused or stalled device, or bytes lost in transit. Returns
+    /// the samples its silence stands for (0 when on time).
+    pub fn unexplained_gap(&self, n: u64, received: f64) -> u64 {
+        if self.fit.count() < 2 {
+            return 0;
+        }
+        let Some(expected) = self.fit.predict(n) else {
+            return 0;
+        };
+        let period = self.fit.period();
+        let late = received - expected;
+        if late > LATE_GAP_S.max(20.0 * period) {
+            (late / period).round() as u64
+        } else {
+            0
+        }
+    }
+
     /// Samples lost before sample `next` arriving at `received`, given that
     /// a wrapping counter (`modulus` values) shows `counted` lost: adds the
     /// whole wraps the counter cannot show, estimated from time.
@@ -303,6 +327,19 @@ mod tests {
         );
         // Ordinary latency (100 ms late) is not a wrap.
         assert_eq!(t.missing_with_wraps(1000, at(3) + 0.1, 3, 256), 3);
+    }
+
+    #[test]
+    fn silence_becomes_a_gap_and_a_new_start() {
+        let mut t = Timing::new(200.0);
+        for n in 0..1000u64 {
+            t.stamp_received(n, n as f64 / 200.0 + 0.003);
+        }
+        // On time, and a 300 ms hiccup: no gap.
+        assert_eq!(t.unexplained_gap(1000, 1000.0 / 200.0 + 0.003), 0);
+        assert_eq!(t.unexplained_gap(1000, 1000.0 / 200.0 + 0.3), 0);
+        // Silent for 3 s: 600 samples' worth.
+        assert_eq!(t.unexplained_gap(1000, 1000.0 / 200.0 + 3.0), 600);
     }
 
     #[test]

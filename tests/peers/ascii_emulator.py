@@ -16,6 +16,8 @@ Commands on stdin, one per line:
     malformed     send one line of each malformed kind (wrong count, not a
                   number, NaN, empty field, not UTF-8, over 4096 bytes),
                   plus a blank line (which is not malformed)
+    pause S       stop sampling for S seconds, the port staying open (a
+                  wedged device); lines then go on at the rate
     quit          write the log and exit (so does end of input or SIGTERM)
 
 The log (JSON): {"lines": [[m, [value strings]], ...] for every valid line
@@ -68,6 +70,7 @@ class Device:
         self.m = 0
         self.due = time.monotonic()
         self.pending_malformed = False
+        self.paused_until = 0.0
 
     def line(self, m):
         vals = [value_text(m, c) for c in range(self.a.channels)]
@@ -79,6 +82,9 @@ class Device:
 
     def send_due(self):
         now = time.monotonic()
+        if now < self.paused_until:
+            self.due = self.paused_until
+            return
         while self.due <= now:
             if self.pending_malformed:
                 for kind, make in MALFORMED:
@@ -131,6 +137,9 @@ class Device:
                     cmd = line.decode().strip()
                     if cmd == "malformed":
                         self.pending_malformed = True
+                    elif cmd.startswith("pause "):
+                        self.paused_until = time.monotonic() + float(cmd.split()[1])
+                        self.log.setdefault("pauses", []).append(float(cmd.split()[1]))
                     elif cmd == "quit":
                         return
             self.send_due()
