@@ -339,7 +339,7 @@ mod tests {
         assert_eq!(t.unexplained_gap(1000, 1000.0 / 200.0 + 0.003), 0);
         assert_eq!(t.unexplained_gap(1000, 1000.0 / 200.0 + 0.3), 0);
         // Silent for 3 s: 600 samples' worth.
-        assert_eq!(t.unexplained_gap(1000, 1000.0 / 200.0 + 3.0), 600);
+        assert_eq!(t.unexplained_gap(1000, 1000.0 / 200.0 + 0.003 + 3.0), 600);
     }
 
     #[test]
