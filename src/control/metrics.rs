@@ -213,6 +213,9 @@ fn format_value(v: &Value) -> Option<String> {
                 let f = n.as_f64()?;
                 if !f.is_finite() {
                     None
+                } else if f == 0.0 {
+                    // Also -0.0, which would print as "-0".
+                    Some("0".into())
                 } else if f != 0.0 && !(1e-6..1e15).contains(&f.abs()) {
                     Some(format!("{f:e}"))
                 } else {
@@ -407,6 +410,30 @@ pub fn exposition(state: &DaemonState) -> String {
             &Value::from(1),
         );
     }
+
+    // Present when the status carries the clock (wall-clock step watch).
+    let clock = &status["clock"];
+    e.family(
+        "neuroedge_clock_steps_total",
+        "counter",
+        "Wall-clock steps (e.g. NTP on a machine without RTC) seen since the daemon started.",
+    );
+    let steps = clock["steps"].as_array().map(|a| Value::from(a.len()));
+    e.sample(
+        "neuroedge_clock_steps_total",
+        &[],
+        steps.as_ref().unwrap_or(&Value::Null),
+    );
+    e.family(
+        "neuroedge_clock_wall_offset_seconds",
+        "gauge",
+        "Wall clock minus the timeline of the timestamps: about 0, negative while a backward step is not applied.",
+    );
+    e.sample(
+        "neuroedge_clock_wall_offset_seconds",
+        &[],
+        &clock["wall_offset_s"],
+    );
 
     e.family("neuroedge_up", "gauge", "1 while the daemon answers.");
     e.sample("neuroedge_up", &[], &Value::from(1));
@@ -608,6 +635,8 @@ mod tests {
             "neuroedge_journal_oldest_pending_age_seconds",
             "neuroedge_uplink_last_success_age_seconds",
             "neuroedge_uptime_seconds",
+            "neuroedge_clock_steps_total",
+            "neuroedge_clock_wall_offset_seconds",
         ] {
             assert!(declared.iter().any(|d| d == f), "{f}");
         }
@@ -633,6 +662,7 @@ mod tests {
             Some("1e20")
         );
         assert_eq!(format_value(&serde_json::json!(-3)).as_deref(), Some("-3"));
+        assert_eq!(format_value(&serde_json::json!(-0.0)).as_deref(), Some("0"));
     }
 
     #[test]
