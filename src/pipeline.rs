@@ -226,6 +226,9 @@ impl Processing {
         loop {
             match ring.pop() {
                 Some(block) => {
+                    // Markers queued so far first: one sent just before
+                    // this block's samples belongs in the batch they close.
+                    self.take_markers(&mut batcher);
                     if filtered.len() < block.samples().len() {
                         // Grows once to the block size, then never again.
                         filtered.resize(block.samples().len(), 0.0);

@@ -3,6 +3,9 @@
 //! of filters, disks or networks. Reconnects with backoff live in
 //! [`runner`], not in the drivers.
 
+pub mod brainflow;
+pub mod brainflow_ffi;
+pub mod lsl;
 pub mod openbci_cyton;
 pub mod runner;
 pub mod serial_ascii;
@@ -138,13 +141,12 @@ pub trait Source: Send {
 pub fn build(cfg: &DeviceConfig) -> Result<Box<dyn Source>, SourceError> {
     match &cfg.connection {
         Connection::Synthetic(c) => Ok(Box::new(synthetic::Synthetic::new(c.clone()))),
+        Connection::Brainflow(c) => Ok(Box::new(brainflow::Brainflow::new((**c).clone()))),
+        Connection::Lsl(c) => Ok(Box::new(lsl::Lsl::new(c.clone()))),
         Connection::OpenbciCyton(c) => Ok(Box::new(openbci_cyton::Cyton::new(&cfg.id, c.clone()))),
-        Connection::SerialAscii(c) => Ok(Box::new(serial_ascii::SerialAscii::new(&cfg.id, c.clone()))),
-        _ => Err(SourceError::Fatal(format!(
-            "driver {:?} is not available in this build of neuroedge; disable {} or use the synthetic driver",
-            cfg.driver.name(),
-            cfg.file.display()
-        ))),
+        Connection::SerialAscii(c) => {
+            Ok(Box::new(serial_ascii::SerialAscii::new(&cfg.id, c.clone())))
+        }
     }
 }
 

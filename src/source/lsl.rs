@@ -1,0 +1,620 @@
+//! The Lab Streaming Layer driver: one LSL stream (selected by any
+//! combination of name / type / source_id) becomes the device, and
+//! optionally a string stream's samples become batch markers.
+//!
+//! liblsl's handles are not `Send`, so everything LSL runs on a worker
+//! thread per connection; the driver talks to it over a channel. The worker
+//! resolves the stream, opens an inlet (with liblsl's own recovery on),
+//! pulls samples in chunks (never blocking more than 100 ms) and maps their
+//! stamps to the local LSL clock with `time_correction`. The driver maps
+//! LSL's local clock to neuroedge's monotonic timeline (both are the
+//! system's monotonic clock; the offset is measured on every read).
+//!
+//! An outlet that goes away: liblsl's recovery hides it (pulls just return
+//! nothing), so the worker checks, after 1 s without data, whether the
+//! stream is still on the network; if not, the device is `disconnected`
+//! and the runner reconnects (re-resolves) with backoff. A stream that is
+//! there but silent is `stalled` (runner) until data resumes.
+
+use super::{default_names, Sink, Source, SourceError, StreamInfo};
+use crate::config::LslConnection;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ::lsl::Pullable;
+
+/// The longest a pull blocks.
+const PULL_TIMEOUT: f64 = 0.1;
+/// Samples pulled per chunk at most.
+const MAX_CHUNK: usize = 1024;
+/// Each resolve attempt waits this long (so a stop request is seen).
+const RESOLVE_STEP: f64 = 0.5;
+/// Without data this long, check whether the outlet is still there (well
+/// before the runner's 2 s stall limit, so a vanished outlet shows as
+/// `disconnected`; a silent one that is still there becomes `stalled`).
+const SILENCE_CHECK: Duration = Duration::from_secs(1);
+/// Waits for the stream's full info, the first clock offset and the
+/// subscription.
+const SETUP_TIMEOUT: f64 = 2.0;
+/// Data is held this long before going to the ring so that markers pulled
+/// from the other inlet at about the same time reach the batcher first.
+const MARKER_HOLD: Duration = Duration::from_millis(60);
+/// A stamp step beyond 1.5 periods plus this is a gap in the stream.
+const GAP_SLACK_S: f64 = 0.1;
+/// Chunk buffers kept for reuse between the worker and the driver.
+const SPARE_CHUNKS: usize = 32;
+/// liblsl inlet buffer, seconds.
+const INLET_BUFFER_S: i32 = 60;
+
+/// A string as an XPath 1.0 literal (XPath has no escapes: a value with
+/// both quote kinds becomes a `concat()`).
+pub fn xpath_literal(s: &str) -> String {
+    if !s.contains('\'') {
+        format!("'{s}'")
+    } else if !s.contains('"') {
+        format!("\"{s}\"")
+    } else {
+        let mut parts = Vec::new();
+        for (i, seg) in s.split('\'').enumerate() {
+            if i > 0 {
+                parts.push("\"'\"".to_string());
+            }
+            if !seg.is_empty() {
+                parts.push(format!("'{seg}'"));
+            }
+        }
+        format!("concat({})", parts.join(","))
+    }
+}
+
+/// The LSL predicate selecting a stream: `name='X' and type='EEG' ...`.
+pub fn predicate(name: Option<&str>, stream_type: Option<&str>, source_id: Option<&str>) -> String {
+    [
+        ("name", name),
+        ("type", stream_type),
+        ("source_id", source_id),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| format!("{k}={}", xpath_literal(v))))
+    .collect::<Vec<_>>()
+    .join(" and ")
+}
+
+/// What the worker tells the driver.
+enum Msg {
+    Opened(Result<Opened, SourceError>),
+    /// Frame-major values and their stamps on the local LSL clock.
+    Data {
+        values: Vec<f32>,
+        stamps: Vec<f64>,
+    },
+    /// Markers: (local LSL time, text).
+    Markers(Vec<(f64, String)>),
+    /// The connection is over.
+    Lost(SourceError),
+}
+
+struct Opened {
+    rate: f64,
+    channels: usize,
+    names: Vec<String>,
+    describe: String,
+}
+
+/// A chunk's buffers (values, stamps), sent back by the driver once pushed
+/// so that the worker reuses them instead of allocating per chunk.
+type Spare = (Vec<f32>, Vec<f64>);
+
+struct Worker {
+    stop: Arc<AtomicBool>,
+    rx: Receiver<Msg>,
+    spare: Sender<Spare>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct Lsl {
+    cfg: LslConnection,
+    worker: Option<Worker>,
+    describe: String,
+    channels: usize,
+    period: f64,
+    /// Data waiting out [`MARKER_HOLD`]: (arrival, values, stamps).
+    pending: VecDeque<(Instant, Vec<f32>, Vec<f64>)>,
+    /// Local LSL time of the last sample pushed (this connection).
+    last_stamp: Option<f64>,
+}
+
+impl Lsl {
+    pub fn new(cfg: LslConnection) -> Self {
+        Lsl {
+            cfg,
+            worker: None,
+            describe: String::new(),
+            channels: 0,
+            period: 0.0,
+            pending: VecDeque::new(),
+            last_stamp: None,
+        }
+    }
+
+    fn push_due(&mut self, sink: &mut Sink<'_>, all: bool) {
+        // LSL's local clock and the timeline are both the monotonic clock:
+        // one offset per read.
+        let offset = ::lsl::local_clock() - sink.mono_now();
+        while let Some((arrived, _, _)) = self.pending.front() {
+            if !all && arrived.elapsed() < MARKER_HOLD {
+                break;
+            }
+            let Some((_, mut values, mut stamps)) = self.pending.pop_front() else {
+                break;
+            };
+            for (frame, &t) in values.chunks_exact(self.channels).zip(&stamps) {
+                if let Some(prev) = self.last_stamp {
+                    let dt = t - prev;
+                    if dt > 1.5 * self.period + GAP_SLACK_S {
+                        let missing = (dt / self.period).round() - 1.0;
+                        if missing >= 1.0 {
+                            sink.skip(missing as u64);
+                        }
+                    }
+                }
+                self.last_stamp = Some(t);
+                sink.push_stamped(t - offset, frame);
+            }
+            if let Some(w) = &self.worker {
+                values.clear();
+                stamps.clear();
+                // A full spare queue just lets this pair go.
+                let _ = w.spare.try_send((values, stamps));
+            }
+        }
+    }
+}
+
+impl Source for Lsl {
+    fn open(&mut self) -> Result<StreamInfo, SourceError> {
+        self.close();
+        let pred = predicate(
+            self.cfg.name.as_deref(),
+            self.cfg.stream_type.as_deref(),
+            self.cfg.source_id.as_deref(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::bounded(256);
+        let (spare_tx, spare_rx) = crossbeam_channel::bounded(SPARE_CHUNKS);
+        let thread = {
+            let cfg = self.cfg.clone();
+            let stop = stop.clone();
+            let pred = pred.clone();
+            std::thread::Builder::new()
+                .name("lsl-inlet".into())
+                .spawn(move || worker(cfg, pred, stop, tx, spare_rx))
+                .map_err(|e| SourceError::Unavailable(format!("cannot start LSL thread: {e}")))?
+        };
+        let w = Worker {
+            stop,
+            rx,
+            spare: spare_tx,
+            thread: Some(thread),
+        };
+        let wait = Duration::from_secs_f64(self.cfg.resolve_timeout_s + 4.0 * SETUP_TIMEOUT);
+        let opened = match w.rx.recv_timeout(wait) {
+            Ok(Msg::Opened(r)) => r,
+            Ok(_) => Err(SourceError::Unavailable("LSL worker out of step".into())),
+            Err(_) => Err(SourceError::Unavailable(format!(
+                "no LSL stream matching {pred} (no answer)"
+            ))),
+        };
+        let o = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                w.finish();
+                return Err(e);
+            }
+        };
+        tracing::info!(stream = %o.describe, rate = o.rate, channels = o.channels, "LSL inlet open");
+        self.describe = o.describe;
+        self.channels = o.channels;
+        self.period = 1.0 / o.rate;
+        self.pending.clear();
+        self.last_stamp = None;
+        self.worker = Some(w);
+        Ok(StreamInfo {
+            sample_rate: o.rate,
+            channels: o.channels,
+            channel_names: o.names,
+            chunk_s: PULL_TIMEOUT + MARKER_HOLD.as_secs_f64(),
+        })
+    }
+
+    fn read(&mut self, sink: &mut Sink<'_>) -> Result<(), SourceError> {
+        let Some(w) = self.worker.as_ref() else {
+            return Err(SourceError::Unavailable("read before open".into()));
+        };
+        let rx = w.rx.clone();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        loop {
+            // Wake for the next held chunk falling due, or the deadline.
+            let now = Instant::now();
+            let until = self
+                .pending
+                .front()
+                .map(|(a, _, _)| (*a + MARKER_HOLD).min(deadline))
+                .unwrap_or(deadline);
+            let msg = rx.recv_timeout(until.saturating_duration_since(now));
+            let offset = ::lsl::local_clock() - sink.mono_now();
+            match msg {
+                Ok(Msg::Data { values, stamps }) => {
+                    self.pending.push_back((Instant::now(), values, stamps));
+                }
+                Ok(Msg::Markers(ms)) => {
+                    for (t, v) in ms {
+                        sink.marker(t - offset, v);
+                    }
+                }
+                Ok(Msg::Opened(_)) => {}
+                Ok(Msg::Lost(e)) => {
+                    self.push_due(sink, true);
+                    return Err(e);
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.push_due(sink, true);
+                    return Err(SourceError::Disconnected(format!(
+                        "LSL inlet for {} ended",
+                        self.describe
+                    )));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            // Without a marker stream nothing needs holding back.
+            let all = self.cfg.markers.is_none();
+            self.push_due(sink, all);
+            if Instant::now() >= deadline || (rx.is_empty() && self.pending.is_empty()) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.finish();
+        }
+        self.pending.clear();
+    }
+}
+
+impl Drop for Lsl {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Channel labels from the stream's `desc/channels/channel/label`.
+fn channel_labels(info: &mut ::lsl::StreamInfo, n: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut ch = info.desc().child("channels").child("channel");
+    while ch.is_valid() && !ch.empty() && names.len() <= n {
+        names.push(ch.child_value_named("label").trim().to_string());
+        ch = ch.next_sibling_named("channel");
+    }
+    if names.len() == n && names.iter().all(|s| !s.is_empty()) {
+        names
+    } else {
+        default_names(n)
+    }
+}
+
+fn lsl_err(what: &str, e: ::lsl::Error) -> String {
+    format!("LSL {what}: {e}")
+}
+
+/// The marker inlet: resolved in the background, never blocking the data.
+struct MarkerInlet {
+    pred: String,
+    resolver: Option<::lsl::ContinuousResolver>,
+    inlet: Option<::lsl::StreamInlet>,
+    correction: Option<f64>,
+    next_try: Instant,
+}
+
+impl MarkerInlet {
+    fn new(name: &str) -> Self {
+        MarkerInlet {
+            pred: format!("name={} and channel_format='string'", xpath_literal(name)),
+            resolver: None,
+            inlet: None,
+            correction: None,
+            next_try: Instant::now(),
+        }
+    }
+
+    /// Markers available now, stamped on the local LSL clock (`fallback`
+    /// is the data inlet's clock offset, used until this inlet has its own).
+    fn poll(&mut self, fallback: f64) -> Vec<(f64, String)> {
+        let mut out = Vec::new();
+        if self.inlet.is_none() {
+            if Instant::now() < self.next_try {
+                return out;
+            }
+            if self.resolver.is_none() {
+                match ::lsl::ContinuousResolver::new_with_pred(&self.pred, 5.0) {
+                    Ok(r) => self.resolver = Some(r),
+                    Err(e) => {
+                        tracing::warn!("LSL marker resolver for {}: {e}", self.pred);
+                        self.next_try = Instant::now() + Duration::from_secs(5);
+                        return out;
+                    }
+                }
+            }
+            let found = self
+                .resolver
+                .as_ref()
+                .and_then(|r| r.results().ok())
+                .and_then(|v| v.into_iter().next());
+            let Some(info) = found else {
+                self.next_try = Instant::now() + Duration::from_millis(500);
+                return out;
+            };
+            match ::lsl::StreamInlet::new(&info, INLET_BUFFER_S, 0, true) {
+                Ok(inlet) => {
+                    // Starts the clock-offset measurement in the background.
+                    self.correction = inlet.time_correction(0.0).ok();
+                    tracing::info!(stream = %self.pred, "LSL marker inlet open");
+                    self.inlet = Some(inlet);
+                    self.resolver = None;
+                }
+                Err(e) => {
+                    tracing::warn!("LSL marker inlet for {}: {e}", self.pred);
+                    self.next_try = Instant::now() + Duration::from_secs(2);
+                    return out;
+                }
+            }
+        }
+        let Some(inlet) = self.inlet.as_ref() else {
+            return out;
+        };
+        loop {
+            match Pullable::<String>::pull_sample(inlet, 0.0) {
+                Ok((sample, ts)) if ts != 0.0 => {
+                    if let Ok(c) = inlet.time_correction(0.0) {
+                        self.correction = Some(c);
+                    }
+                    let c = self.correction.unwrap_or(fallback);
+                    let text = sample.join(",");
+                    out.push((ts + c, text));
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!("LSL marker stream {}: {e}; resolving it again", self.pred);
+                    self.inlet = None;
+                    self.correction = None;
+                    self.next_try = Instant::now() + Duration::from_secs(1);
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Resolve, open and pull; everything LSL happens on this thread.
+fn worker(
+    cfg: LslConnection,
+    pred: String,
+    stop: Arc<AtomicBool>,
+    tx: Sender<Msg>,
+    spare: Receiver<Spare>,
+) {
+    let opened = |r: Result<Opened, SourceError>| {
+        let _ = tx.send(Msg::Opened(r));
+    };
+    // Resolve, in short steps so that a stop request is seen.
+    let deadline = Instant::now() + Duration::from_secs_f64(cfg.resolve_timeout_s);
+    let mut info = loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
+        match ::lsl::resolve_bypred(&pred, 1, left.clamp(0.05, RESOLVE_STEP)) {
+            Ok(found) if !found.is_empty() => {
+                if found.len() > 1 {
+                    tracing::warn!(
+                        "{} LSL streams match {pred}; using the first (set source_id to choose)",
+                        found.len()
+                    );
+                }
+                break found.into_iter().next().expect("not empty");
+            }
+            Ok(_) => {}
+            Err(::lsl::Error::BadArgument) => {
+                return opened(Err(SourceError::Fatal(format!(
+                    "LSL rejects the stream query {pred}: check name / type / source_id"
+                ))))
+            }
+            Err(e) => return opened(Err(SourceError::Unavailable(lsl_err("resolve", e)))),
+        }
+        if Instant::now() >= deadline {
+            return opened(Err(SourceError::Unavailable(format!(
+                "no LSL stream matching {pred} found within {} s",
+                cfg.resolve_timeout_s
+            ))));
+        }
+    };
+    let describe = format!(
+        "{:?} (type {:?}, source_id {:?}, host {})",
+        info.stream_name(),
+        info.stream_type(),
+        info.source_id(),
+        info.hostname()
+    );
+    let rate = info.nominal_srate();
+    if !(rate.is_finite() && rate > 0.0) {
+        return opened(Err(SourceError::Fatal(format!(
+            "LSL stream {describe} has an irregular sampling rate; neuroedge needs a \
+             regularly sampled (EEG) stream with a nominal rate"
+        ))));
+    }
+    let format = info.channel_format();
+    if matches!(
+        format,
+        ::lsl::ChannelFormat::String | ::lsl::ChannelFormat::Undefined
+    ) {
+        return opened(Err(SourceError::Fatal(format!(
+            "LSL stream {describe} carries {format} samples, not numbers"
+        ))));
+    }
+    let channels = match usize::try_from(info.channel_count()) {
+        Ok(n) if (1..=1024).contains(&n) => n,
+        _ => {
+            return opened(Err(SourceError::Fatal(format!(
+                "LSL stream {describe} has {} channels (1 to 1024 supported)",
+                info.channel_count()
+            ))))
+        }
+    };
+    let inlet = match ::lsl::StreamInlet::new(&info, INLET_BUFFER_S, 0, true) {
+        Ok(i) => i,
+        Err(e) => return opened(Err(SourceError::Unavailable(lsl_err("inlet", e)))),
+    };
+    let names = match inlet.info(SETUP_TIMEOUT) {
+        Ok(mut full) => channel_labels(&mut full, channels),
+        Err(_) => channel_labels(&mut info, channels),
+    };
+    if let Err(e) = inlet.open_stream(SETUP_TIMEOUT) {
+        return opened(Err(SourceError::Unavailable(lsl_err(
+            &format!("subscribing to {describe}"),
+            e,
+        ))));
+    }
+    let mut correction = match inlet.time_correction(SETUP_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => {
+            return opened(Err(SourceError::Unavailable(lsl_err(
+                &format!("clock offset of {describe}"),
+                e,
+            ))))
+        }
+    };
+    let uid = info.uid();
+    opened(Ok(Opened {
+        rate,
+        channels,
+        names,
+        describe: describe.clone(),
+    }));
+
+    let mut markers = cfg.markers.as_deref().map(MarkerInlet::new);
+    let mut sample: Vec<f32> = vec![0.0; channels];
+    let mut last_data = Instant::now();
+    let mut last_check = Instant::now();
+    let lost = |e: SourceError| {
+        let _ = tx.send(Msg::Lost(e));
+    };
+    // An empty pull keeps its buffers for the next one.
+    let mut held: Option<Spare> = None;
+    while !stop.load(Ordering::Relaxed) {
+        // Buffers come back from the driver once pushed: after the first
+        // few chunks the pull loop allocates nothing.
+        let (mut values, mut stamps) = held
+            .take()
+            .or_else(|| spare.try_recv().ok())
+            .unwrap_or_else(|| (Vec::with_capacity(256 * channels), Vec::with_capacity(256)));
+        // Block for the first sample (at most PULL_TIMEOUT), then take
+        // what is already there.
+        let mut timeout = PULL_TIMEOUT;
+        while stamps.len() < MAX_CHUNK {
+            match inlet.pull_sample_buf(&mut sample, timeout) {
+                Ok(ts) if ts != 0.0 => {
+                    values.extend_from_slice(&sample);
+                    stamps.push(ts);
+                    timeout = 0.0;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    return lost(SourceError::Disconnected(format!(
+                        "LSL stream {describe}: {e}"
+                    )))
+                }
+            }
+        }
+        if !stamps.is_empty() {
+            if let Ok(c) = inlet.time_correction(0.0) {
+                correction = c;
+            }
+            for t in &mut stamps {
+                *t += correction;
+            }
+            last_data = Instant::now();
+            if tx.send(Msg::Data { values, stamps }).is_err() {
+                return;
+            }
+        } else {
+            held = Some((values, stamps));
+        }
+        if let Some(m) = markers.as_mut() {
+            let ms = m.poll(correction);
+            if !ms.is_empty() && tx.send(Msg::Markers(ms)).is_err() {
+                return;
+            }
+        }
+        if last_data.elapsed() >= SILENCE_CHECK && last_check.elapsed() >= SILENCE_CHECK {
+            // liblsl's recovery keeps an inlet of a vanished outlet
+            // waiting silently: ask the network whether it is still there.
+            last_check = Instant::now();
+            let q = format!("uid={}", xpath_literal(&uid));
+            match ::lsl::resolve_bypred(&q, 1, RESOLVE_STEP) {
+                Ok(found) if found.is_empty() => {
+                    return lost(SourceError::Disconnected(format!(
+                        "LSL stream {describe} vanished (no data for {:.1} s and no longer on the network)",
+                        last_data.elapsed().as_secs_f64()
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicate_joins_the_given_keys() {
+        assert_eq!(predicate(Some("EEG-1"), None, None), "name='EEG-1'");
+        assert_eq!(
+            predicate(Some("Cap"), Some("EEG"), Some("amp-42")),
+            "name='Cap' and type='EEG' and source_id='amp-42'"
+        );
+        assert_eq!(predicate(None, Some("EEG"), None), "type='EEG'");
+        assert_eq!(predicate(None, None, None), "");
+    }
+
+    #[test]
+    fn literals_are_quoted_for_xpath() {
+        assert_eq!(xpath_literal("plain"), "'plain'");
+        assert_eq!(xpath_literal("O'Brien"), "\"O'Brien\"");
+        assert_eq!(xpath_literal("say \"hi\""), "'say \"hi\"'");
+        assert_eq!(xpath_literal("a'b\"c"), "concat('a',\"'\",'b\"c')");
+        assert_eq!(xpath_literal("'x\""), "concat(\"'\",'x\"')");
+        assert_eq!(
+            predicate(Some("it's"), Some("\"EEG\""), None),
+            "name=\"it's\" and type='\"EEG\"'"
+        );
+    }
+}

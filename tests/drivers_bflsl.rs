@@ -1,0 +1,363 @@
+//! The BrainFlow and LSL drivers end to end: the real daemon, BrainFlow's
+//! real library (its synthetic board) and a real LSL outlet (pylsl peer).
+//! Each test is skipped, saying so, when its Python package is missing.
+
+mod util;
+
+use neuroedge::crypto::{load_key_file, Keyring};
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use util::{synthetic_device, Env};
+
+fn python_has(module: &str) -> bool {
+    Command::new(util::python())
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Whether a test needing `module` may run. Outside CI a missing package
+/// skips the test (saying so); in CI (`CI` set, as `.ci/run` runs) it is a
+/// failure, so a broken install step cannot pass as a skipped test.
+fn peer_available(module: &str) -> bool {
+    if python_has(module) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the Python package {module} is missing in CI: scripts/install-test-deps.sh should install it"
+    );
+    eprintln!("SKIPPED: the Python package {module} is not installed");
+    false
+}
+
+fn device<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["id"] == id))
+        .unwrap_or(&Value::Null)
+}
+
+/// Every batch of one device: (timestamps, channels, gaps' missing total, markers).
+struct Decoded {
+    timestamps: Vec<f64>,
+    channels: Vec<String>,
+    gap_samples: u64,
+    batches: usize,
+}
+
+fn decode(env: &Env, id: &str) -> Decoded {
+    let keys = Keyring::new(load_key_file(&env.key()).expect("key"));
+    let conn = rusqlite::Connection::open(env.journal()).expect("journal");
+    let mut st = conn
+        .prepare("SELECT envelope FROM batches WHERE device_id = ?1 ORDER BY seq")
+        .unwrap();
+    let envs: Vec<Vec<u8>> = st
+        .query_map([id], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let mut d = Decoded {
+        timestamps: Vec::new(),
+        channels: Vec::new(),
+        gap_samples: 0,
+        batches: envs.len(),
+    };
+    for e in &envs {
+        let (_, b) = neuroedge::batch::open(&keys, e).expect("batch opens");
+        d.timestamps.extend_from_slice(&b.timestamps);
+        d.channels = b.channels.clone();
+        d.gap_samples += b.gaps.iter().map(|g| g.missing).sum::<u64>();
+    }
+    d
+}
+
+fn std_dev(v: &[f64]) -> f64 {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64).sqrt()
+}
+
+#[test]
+fn brainflow_synthetic_board_streams_and_bad_setups_are_errors() {
+    if !peer_available("brainflow") {
+        return;
+    }
+    let env = Env::new("");
+    env.write(
+        "devices/bf.toml",
+        "id = \"bf\"\ndriver = \"brainflow\"\nenabled = true\n[connection]\nboard_id = -1\n",
+    );
+    env.write(
+        "devices/bf-nolib.toml",
+        "id = \"bf-nolib\"\ndriver = \"brainflow\"\nenabled = true\n[connection]\nboard_id = -1\n\
+         library = \"/nonexistent/brainflow/libBoardController.so\"\n",
+    );
+    env.write(
+        "devices/bf-badboard.toml",
+        "id = \"bf-badboard\"\ndriver = \"brainflow\"\nenabled = true\n[connection]\nboard_id = 9999\n",
+    );
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device("synthetic", 4, 250.0, ""),
+    );
+    let d = env.spawn();
+    let s = d.wait_for(
+        Duration::from_secs(30),
+        "bf streaming, bad ones in error",
+        |s| {
+            device(s, "bf")["state"] == "streaming"
+                && device(s, "bf")["samples_total"].as_u64() > Some(0)
+                && device(s, "synthetic")["state"] == "streaming"
+                && device(s, "bf-nolib")["state"] == "error"
+                && device(s, "bf-badboard")["state"] == "error"
+        },
+    );
+    let nolib = device(&s, "bf-nolib")["last_error"].as_str().unwrap_or("");
+    assert!(
+        nolib.contains("/nonexistent/brainflow/libBoardController.so")
+            && nolib.contains("pip install brainflow"),
+        "{nolib}"
+    );
+    let bad = device(&s, "bf-badboard")["last_error"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        bad.contains("9999") && bad.contains("14 UNSUPPORTED_BOARD_ERROR"),
+        "{bad}"
+    );
+    let bf = device(&s, "bf");
+    assert_eq!(bf["channels"], 16, "synthetic board: 16 EEG channels");
+    assert_eq!(bf["sample_rate"], 250.0);
+    std::thread::sleep(Duration::from_secs(8));
+    let s = d.status().expect("status");
+    let bf = device(&s, "bf");
+    assert_eq!(bf["state"], "streaming", "{bf}");
+    assert_eq!(bf["gaps"], 0, "{bf}");
+    assert_eq!(bf["dropped_samples"], 0, "{bf}");
+    assert_eq!(device(&s, "synthetic")["state"], "streaming");
+    assert_eq!(d.terminate(), 0);
+
+    let bf = decode(&env, "bf");
+    assert_eq!(bf.channels.len(), 16);
+    assert_eq!(
+        bf.channels[0], "Fz",
+        "names from BrainFlow's board description"
+    );
+    assert_eq!(bf.gap_samples, 0, "no gaps revealed by the package counter");
+    let ts = &bf.timestamps;
+    assert!(ts.len() > 250 * 8, "{} samples", ts.len());
+    let dts: Vec<f64> = ts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(dts.iter().all(|d| *d > 0.0), "timestamps increase");
+    let rate = (ts.len() - 1) as f64 / (ts[ts.len() - 1] - ts[0]);
+    // Jitter: successive timestamp differences against 1/fs, over the whole
+    // run and after the fit's first 2 s.
+    let jitter_all = std_dev(&dts);
+    let settled = &dts[dts.len().min(500)..];
+    let jitter = std_dev(settled);
+    let worst = settled
+        .iter()
+        .map(|d| (d - 1.0 / 250.0).abs())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "brainflow synthetic board: {} samples in {} batches, rate {rate:.3} Hz, \
+         std(dt) {:.2} us (whole run {:.2} us), max |dt - 1/fs| {:.2} us",
+        ts.len(),
+        bf.batches,
+        jitter * 1e6,
+        jitter_all * 1e6,
+        worst * 1e6
+    );
+    assert!((rate - 250.0).abs() < 2.5, "rate {rate}");
+    assert!(jitter < 50e-6, "timestamp jitter {jitter} s");
+    // Unix time of the last sample is close to when it was taken.
+    let now = neuroedge::clock::wall_unix();
+    assert!((now - ts[ts.len() - 1]).abs() < 5.0);
+}
+
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_peer(
+    name: &str,
+    source_id: &str,
+    markers: &str,
+    run: u32,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> Peer {
+    Peer(
+        Command::new(util::python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/peers/lsl_outlet.py"
+            ))
+            .args([
+                "--name",
+                name,
+                "--source-id",
+                source_id,
+                "--markers",
+                markers,
+            ])
+            .args([
+                "--run",
+                &run.to_string(),
+                "--channels",
+                "8",
+                "--rate",
+                "250",
+            ])
+            .args(extra)
+            .arg("--log")
+            .arg(log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 peer"),
+    )
+}
+
+#[test]
+fn lsl_stream_bit_exact_with_markers_and_outlet_restarts() {
+    if !peer_available("pylsl") {
+        return;
+    }
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        neuroedge::clock::wall_unix().to_bits() % 1_000_000
+    );
+    let name = format!("neuroedge-test-{unique}");
+    let source_id = format!("src-{unique}");
+    let markers = format!("{name}-markers");
+    let env = Env::new("");
+    env.write(
+        "devices/lsl.toml",
+        &format!(
+            "id = \"lsl\"\ndriver = \"lsl\"\nenabled = true\n[connection]\nname = \"{name}\"\n\
+             type = \"EEG\"\nresolve_timeout_s = 1.0\nmarkers = \"{markers}\"\n"
+        ),
+    );
+    // A stream without a nominal rate is refused (Fatal: `error`).
+    let irregular = format!("{name}-irregular");
+    env.write(
+        "devices/lsl-irregular.toml",
+        &format!(
+            "id = \"lsl-irregular\"\ndriver = \"lsl\"\nenabled = true\n[connection]\n\
+             name = \"{irregular}\"\nresolve_timeout_s = 1.0\n"
+        ),
+    );
+    let log = env.path().join("peer.jsonl");
+    let d = env.spawn();
+    // No outlet yet: connecting, saying what it looks for.
+    let s = d.wait_for(Duration::from_secs(10), "lsl connecting", |s| {
+        device(s, "lsl")["state"] == "connecting"
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let s2 = d.status().unwrap();
+    assert_eq!(device(&s2, "lsl")["state"], "connecting", "{s}");
+    let why = device(&s2, "lsl")["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        why.contains("no LSL stream matching") && why.contains(&name),
+        "{why}"
+    );
+
+    // The outlet appears: streaming, layout from the stream info.
+    let peer = start_peer(
+        &name,
+        &source_id,
+        &markers,
+        1,
+        &log,
+        &["--irregular-name", &irregular],
+    );
+    let s = d.wait_for(Duration::from_secs(20), "lsl streaming", |s| {
+        device(s, "lsl")["state"] == "streaming"
+            && device(s, "lsl")["samples_total"].as_u64() > Some(0)
+    });
+    let dev = device(&s, "lsl");
+    assert_eq!(dev["channels"], 8);
+    let s = d.wait_for(Duration::from_secs(15), "irregular stream refused", |s| {
+        device(s, "lsl-irregular")["state"] == "error"
+    });
+    let why = device(&s, "lsl-irregular")["last_error"]
+        .as_str()
+        .unwrap_or("");
+    assert!(why.contains("irregular sampling rate"), "{why}");
+    assert_eq!(dev["sample_rate"], 250.0);
+    let window1_from = neuroedge::clock::wall_unix() + 2.0;
+    std::thread::sleep(Duration::from_secs(6));
+    let window1_to = neuroedge::clock::wall_unix() - 0.5;
+
+    // The outlet dies: the device leaves `streaming` by itself.
+    drop(peer);
+    let killed = Instant::now();
+    let s = d.wait_for(Duration::from_secs(15), "lsl leaves streaming", |s| {
+        let st = &device(s, "lsl")["state"];
+        *st == "disconnected" || *st == "stalled"
+    });
+    eprintln!(
+        "lsl: outlet killed -> {} after {:.1} s ({})",
+        device(&s, "lsl")["state"],
+        killed.elapsed().as_secs_f64(),
+        device(&s, "lsl")["last_error"]
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // It comes back: streaming again without help.
+    let _peer = start_peer(&name, &source_id, &markers, 2, &log, &[]);
+    let back = Instant::now();
+    d.wait_for(Duration::from_secs(30), "lsl streaming again", |s| {
+        device(s, "lsl")["state"] == "streaming"
+    });
+    eprintln!(
+        "lsl: streaming again {:.1} s after the outlet restarted",
+        back.elapsed().as_secs_f64()
+    );
+    let window2_from = neuroedge::clock::wall_unix() + 2.0;
+    std::thread::sleep(Duration::from_secs(5));
+    let window2_to = neuroedge::clock::wall_unix() - 0.5;
+    assert_eq!(d.terminate(), 0);
+
+    let out = Command::new(util::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/check_lsl.py"
+        ))
+        .arg(env.journal())
+        .arg(env.key())
+        .args(["--device", "lsl", "--labels", "C1,C2,C3,C4,C5,C6,C7,C8"])
+        .arg("--log")
+        .arg(&log)
+        .arg("--require-markers")
+        .arg(format!("{window1_from}:{window1_to}"))
+        .arg("--require-markers")
+        .arg(format!("{window2_from}:{window2_to}"))
+        .output()
+        .expect("python3 check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("check_lsl: {stdout}");
+    assert!(
+        out.status.success(),
+        "check_lsl failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.trim()).expect("summary");
+    assert_eq!(summary["mismatched"], 0);
+    assert_eq!(summary["runs"], serde_json::json!([1, 2]));
+    assert!(summary["samples"].as_u64() > Some(250 * 9), "{summary}");
+    assert!(summary["markers_required"].as_u64() > Some(15), "{summary}");
+}

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Check what neuroedge journaled from tests/peers/lsl_outlet.py.
+
+Usage: check_lsl.py JOURNAL KEYFILE --device ID --log PEERLOG
+                    [--require-markers FROM:TO ...] [--labels C1,C2,...]
+
+Decodes the device's batches with ordinary libraries (sqlite3, cbor2,
+zstandard, cryptography) and checks:
+- every raw value equals, bit for bit, the float32 the peer pushed
+  (sample identified by its channels 0 = n and 1 = run);
+- every timestamp equals the peer's LSL stamp mapped to unix time
+  (t0 + n / rate + wall_minus_lsl of that run) within --tolerance-ms;
+- timestamps increase;
+- every journaled marker lies within [t_start, t_end] of its batch and
+  matches the peer's stamp within the tolerance; every marker the peer
+  pushed within a --require-markers window (unix seconds) is journaled.
+Prints one JSON summary line; exits non-zero on any problem.
+"""
+import argparse, base64, hashlib, json, os, sqlite3, struct, sys
+
+import cbor2
+import zstandard
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lsl_outlet import sample_values  # noqa: E402
+
+
+def f32_bits(x):
+    return struct.unpack("<I", struct.pack("<f", x))[0]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("journal")
+    ap.add_argument("keyfile")
+    ap.add_argument("--device", required=True)
+    ap.add_argument("--log", required=True)
+    ap.add_argument("--labels")
+    ap.add_argument("--tolerance-ms", type=float, default=5.0)
+    ap.add_argument("--require-markers", action="append", default=[])
+    a = ap.parse_args()
+
+    runs, pushed = {}, {}
+    for line in open(a.log):
+        r = json.loads(line)
+        if "run" in r:
+            runs[r["run"]] = r
+            current = r
+        else:
+            pushed[r["marker"]] = r["t"] + current["wall_minus_lsl"]
+
+    key = base64.b64decode(open(a.keyfile).read().strip())
+    aes = AESGCM(key)
+    db = sqlite3.connect(f"file:{a.journal}?mode=ro", uri=True)
+    rows = db.execute("SELECT envelope FROM batches WHERE device_id = ? ORDER BY seq",
+                      (a.device,)).fetchall()
+    problems = []
+    samples, mismatched, max_err, sum_err, last_t = 0, 0, 0.0, 0.0, None
+    journaled = {}
+    gaps = 0
+    labels = None
+    for (env_bytes,) in rows:
+        env = cbor2.loads(env_bytes)
+        h = json.loads(env["header"])
+        body = aes.decrypt(env["nonce"], env["ciphertext"], env["header"])
+        if h["compression"] == "zstd":
+            body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        p = cbor2.loads(body)
+        n, ch = h["n_samples"], h["n_channels"]
+        labels = p["channels"]
+        ts = struct.unpack(f"<{n}d", p["timestamps"])
+        raw = struct.unpack(f"<{n * ch}I", p["raw"])
+        gaps += sum(g["missing"] for g in p["gaps"])
+        for i in range(n):
+            frame = raw[i * ch:(i + 1) * ch]
+            k = struct.unpack("<f", struct.pack("<I", frame[0]))[0]
+            run = struct.unpack("<f", struct.pack("<I", frame[1]))[0]
+            if run not in runs or k != int(k) or k < 0:
+                mismatched += 1
+                problems.append(f"seq {h['seq']} sample {i}: unknown sample (n={k}, run={run})")
+                continue
+            r = runs[int(run)]
+            want = [f32_bits(v) for v in sample_values(int(run), int(k), ch)]
+            if list(frame) != want:
+                mismatched += 1
+                problems.append(f"seq {h['seq']} sample {i}: values differ from the peer's")
+            expect = r["t0"] + int(k) / r["rate"] + r["wall_minus_lsl"]
+            err = ts[i] - expect
+            max_err = max(max_err, abs(err))
+            sum_err += err
+            if last_t is not None and ts[i] <= last_t:
+                problems.append(f"seq {h['seq']} sample {i}: timestamp not increasing")
+            last_t = ts[i]
+            samples += 1
+        for m in p["markers"]:
+            journaled[m["value"]] = m["t"]
+            if not (h["t_start"] <= m["t"] <= h["t_end"]):
+                problems.append(
+                    f"marker {m['value']} at {m['t']:.4f} outside its batch "
+                    f"[{h['t_start']:.4f}, {h['t_end']:.4f}] (seq {h['seq']})")
+            if m["value"] in pushed:
+                d = abs(m["t"] - pushed[m["value"]])
+                if d > a.tolerance_ms / 1000:
+                    problems.append(f"marker {m['value']} off by {d * 1000:.2f} ms")
+            else:
+                problems.append(f"marker {m['value']} was never pushed")
+    required = 0
+    for w in a.require_markers:
+        lo, hi = (float(x) for x in w.split(":"))
+        for value, t in pushed.items():
+            if lo <= t <= hi:
+                required += 1
+                if value not in journaled:
+                    problems.append(f"marker {value} (pushed at {t:.3f}) missing from the journal")
+    if max_err * 1000 > a.tolerance_ms:
+        problems.append(f"timestamps off the peer's by up to {max_err * 1000:.3f} ms")
+    if a.labels and labels != a.labels.split(","):
+        problems.append(f"channel names {labels}")
+    if samples == 0:
+        problems.append("no samples")
+    print(json.dumps({
+        "batches": len(rows), "samples": samples, "mismatched": mismatched,
+        "max_ts_err_ms": max_err * 1000, "mean_ts_err_ms": (sum_err / samples * 1000) if samples else None,
+        "markers_journaled": len(journaled), "markers_required": required, "gap_samples": gaps,
+        "runs": sorted(runs), "problems": problems[:20]}))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
