@@ -8,6 +8,7 @@ pub mod brainflow_ffi;
 pub mod lsl;
 pub mod openbci_cyton;
 pub mod runner;
+pub mod serial;
 pub mod serial_ascii;
 pub mod synthetic;
 pub mod timing;

@@ -35,9 +35,9 @@
 //! the packet is believed one byte later). Skipped bytes are counted and
 //! reported at most once a second; nothing here is fatal.
 
-use super::{default_names, Sink, Source, SourceError, StreamInfo};
+use super::{default_names, serial, Sink, Source, SourceError, StreamInfo};
 use crate::config::CytonConnection;
-use serialport::{ClearBuffer, DataBits, FlowControl, Parity, SerialPort, StopBits};
+use serialport::{ClearBuffer, SerialPort};
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,8 @@ pub const SCALE_UV: f64 = 4.5 / 24.0 / 8_388_607.0 * 1e6;
 const PORT_TIMEOUT: Duration = Duration::from_millis(50);
 /// A `read` call collects about this long before returning, so that each
 /// ring block carries a useful run of frames.
+/// How the driver names the device in messages.
+const DEVICE: &str = "OpenBCI Cyton";
 const READ_SPAN: Duration = Duration::from_millis(40);
 /// How long the board may take to answer the soft reset.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -346,14 +348,7 @@ impl Cyton {
     /// Open the port and bring the board to streaming.
     fn connect(&mut self) -> Result<Box<dyn SerialPort>, SourceError> {
         let path = &self.cfg.port;
-        let mut port = serialport::new(path, self.cfg.baud)
-            .data_bits(DataBits::Eight)
-            .parity(Parity::None)
-            .stop_bits(StopBits::One)
-            .flow_control(FlowControl::None)
-            .timeout(PORT_TIMEOUT)
-            .open()
-            .map_err(|e| SourceError::Unavailable(open_error(path, &e)))?;
+        let mut port = serial::open_8n1(path, self.cfg.baud, PORT_TIMEOUT)?;
         // Stop a stream left running by an earlier session, drop its bytes.
         send(&mut port, b's').map_err(|e| self.unavailable("cannot write", e))?;
         std::thread::sleep(Duration::from_millis(100));
@@ -455,24 +450,6 @@ fn banner_line<'a>(banner: &'a str, key: &str) -> &'a str {
         .unwrap_or("")
 }
 
-/// A technician's message for a port that would not open.
-pub(crate) fn open_error(path: &str, e: &serialport::Error) -> String {
-    let hint = match e.kind {
-        serialport::ErrorKind::NoDevice => "is the device plugged in? (ls -l /dev/ttyUSB* /dev/ttyACM*)",
-        serialport::ErrorKind::Io(ErrorKind::NotFound) => {
-            "no such device: is it plugged in, and is the path right? (ls -l /dev/ttyUSB* /dev/ttyACM*)"
-        }
-        serialport::ErrorKind::Io(ErrorKind::PermissionDenied) => {
-            "permission denied: add the daemon's user to the dialout group (usermod -aG dialout USER)"
-        }
-        _ if e.description.contains("busy") || e.description.contains("Resource") => {
-            "another program (OpenBCI GUI, a terminal) may hold the port; close it"
-        }
-        _ => "check the port path and that no other program uses it",
-    };
-    format!("cannot open serial port {path}: {e} ({hint})")
-}
-
 impl Source for Cyton {
     fn open(&mut self) -> Result<StreamInfo, SourceError> {
         self.close();
@@ -499,36 +476,17 @@ impl Source for Cyton {
         let started = Instant::now();
         let mut got = 0usize;
         loop {
-            match port.read(self.dec.space()) {
-                Ok(0) => {
-                    return Err(SourceError::Disconnected(format!(
-                    "OpenBCI Cyton on {}: the serial port reported end of file (dongle unplugged?)",
-                    self.cfg.port
-                )))
-                }
-                Ok(n) => {
-                    got += n;
-                    self.dec.received(n, sink.mono_now());
-                    self.dec.decode(sink);
-                }
-                Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-                Err(e) => {
-                    return Err(SourceError::Disconnected(format!(
-                        "OpenBCI Cyton on {}: read failed: {e} (dongle unplugged?)",
-                        self.cfg.port
-                    )))
-                }
+            let n = serial::read_some(port.as_mut(), self.dec.space(), DEVICE, &self.cfg.port)?;
+            if n > 0 {
+                got += n;
+                self.dec.received(n, sink.mono_now());
+                self.dec.decode(sink);
             }
             if started.elapsed() >= READ_SPAN {
                 break;
             }
         }
-        if got == 0 && !std::path::Path::new(&self.cfg.port).exists() {
-            return Err(SourceError::Disconnected(format!(
-                "OpenBCI Cyton: serial port {} is gone (dongle unplugged?)",
-                self.cfg.port
-            )));
-        }
+        serial::ensure_present(got, DEVICE, &self.cfg.port)?;
         self.dec.report(&self.id);
         Ok(())
     }

@@ -10,17 +10,17 @@
 //! caught mid-way when the port opens is discarded. Frames are stamped by
 //! the dejitter fit from the time of the read that completed the line.
 
-use super::openbci_cyton::open_error;
-use super::{default_names, Sink, Source, SourceError, StreamInfo};
+use super::{default_names, serial, Sink, Source, SourceError, StreamInfo};
 use crate::config::SerialAsciiConnection;
-use serialport::{ClearBuffer, DataBits, FlowControl, Parity, SerialPort, StopBits};
-use std::io::{ErrorKind, Read};
+use serialport::SerialPort;
 use std::time::{Duration, Instant};
 
 /// Lines longer than this (bytes, without the line end) are malformed.
 pub const MAX_LINE: usize = 4096;
 const PORT_TIMEOUT: Duration = Duration::from_millis(50);
 /// A `read` call collects about this long before returning.
+/// How the driver names the device in messages.
+const DEVICE: &str = "ASCII serial device";
 const READ_SPAN: Duration = Duration::from_millis(40);
 /// Malformed lines are reported at most this often.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
@@ -235,16 +235,7 @@ impl SerialAscii {
 impl Source for SerialAscii {
     fn open(&mut self) -> Result<StreamInfo, SourceError> {
         self.close();
-        let port = serialport::new(&self.cfg.port, self.cfg.baud)
-            .data_bits(DataBits::Eight)
-            .parity(Parity::None)
-            .stop_bits(StopBits::One)
-            .flow_control(FlowControl::None)
-            .timeout(PORT_TIMEOUT)
-            .open()
-            .map_err(|e| SourceError::Unavailable(open_error(&self.cfg.port, &e)))?;
-        // Lines queued before we were listening would get wrong times.
-        let _ = port.clear(ClearBuffer::Input);
+        let port = serial::open_8n1(&self.cfg.port, self.cfg.baud, PORT_TIMEOUT)?;
         self.port = Some(port);
         self.dec.reset();
         Ok(StreamInfo {
@@ -262,37 +253,18 @@ impl Source for SerialAscii {
         let started = Instant::now();
         let mut got = 0usize;
         loop {
-            match port.read(&mut self.buf) {
-                Ok(0) => {
-                    return Err(SourceError::Disconnected(format!(
-                        "serial port {} reported end of file (device unplugged?)",
-                        self.cfg.port
-                    )))
-                }
-                Ok(n) => {
-                    got += n;
-                    let t = sink.mono_now();
-                    self.dec
-                        .feed(&self.buf[..n], t, &mut |t, v| sink.push_received(t, v));
-                }
-                Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-                Err(e) => {
-                    return Err(SourceError::Disconnected(format!(
-                        "serial port {}: read failed: {e} (device unplugged?)",
-                        self.cfg.port
-                    )))
-                }
+            let n = serial::read_some(port.as_mut(), &mut self.buf, DEVICE, &self.cfg.port)?;
+            if n > 0 {
+                got += n;
+                let t = sink.mono_now();
+                self.dec
+                    .feed(&self.buf[..n], t, &mut |t, v| sink.push_received(t, v));
             }
             if started.elapsed() >= READ_SPAN {
                 break;
             }
         }
-        if got == 0 && !std::path::Path::new(&self.cfg.port).exists() {
-            return Err(SourceError::Disconnected(format!(
-                "serial port {} is gone (device unplugged?)",
-                self.cfg.port
-            )));
-        }
+        serial::ensure_present(got, DEVICE, &self.cfg.port)?;
         self.dec.report(&self.id, &self.cfg.port, false);
         Ok(())
     }
