@@ -393,7 +393,15 @@ pub fn parse_device(path: &Path, text: String) -> Result<DeviceConfig, Vec<Probl
         DriverKind::Brainflow => parse_as(&src, |c| Connection::Brainflow(Box::new(c)), None),
         DriverKind::Lsl => parse_as(&src, Connection::Lsl, None),
     };
-    let f = parsed.map_err(|p| vec![p])?;
+    let mut f = parsed.map_err(|p| vec![p])?;
+    // A relative BrainFlow library path is relative to the device file.
+    if let Some(Connection::Brainflow(c)) = f.connection.as_mut() {
+        if let (Some(lib), Some(dir)) = (c.library.as_mut(), path.parent()) {
+            if lib.is_relative() {
+                *lib = dir.join(&*lib);
+            }
+        }
+    }
     let dev = DeviceConfig {
         file: path.to_path_buf(),
         id: f.id,
@@ -494,7 +502,20 @@ fn validate_device(d: &DeviceConfig, src: &SourceText) -> Vec<Problem> {
                 );
             }
         }
-        Connection::Brainflow(_) => {}
+        Connection::Brainflow(c) => {
+            // BrainFlow's streaming (-2) and playback (-3) boards carry
+            // another board's data and need to know which.
+            if matches!(c.board_id, -2 | -3) && matches!(c.params.master_board, None | Some(-100)) {
+                bad(
+                    "connection.board_id",
+                    format!(
+                        "board_id {} (BrainFlow's streaming / playback board) needs params.master_board",
+                        c.board_id
+                    ),
+                    "set master_board in [connection.params] to the board id whose data it carries",
+                );
+            }
+        }
         Connection::Lsl(c) => {
             if c.name.is_none() && c.stream_type.is_none() && c.source_id.is_none() {
                 bad(
@@ -723,6 +744,36 @@ mod tests {
         assert!(e[0].line_col.is_some());
         let e = parse("id = \"c\"\ndriver = \"openbci-cyton\"\n").unwrap_err();
         assert_eq!(e[0].key.as_deref(), Some("connection"));
+    }
+
+    #[test]
+    fn brainflow_connection_is_checked() {
+        let e =
+            parse("id = \"b\"\ndriver = \"brainflow\"\n[connection]\nboard_id = -2\n").unwrap_err();
+        assert_eq!(e[0].key.as_deref(), Some("connection.board_id"));
+        assert!(e[0].message.contains("master_board"), "{}", e[0]);
+        let e = parse(
+            "id = \"b\"\ndriver = \"brainflow\"\n[connection]\nboard_id = -1\n\
+             [connection.params]\nserial_prot = \"/dev/ttyUSB0\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e[0].key.as_deref(), Some("connection.params.serial_prot"));
+        let d = parse_device(
+            Path::new("/etc/neuroedge/devices/bf.toml"),
+            "id = \"b\"\ndriver = \"brainflow\"\n[connection]\nboard_id = -3\n\
+             library = \"lib/libBoardController.so\"\n[connection.params]\nmaster_board = 0\n"
+                .into(),
+        )
+        .unwrap();
+        let Connection::Brainflow(c) = d.connection else {
+            panic!("{:?}", d.connection)
+        };
+        assert_eq!(
+            c.library.as_deref(),
+            Some(Path::new(
+                "/etc/neuroedge/devices/lib/libBoardController.so"
+            ))
+        );
     }
 
     #[test]

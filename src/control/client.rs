@@ -111,27 +111,39 @@ pub fn render(status: &Value) -> String {
         s("site_id"),
         num(status, "uptime_s")
     );
-    out += &format!(
-        "{:<16} {:<14} {:<12} {:>8} {:>10} {:>12} {:>8} {:>6} {:>9}\n",
-        "DEVICE", "DRIVER", "STATE", "RATE", "SAMPLES/S", "SAMPLES", "DROPPED", "GAPS", "LAST"
-    );
-    for d in status
+    let devices = status
         .get("devices")
         .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    // Wide enough for the longest device id, so columns stay aligned.
+    let w = devices
+        .iter()
+        .filter_map(|d| d.get("id").and_then(Value::as_str))
+        .map(|id| id.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(16);
+    out += &format!(
+        "{:<w$} {:<14} {:<12} {:>8} {:>10} {:>12} {:>8} {:>6} {:>9}\n",
+        "DEVICE", "DRIVER", "STATE", "RATE", "SAMPLES/S", "SAMPLES", "DROPPED", "GAPS", "LAST"
+    );
+    for d in devices {
         let t = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
         let age = d
             .get("last_sample_age_s")
             .and_then(Value::as_f64)
             .map_or("-".into(), |a| format!("{a:.2}s"));
+        let rate = match num(d, "sample_rate") {
+            r if r > 0.0 => format!("{r:.0}Hz"),
+            _ => "-".into(),
+        };
         out += &format!(
-            "{:<16} {:<14} {:<12} {:>6.0}Hz {:>10.1} {:>12} {:>8} {:>6} {:>9}\n",
+            "{:<w$} {:<14} {:<12} {:>8} {:>10.1} {:>12} {:>8} {:>6} {:>9}\n",
             t("id"),
             t("driver"),
             t("state"),
-            num(d, "sample_rate"),
+            rate,
             num(d, "samples_per_s"),
             num(d, "samples_total") as u64,
             num(d, "dropped_samples") as u64,
@@ -224,5 +236,28 @@ mod tests {
     fn render_survives_missing_fields() {
         let text = render(&json!({"devices": [{"id": "x"}], "journal": {}, "uplink": {}}));
         assert!(text.contains("x"));
+    }
+
+    #[test]
+    fn columns_stay_aligned_with_long_ids() {
+        let text = render(&json!({"devices": [
+            {"id": "brainflow-synthetic-board", "driver": "brainflow", "state": "disabled"},
+            {"id": "eeg", "driver": "synthetic", "state": "streaming", "sample_rate": 250.0},
+        ]}));
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("DEVICE") || l.starts_with("brainflow") || l.starts_with("eeg")
+            })
+            .collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        let driver_col = |l: &str| {
+            l.find(|c: char| c.is_whitespace())
+                .map(|i| i + l[i..].len() - l[i..].trim_start().len())
+        };
+        let col = driver_col(rows[0]);
+        assert!(rows.iter().all(|r| driver_col(r) == col), "{text}");
+        assert!(rows[1].contains(" - "), "no rate shows as -: {text}");
+        assert!(rows[2].contains("250Hz"), "{text}");
     }
 }

@@ -51,9 +51,9 @@ pub const SCALE_UV: f64 = 4.5 / 24.0 / 8_388_607.0 * 1e6;
 const PORT_TIMEOUT: Duration = Duration::from_millis(50);
 /// A `read` call collects about this long before returning, so that each
 /// ring block carries a useful run of frames.
+const READ_SPAN: Duration = Duration::from_millis(40);
 /// How the driver names the device in messages.
 const DEVICE: &str = "OpenBCI Cyton";
-const READ_SPAN: Duration = Duration::from_millis(40);
 /// How long the board may take to answer the soft reset.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for the answer to `C` / `c`.
@@ -85,8 +85,8 @@ pub fn to_uv(counts: i32) -> f32 {
 }
 
 /// Where decoded frames go: the [`Sink`] in the daemon, a recorder in the
-/// unit tests.
-trait FrameOut {
+/// unit tests (public for the decode benchmark).
+pub trait FrameOut {
     fn push(&mut self, received: f64, values: &[f32]);
     fn missing(&self, received: f64, counted: u64, modulus: u64) -> u64;
     fn skip(&mut self, missing: u64);
@@ -106,7 +106,7 @@ impl FrameOut for Sink<'_> {
 }
 
 /// Byte stream -> frames. Allocates only in [`Decoder::new`].
-struct Decoder {
+pub struct Decoder {
     daisy: bool,
     buf: Box<[u8]>,
     start: usize,
@@ -133,7 +133,7 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(daisy: bool) -> Self {
+    pub fn new(daisy: bool) -> Self {
         Decoder {
             daisy,
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
@@ -173,7 +173,7 @@ impl Decoder {
     }
 
     /// Free space to read into (unconsumed bytes moved to the front).
-    fn space(&mut self) -> &mut [u8] {
+    pub fn space(&mut self) -> &mut [u8] {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -183,7 +183,7 @@ impl Decoder {
     }
 
     /// `n` bytes were read into [`Decoder::space`] at monotonic time `t`.
-    fn received(&mut self, n: usize, t: f64) {
+    pub fn received(&mut self, n: usize, t: f64) {
         self.old_end = self.end;
         self.end += n;
         self.prev_read_t = self.read_t;
@@ -197,7 +197,7 @@ impl Decoder {
     }
 
     /// Decode every packet the buffer holds.
-    fn decode(&mut self, out: &mut impl FrameOut) {
+    pub fn decode(&mut self, out: &mut impl FrameOut) {
         loop {
             let avail = &self.buf[self.start..self.end];
             if avail.is_empty() {

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 pub const MAX_LINE: usize = 4096;
 const PORT_TIMEOUT: Duration = Duration::from_millis(50);
 /// A `read` call collects about this long before returning.
+const READ_SPAN: Duration = Duration::from_millis(40);
 /// How the driver names the device in messages.
 const DEVICE: &str = "ASCII serial device";
-const READ_SPAN: Duration = Duration::from_millis(40);
 /// Malformed lines are reported at most this often.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 const READ_BUF: usize = 4096;
@@ -54,7 +54,7 @@ enum Separator {
 }
 
 /// Bytes -> frames of numbers. Allocates only in [`LineDecoder::new`].
-struct LineDecoder {
+pub struct LineDecoder {
     sep: Separator,
     values: Box<[f32]>,
     line: Box<[u8]>,
@@ -71,7 +71,7 @@ struct LineDecoder {
 }
 
 impl LineDecoder {
-    fn new(channels: usize, separator: &str) -> Self {
+    pub fn new(channels: usize, separator: &str) -> Self {
         let sep = if separator.trim().is_empty() {
             Separator::Whitespace
         } else {
@@ -100,7 +100,7 @@ impl LineDecoder {
 
     /// Feed bytes read at monotonic time `t`; complete valid lines go to
     /// `push`.
-    fn feed(&mut self, mut bytes: &[u8], t: f64, push: &mut impl FnMut(f64, &[f32])) {
+    pub fn feed(&mut self, mut bytes: &[u8], t: f64, push: &mut impl FnMut(f64, &[f32])) {
         while !bytes.is_empty() {
             let (part, ended) = match bytes.iter().position(|&b| b == b'\n') {
                 Some(i) => (&bytes[..i], true),
