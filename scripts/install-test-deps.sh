@@ -7,7 +7,8 @@ set -euo pipefail
 # crate (USB ids of serial adapters), cmake + g++ for liblsl (the `lsl`
 # crate builds it), util-linux `mount` for the full-disk test on a tmpfs,
 # systemd for `systemd-analyze` (unit checks), sqlite3 for a test's look
-# at the audit table.
+# at the audit table, faketime (libfaketime) to step the daemon's wall
+# clock in the clock-step test.
 need_apt=()
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -e /usr/include/libudev.h ] || need_apt+=(libudev-dev)
@@ -16,6 +17,7 @@ command -v g++ >/dev/null || need_apt+=(g++)
 command -v mount >/dev/null || need_apt+=(mount)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || need_apt+=(faketime)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   SUDO=""
