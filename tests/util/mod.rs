@@ -79,9 +79,24 @@ impl Env {
 
     /// Start the daemon with extra environment variables.
     pub fn spawn_with_env(&self, env: &[(&str, &str)]) -> Daemon {
+        self.spawn_wrapped(&[], env)
+    }
+
+    /// Start the daemon through `wrapper` (a command that execs the rest
+    /// of its arguments, e.g. `ip netns exec NS`), with extra environment
+    /// variables.
+    pub fn spawn_wrapped(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self.path().join(format!("daemon-{}.log", rand_suffix()));
         let f = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(self.config())
             .env_remove("NEUROEDGE_CONFIG")
