@@ -192,8 +192,9 @@ impl Producer {
             return;
         }
         self.publish();
-        self.pending_gap += missing;
-        self.next_index += missing;
+        // Saturating: a garbage count must not wrap the sample index.
+        self.pending_gap = self.pending_gap.saturating_add(missing);
+        self.next_index = self.next_index.saturating_add(missing);
     }
 
     /// Publish the frames pushed so far (call at the end of each read).

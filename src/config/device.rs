@@ -524,11 +524,11 @@ fn validate_device(d: &DeviceConfig, src: &SourceText) -> Vec<Problem> {
                     "set at least one of name, type, source_id",
                 );
             }
-            if !(c.resolve_timeout_s > 0.0 && c.resolve_timeout_s.is_finite()) {
+            if !(c.resolve_timeout_s > 0.0 && c.resolve_timeout_s <= 3600.0) {
                 bad(
                     "connection.resolve_timeout_s",
-                    "must be positive".into(),
-                    "default is 5.0",
+                    format!("{} is out of range", c.resolve_timeout_s),
+                    "use a number of seconds above 0 and at most 3600 (default 5.0)",
                 );
             }
         }

@@ -259,6 +259,7 @@ impl PackageCounter {
     /// Forget the previous value (a new connection).
     pub fn restart(&mut self) {
         self.last = None;
+        self.run = 0;
     }
 
     /// The next sample's counter value; returns how many samples the
@@ -273,7 +274,6 @@ impl PackageCounter {
         let v = value.round() as u64;
         let prev = self.last.replace(v);
         self.max_seen = self.max_seen.max(v);
-        let Some(prev) = prev else { return 0 };
         if let Some(m) = self.modulus {
             if v >= m {
                 // Larger than the learned modulus: not what we thought.
@@ -283,6 +283,7 @@ impl PackageCounter {
                 return 0;
             }
         }
+        let Some(prev) = prev else { return 0 };
         if v == prev + 1 {
             self.run = self.run.saturating_add(1);
             return 0;
@@ -300,7 +301,8 @@ impl PackageCounter {
         }
         match (self.trusted, self.modulus) {
             (true, Some(m)) => {
-                let step = (v + m - prev) % m;
+                // Both below `m` (checked above as each arrived).
+                let step = (v + m).saturating_sub(prev) % m;
                 if step == 0 {
                     // Repeated values: not a per-sample counter.
                     self.trusted = false;
@@ -459,12 +461,13 @@ impl Source for Brainflow {
         let buf = &self.buf;
         for i in 0..n {
             let at = |row: usize| buf[row * n + i];
+            // A stamp from a stepped clock is held within the last minute
+            // (so that neighbours in one read stay in order); garbage: now.
             let received = layout
                 .timestamp_row
                 .map(|r| at(r) - wall_offset)
-                // A stamp from a stepped clock or garbage: use now.
-                .filter(|t| t.is_finite() && *t <= mono_now + 0.5 && *t > mono_now - 60.0)
-                .unwrap_or(mono_now);
+                .filter(|t| t.is_finite())
+                .map_or(mono_now, |t| t.clamp(mono_now - 60.0, mono_now + 0.5));
             if let Some(r) = layout.package_row {
                 let lost = self.counter.observe(at(r));
                 if lost > 0 {
@@ -683,5 +686,16 @@ mod tests {
         // Garbage resets.
         assert_eq!(c.observe(f64::NAN), 0);
         assert_eq!(c.observe(-1.0), 0);
+    }
+
+    #[test]
+    fn package_counter_survives_out_of_range_values_after_a_reconnect() {
+        let mut c = PackageCounter::default();
+        feed(&mut c, (0..600).map(|i| i % 256));
+        assert_eq!(c.modulus(), Some(256));
+        c.restart();
+        // A first value beyond the modulus, then small ones: no panic, no
+        // invented loss.
+        assert!(feed(&mut c, [1000, 3, 4, 5]).is_empty());
     }
 }

@@ -45,6 +45,17 @@ const SETUP_TIMEOUT: f64 = 2.0;
 const MARKER_HOLD: Duration = Duration::from_millis(60);
 /// A stamp step beyond 1.5 periods plus this is a gap in the stream.
 const GAP_SLACK_S: f64 = 0.1;
+/// Highest nominal rate accepted from a stream's info (Hz), and the most
+/// channel-samples per second: the ring is sized from them, so a stray
+/// stream with a silly rate must not make the daemon allocate gigabytes.
+const MAX_RATE: f64 = 100_000.0;
+const MAX_CH_SAMPLES_PER_S: f64 = 5_000_000.0;
+/// A corrected stamp further than this from the local clock is not
+/// believed (the inlet buffers at most [`INLET_BUFFER_S`]): the sample is
+/// stamped with its receive time instead.
+const MAX_STAMP_OFFSET_S: f64 = 2.0 * INLET_BUFFER_S as f64;
+/// Bad stamps are reported at most this often.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Chunk buffers kept for reuse between the worker and the driver.
 const SPARE_CHUNKS: usize = 32;
 /// liblsl inlet buffer, seconds.
@@ -117,9 +128,14 @@ struct Worker {
 }
 
 impl Worker {
-    fn finish(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+    fn finish(self) {
+        let Worker {
+            stop, rx, thread, ..
+        } = self;
+        stop.store(true, Ordering::Relaxed);
+        // A worker blocked on a full channel sees it closed and returns.
+        drop(rx);
+        if let Some(t) = thread {
             let _ = t.join();
         }
     }
@@ -127,6 +143,8 @@ impl Worker {
 
 pub struct Lsl {
     cfg: LslConnection,
+    /// The runner's stop request, watched while a connection is set up.
+    stop: Arc<AtomicBool>,
     worker: Option<Worker>,
     describe: String,
     channels: usize,
@@ -138,9 +156,10 @@ pub struct Lsl {
 }
 
 impl Lsl {
-    pub fn new(cfg: LslConnection) -> Self {
+    pub fn new(cfg: LslConnection, stop: Arc<AtomicBool>) -> Self {
         Lsl {
             cfg,
+            stop,
             worker: None,
             describe: String::new(),
             channels: 0,
@@ -210,13 +229,24 @@ impl Source for Lsl {
             spare: spare_tx,
             thread: Some(thread),
         };
+        // Wait for the worker in short steps so that a stop request
+        // (shutdown, reload) is seen at once.
         let wait = Duration::from_secs_f64(self.cfg.resolve_timeout_s + 4.0 * SETUP_TIMEOUT);
-        let opened = match w.rx.recv_timeout(wait) {
-            Ok(Msg::Opened(r)) => r,
-            Ok(_) => Err(SourceError::Unavailable("LSL worker out of step".into())),
-            Err(_) => Err(SourceError::Unavailable(format!(
-                "no LSL stream matching {pred} (no answer)"
-            ))),
+        let until = Instant::now() + wait;
+        let opened = loop {
+            if self.stop.load(Ordering::Relaxed) {
+                break Err(SourceError::Unavailable("stopping".into()));
+            }
+            match w.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Msg::Opened(r)) => break r,
+                Ok(_) => break Err(SourceError::Unavailable("LSL worker out of step".into())),
+                Err(RecvTimeoutError::Timeout) if Instant::now() < until => {}
+                Err(_) => {
+                    break Err(SourceError::Unavailable(format!(
+                        "no LSL stream matching {pred} (no answer)"
+                    )))
+                }
+            }
         };
         let o = match opened {
             Ok(o) => o,
@@ -324,6 +354,13 @@ fn lsl_err(what: &str, e: ::lsl::Error) -> String {
 /// The marker inlet: resolved in the background, never blocking the data.
 struct MarkerInlet {
     pred: String,
+    /// The data stream's host: a marker stream on the same host shares its
+    /// clock, so the data inlet's offset serves until this one has its own.
+    data_host: String,
+    /// Markers pulled before this inlet's clock offset is known (another
+    /// host's clock may be hours away): (remote time, text).
+    held: Vec<(f64, String)>,
+    same_host: bool,
     resolver: Option<::lsl::ContinuousResolver>,
     inlet: Option<::lsl::StreamInlet>,
     correction: Option<f64>,
@@ -331,9 +368,12 @@ struct MarkerInlet {
 }
 
 impl MarkerInlet {
-    fn new(name: &str) -> Self {
+    fn new(name: &str, data_host: String) -> Self {
         MarkerInlet {
             pred: format!("name={} and channel_format='string'", xpath_literal(name)),
+            data_host,
+            held: Vec::new(),
+            same_host: false,
             resolver: None,
             inlet: None,
             correction: None,
@@ -370,6 +410,7 @@ impl MarkerInlet {
             };
             match ::lsl::StreamInlet::new(&info, INLET_BUFFER_S, 0, true) {
                 Ok(inlet) => {
+                    self.same_host = info.hostname() == self.data_host;
                     // Starts the clock-offset measurement in the background.
                     self.correction = inlet.time_correction(0.0).ok();
                     tracing::info!(stream = %self.pred, "LSL marker inlet open");
@@ -392,9 +433,7 @@ impl MarkerInlet {
                     if let Ok(c) = inlet.time_correction(0.0) {
                         self.correction = Some(c);
                     }
-                    let c = self.correction.unwrap_or(fallback);
-                    let text = sample.join(",");
-                    out.push((ts + c, text));
+                    self.held.push((ts, sample.join(",")));
                 }
                 Ok(_) => break,
                 Err(e) => {
@@ -405,6 +444,20 @@ impl MarkerInlet {
                     break;
                 }
             }
+        }
+        let correction = match self.correction {
+            Some(c) => Some(c),
+            None if self.same_host => Some(fallback),
+            None => None,
+        };
+        if let Some(c) = correction {
+            out.extend(self.held.drain(..).map(|(t, v)| (t + c, v)));
+        } else if self.held.len() > 1024 {
+            tracing::warn!(
+                "LSL marker stream {}: no clock offset yet; oldest markers dropped",
+                self.pred
+            );
+            self.held.drain(..self.held.len() - 1024);
         }
         out
     }
@@ -431,16 +484,17 @@ fn worker(
             .saturating_duration_since(Instant::now())
             .as_secs_f64();
         match ::lsl::resolve_bypred(&pred, 1, left.clamp(0.05, RESOLVE_STEP)) {
-            Ok(found) if !found.is_empty() => {
-                if found.len() > 1 {
-                    tracing::warn!(
-                        "{} LSL streams match {pred}; using the first (set source_id to choose)",
-                        found.len()
-                    );
+            Ok(found) => {
+                let n = found.len();
+                if let Some(first) = found.into_iter().next() {
+                    if n > 1 {
+                        tracing::warn!(
+                            "{n} LSL streams match {pred}; using the first (set source_id to choose)"
+                        );
+                    }
+                    break first;
                 }
-                break found.into_iter().next().expect("not empty");
             }
-            Ok(_) => {}
             Err(::lsl::Error::BadArgument) => {
                 return opened(Err(SourceError::Fatal(format!(
                     "LSL rejects the stream query {pred}: check name / type / source_id"
@@ -469,6 +523,11 @@ fn worker(
              regularly sampled (EEG) stream with a nominal rate"
         ))));
     }
+    if rate > MAX_RATE {
+        return opened(Err(SourceError::Fatal(format!(
+            "LSL stream {describe} states {rate} Hz; neuroedge takes at most {MAX_RATE} Hz"
+        ))));
+    }
     let format = info.channel_format();
     if matches!(
         format,
@@ -487,6 +546,12 @@ fn worker(
             ))))
         }
     };
+    if rate * channels as f64 > MAX_CH_SAMPLES_PER_S {
+        return opened(Err(SourceError::Fatal(format!(
+            "LSL stream {describe}: {channels} channels at {rate} Hz is more than the \
+             {MAX_CH_SAMPLES_PER_S} channel-samples per second neuroedge takes"
+        ))));
+    }
     let inlet = match ::lsl::StreamInlet::new(&info, INLET_BUFFER_S, 0, true) {
         Ok(i) => i,
         Err(e) => return opened(Err(SourceError::Unavailable(lsl_err("inlet", e)))),
@@ -518,10 +583,16 @@ fn worker(
         describe: describe.clone(),
     }));
 
-    let mut markers = cfg.markers.as_deref().map(MarkerInlet::new);
+    let host = info.hostname();
+    let mut markers = cfg
+        .markers
+        .as_deref()
+        .map(|name| MarkerInlet::new(name, host.clone()));
     let mut sample: Vec<f32> = vec![0.0; channels];
     let mut last_data = Instant::now();
     let mut last_check = Instant::now();
+    let (mut bad_stamps, mut reported_bad) = (0u64, 0u64);
+    let mut last_report = Instant::now() - REPORT_EVERY;
     let lost = |e: SourceError| {
         let _ = tx.send(Msg::Lost(e));
     };
@@ -556,8 +627,24 @@ fn worker(
             if let Ok(c) = inlet.time_correction(0.0) {
                 correction = c;
             }
+            // An outlet may send any stamp (NaN, unix time, a counter):
+            // one far from now gets its receive time instead.
+            let now = ::lsl::local_clock();
             for t in &mut stamps {
                 *t += correction;
+                if !(t.is_finite() && (*t - now).abs() <= MAX_STAMP_OFFSET_S) {
+                    *t = now;
+                    bad_stamps += 1;
+                }
+            }
+            if bad_stamps > reported_bad && last_report.elapsed() >= REPORT_EVERY {
+                tracing::warn!(
+                    "LSL stream {describe}: {} samples with unusable timestamps \
+                     (not within {MAX_STAMP_OFFSET_S} s of this host's clock) stamped on arrival",
+                    bad_stamps - reported_bad
+                );
+                reported_bad = bad_stamps;
+                last_report = Instant::now();
             }
             last_data = Instant::now();
             if tx.send(Msg::Data { values, stamps }).is_err() {

@@ -138,12 +138,16 @@ pub trait Source: Send {
     fn close(&mut self);
 }
 
-/// Build the driver for a device file.
-pub fn build(cfg: &DeviceConfig) -> Result<Box<dyn Source>, SourceError> {
+/// Build the driver for a device file. `stop` is the runner's stop
+/// request, for drivers whose connection set-up takes long.
+pub fn build(
+    cfg: &DeviceConfig,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Box<dyn Source>, SourceError> {
     match &cfg.connection {
         Connection::Synthetic(c) => Ok(Box::new(synthetic::Synthetic::new(c.clone()))),
         Connection::Brainflow(c) => Ok(Box::new(brainflow::Brainflow::new((**c).clone()))),
-        Connection::Lsl(c) => Ok(Box::new(lsl::Lsl::new(c.clone()))),
+        Connection::Lsl(c) => Ok(Box::new(lsl::Lsl::new(c.clone(), stop.clone()))),
         Connection::OpenbciCyton(c) => Ok(Box::new(openbci_cyton::Cyton::new(&cfg.id, c.clone()))),
         Connection::SerialAscii(c) => {
             Ok(Box::new(serial_ascii::SerialAscii::new(&cfg.id, c.clone())))

@@ -180,7 +180,7 @@ fn acquisition(
     markers_rx: crossbeam_channel::Receiver<Marker>,
 ) {
     let journal = ctx.journal.clone();
-    let mut source: Box<dyn Source> = match super::build(&cfg) {
+    let mut source: Box<dyn Source> = match super::build(&cfg, &stop) {
         Ok(s) => s,
         Err(e) => {
             stats.set_error(Some(e.to_string()));

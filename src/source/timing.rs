@@ -30,6 +30,11 @@ const RECENTRE_AFTER: f64 = 1.0e6;
 /// Online regression of receive time (monotonic seconds) on sample index.
 #[derive(Debug, Clone)]
 pub struct Dejitter {
+    /// The device's stated period: the fit never strays further than
+    /// [`MAX_RATE_ERROR`] from it, however often it restarts.
+    configured_period: f64,
+    /// The prior's period: the configured one at first, the fitted one
+    /// after a restart.
     nominal_period: f64,
     lambda: f64,
     prior: f64,
@@ -55,6 +60,7 @@ impl Dejitter {
         // indices: N^3 / 12.
         let n = (PRIOR_S * rate).max(2.0);
         Dejitter {
+            configured_period: 1.0 / rate,
             nominal_period: 1.0 / rate,
             lambda: 0.5f64.powf(1.0 / half_life_samples),
             prior: n * n * n / 12.0,
@@ -79,7 +85,18 @@ impl Dejitter {
         self.sxx = 0.0;
         self.sxy = 0.0;
         self.count = 0;
-        self.nominal_period = period;
+        self.nominal_period = self.bounded(period);
+    }
+
+    /// `period` limited to [`MAX_RATE_ERROR`] around the configured one.
+    fn bounded(&self, period: f64) -> f64 {
+        if !period.is_finite() {
+            return self.configured_period;
+        }
+        period.clamp(
+            self.configured_period * (1.0 - MAX_RATE_ERROR),
+            self.configured_period * (1.0 + MAX_RATE_ERROR),
+        )
     }
 
     /// Observations since the start or the last restart.
@@ -90,6 +107,10 @@ impl Dejitter {
     /// Add sample `n`, received at monotonic time `t`.
     #[inline]
     pub fn observe(&mut self, n: u64, t: f64) {
+        // One bad time would poison the sums for good.
+        if !t.is_finite() {
+            return;
+        }
         if self.count == 0 {
             self.n_ref = n;
             self.t_ref = t;
@@ -131,10 +152,7 @@ impl Dejitter {
         let cxx = (self.sxx - mx * self.sx).max(0.0);
         let cxy = self.sxy - mx * self.sy;
         let slope = (cxy + self.prior * self.nominal_period) / (cxx + self.prior);
-        slope.clamp(
-            self.nominal_period * (1.0 - MAX_RATE_ERROR),
-            self.nominal_period * (1.0 + MAX_RATE_ERROR),
-        )
+        self.bounded(slope)
     }
 
     /// The fitted monotonic time of sample `n` (None before any sample).
@@ -204,8 +222,8 @@ impl Timing {
     #[inline]
     fn monotonic(&mut self, t: f64) -> f64 {
         // A refit may move the line back a little: never stamp a sample
-        // before its predecessor.
-        let t = if t > self.last_mono {
+        // before its predecessor (nor at a time that is not a number).
+        let t = if t > self.last_mono && t.is_finite() {
             t
         } else {
             self.last_mono
@@ -269,6 +287,30 @@ mod tests {
     fn std(v: &[f64]) -> f64 {
         let m = v.iter().sum::<f64>() / v.len() as f64;
         (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64).sqrt()
+    }
+
+    #[test]
+    fn restarts_never_move_the_rate_past_its_bound_and_nan_is_ignored() {
+        // A device whose receive times claim 20 % too slow, reconnecting
+        // again and again: the fit stays within 5 % of the stated rate.
+        let mut t = Timing::new(250.0);
+        let mut n = 0u64;
+        for _ in 0..20 {
+            t.restart();
+            for _ in 0..500 {
+                t.stamp_received(n, n as f64 * 1.2 / 250.0);
+                n += 1;
+            }
+        }
+        let rate = t.effective_rate();
+        assert!((rate - 250.0 / 1.05).abs() < 1e-6, "{rate}");
+        // A NaN receive time: the sample gets the fitted time, the fit is
+        // untouched.
+        let before = t.last_mono();
+        let stamped = t.stamp_received(n, f64::NAN);
+        assert!(stamped.is_finite() && stamped > before, "{stamped}");
+        assert_eq!(t.effective_rate(), rate);
+        assert!(t.stamp_received(n + 1, n as f64 * 1.2 / 250.0) > stamped);
     }
 
     #[test]
