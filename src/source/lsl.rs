@@ -318,6 +318,11 @@ impl Source for Lsl {
         }
     }
 
+    fn drain(&mut self, sink: &mut Sink<'_>) {
+        // Data held back for markers: deliver it rather than lose it.
+        self.push_due(sink, true);
+    }
+
     fn close(&mut self) {
         if let Some(w) = self.worker.take() {
             w.finish();

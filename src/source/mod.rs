@@ -134,6 +134,9 @@ pub trait Source: Send {
     /// stop requests and stalls are seen promptly. Returning with nothing
     /// delivered is fine; the runner notices a device that stays silent.
     fn read(&mut self, sink: &mut Sink<'_>) -> Result<(), SourceError>;
+    /// Deliver whatever the driver still holds back (called once before
+    /// [`Source::close`] when the device stops).
+    fn drain(&mut self, _sink: &mut Sink<'_>) {}
     /// Stop streaming and release the device.
     fn close(&mut self);
 }

@@ -309,6 +309,8 @@ fn acquisition(
                 }
             }
         }
+        source.drain(&mut sink);
+        sink.frames.flush();
         source.close();
         if stats.state() == DeviceState::Error {
             break;
