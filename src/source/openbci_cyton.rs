@@ -294,8 +294,11 @@ impl Decoder {
         if let Some(last) = self.last_frame {
             let counted = (u64::from(counter) + modulus - u64::from(last) - 1) % modulus;
             if counted > 0 {
+                // 0 when time shows the count was a garbled counter.
                 let missing = out.missing(t, counted, modulus);
-                out.skip(missing);
+                if missing > 0 {
+                    out.skip(missing);
+                }
             }
         }
         self.last_frame = Some(counter);
@@ -691,6 +694,23 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupted_counter_that_time_contradicts_is_not_a_gap() {
+        let mut dec = Decoder::new(false);
+        let mut out = Recorder::new(250.0);
+        // Packets 0..500 on time, but packet 300's counter byte is
+        // garbled to 300 + 120 (mod 256): no real loss, as time shows.
+        let stream: Vec<u8> = (0..500u64)
+            .flat_map(|n| {
+                let c = if n == 300 { (n + 120) as u8 } else { n as u8 };
+                packet(c, &values8(n, 0), 0xC0)
+            })
+            .collect();
+        feed(&mut dec, &mut out, &stream, 33, 1.0);
+        assert!(out.gaps.is_empty(), "{:?}", out.gaps);
+        assert_eq!(out.frames.len(), 500);
+    }
+
+    #[test]
     fn large_loss_adds_whole_wraps_from_time() {
         let mut dec = Decoder::new(false);
         let mut out = Recorder::new(250.0);
@@ -761,10 +781,17 @@ mod tests {
     #[test]
     fn daisy_gap_counts_frames_modulo_128() {
         // 40 whole frames lost (packets 101..=180): frame counter 49 -> 90.
-        let stream = daisy_stream((0..101).chain(181..301));
+        // The radio loses them, so time moves on meanwhile.
         let mut dec = Decoder::new(true);
         let mut out = Recorder::new(125.0);
-        feed(&mut dec, &mut out, &stream, 33, 0.0);
+        feed(&mut dec, &mut out, &daisy_stream(0..101), 33, 0.0);
+        feed(
+            &mut dec,
+            &mut out,
+            &daisy_stream(181..301),
+            33,
+            181.0 * 0.004,
+        );
         assert_eq!(out.gaps, vec![(50, 40)]);
         assert_eq!(out.frames.len(), 150 - 40);
     }

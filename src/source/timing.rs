@@ -23,6 +23,9 @@ const MAX_RATE_ERROR: f64 = 0.05;
 /// silent and samples are missing: more than transport jitter or a
 /// scheduling hiccup, and more than a tty buffer holds at EEG data rates.
 const LATE_GAP_S: f64 = 1.0;
+/// A counted loss shorter than this (seconds) is within delivery jitter:
+/// time can neither confirm nor refute it.
+const MIN_CHECKABLE_LOSS_S: f64 = 0.25;
 /// Recentre the sums when the index has moved this far from the reference
 /// (keeps the f64 sums well conditioned over months).
 const RECENTRE_AFTER: f64 = 1.0e6;
@@ -254,16 +257,24 @@ impl Timing {
 
     /// Samples lost before sample `next` arriving at `received`, given that
     /// a wrapping counter (`modulus` values) shows `counted` lost: adds the
-    /// whole wraps the counter cannot show, estimated from time.
+    /// whole wraps the counter cannot show, estimated from time. A count
+    /// that time contradicts — the frame arrives about when it would have
+    /// with nothing lost, and the count stands for more than
+    /// [`MIN_CHECKABLE_LOSS_S`] — is a corrupted counter, not a loss: 0.
     pub fn missing_with_wraps(&self, next: u64, received: f64, counted: u64, modulus: u64) -> u64 {
         if modulus == 0 || self.fit.count() < 2 {
             return counted;
         }
-        let Some(expected) = self.fit.predict(next + counted) else {
+        let Some(expected) = self.fit.predict(next.saturating_add(counted)) else {
             return counted;
         };
-        let wrap_s = modulus as f64 * self.fit.period();
+        let period = self.fit.period();
+        let wrap_s = modulus as f64 * period;
         let late = received - expected;
+        let counted_s = counted as f64 * period;
+        if counted_s > MIN_CHECKABLE_LOSS_S && late < -0.5 * counted_s {
+            return 0;
+        }
         if late < 0.5 * wrap_s {
             return counted;
         }
@@ -287,6 +298,26 @@ mod tests {
     fn std(v: &[f64]) -> f64 {
         let m = v.iter().sum::<f64>() / v.len() as f64;
         (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64).sqrt()
+    }
+
+    #[test]
+    fn a_counter_jump_that_time_contradicts_is_not_a_loss() {
+        let mut t = Timing::new(250.0);
+        for n in 0..1000u64 {
+            t.stamp_received(n, n as f64 / 250.0);
+        }
+        // Sample 1000 arrives on time but its counter claims 100 lost: a
+        // corrupted counter.
+        assert_eq!(t.missing_with_wraps(1000, 1000.0 / 250.0, 100, 256), 0);
+        // Really lost: it arrives 100 periods later.
+        assert_eq!(t.missing_with_wraps(1000, 1100.0 / 250.0, 100, 256), 100);
+        // A short loss cannot be checked against time: believed.
+        assert_eq!(t.missing_with_wraps(1000, 1000.0 / 250.0, 5, 256), 5);
+        // Whole wraps are still added from time.
+        assert_eq!(
+            t.missing_with_wraps(1000, (1000.0 + 3.0 + 512.0) / 250.0, 3, 256),
+            515
+        );
     }
 
     #[test]
