@@ -5,7 +5,6 @@
 
 mod util;
 
-use neuroedge::crypto::{load_key_file, Keyring};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,21 +19,6 @@ fn libfaketime() -> Option<PathBuf> {
         .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
         .chain([PathBuf::from("/usr/lib/faketime/libfaketimeMT.so.1")])
         .find(|p| p.is_file())
-}
-
-fn audit(env: &Env, event: &str) -> Vec<Value> {
-    let c = rusqlite::Connection::open_with_flags(
-        env.journal(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("journal");
-    let mut st = c
-        .prepare("SELECT detail FROM audit WHERE event = ?1 ORDER BY id")
-        .expect("prepare");
-    st.query_map([event], |r| r.get::<_, String>(0))
-        .expect("query")
-        .map(|r| serde_json::from_str(&r.expect("row")).expect("json"))
-        .collect()
 }
 
 #[test]
@@ -68,13 +52,13 @@ fn wall_clock_steps_keep_timestamps_monotonic_and_are_recorded() {
     // NTP syncs: the wall clock jumps one hour ahead...
     std::fs::write(&rc, "+3600\n").expect("step forward");
     d.wait_for(Duration::from_secs(10), "forward step noticed", |_| {
-        audit(&env, "clock_step").len() == 1
+        env.audit("clock_step").len() == 1
     });
     std::thread::sleep(Duration::from_secs(2));
     // ...then is corrected 10 s back.
     std::fs::write(&rc, "+3590\n").expect("step back");
     d.wait_for(Duration::from_secs(10), "backward step noticed", |_| {
-        audit(&env, "clock_step").len() == 2
+        env.audit("clock_step").len() == 2
     });
     std::thread::sleep(Duration::from_secs(2));
     let s = d.status().expect("status");
@@ -84,7 +68,7 @@ fn wall_clock_steps_keep_timestamps_monotonic_and_are_recorded() {
     assert_eq!(d.terminate(), 0);
 
     // The audit log: one event per step, forward applied, backward only recorded.
-    let steps = audit(&env, "clock_step");
+    let steps = env.audit("clock_step");
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     assert!((f(&steps[0], "step_s") - 3600.0).abs() < 1.0, "{steps:?}");
     assert!(
@@ -96,20 +80,9 @@ fn wall_clock_steps_keep_timestamps_monotonic_and_are_recorded() {
 
     // The batches: timestamps strictly increasing, one forward jump of an
     // hour and otherwise 1/fs apart; each step carried by a batch.
-    let keys = Keyring::new(load_key_file(&env.key()).expect("key"));
-    let conn = rusqlite::Connection::open(env.journal()).expect("journal");
-    let mut st = conn
-        .prepare("SELECT envelope FROM batches WHERE device_id = 'synthetic' ORDER BY seq")
-        .expect("prepare");
-    let envelopes: Vec<Vec<u8>> = st
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect();
     let mut ts = Vec::new();
     let mut batch_steps = Vec::new();
-    for e in &envelopes {
-        let (_, b) = neuroedge::batch::open(&keys, e).expect("batch opens");
+    for (_, b) in env.device_batches("synthetic") {
         ts.extend_from_slice(&b.timestamps);
         batch_steps.extend(b.clock_steps.iter().copied());
     }

@@ -4,7 +4,6 @@
 
 mod util;
 
-use neuroedge::crypto::{load_key_file, Keyring};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,27 +50,17 @@ struct Decoded {
 }
 
 fn decode(env: &Env, id: &str) -> Decoded {
-    let keys = Keyring::new(load_key_file(&env.key()).expect("key"));
-    let conn = rusqlite::Connection::open(env.journal()).expect("journal");
-    let mut st = conn
-        .prepare("SELECT envelope FROM batches WHERE device_id = ?1 ORDER BY seq")
-        .unwrap();
-    let envs: Vec<Vec<u8>> = st
-        .query_map([id], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let batches = env.device_batches(id);
     let mut d = Decoded {
         timestamps: Vec::new(),
         channels: Vec::new(),
         gap_samples: 0,
-        batches: envs.len(),
+        batches: batches.len(),
     };
-    for e in &envs {
-        let (_, b) = neuroedge::batch::open(&keys, e).expect("batch opens");
+    for (_, b) in batches {
         d.timestamps.extend_from_slice(&b.timestamps);
-        d.channels = b.channels.clone();
         d.gap_samples += b.gaps.iter().map(|g| g.missing).sum::<u64>();
+        d.channels = b.channels;
     }
     d
 }

@@ -86,21 +86,6 @@ fn journal_rows(env: &Env) -> Vec<Row> {
     .collect()
 }
 
-fn audit_events(env: &Env, event: &str) -> Vec<Value> {
-    let c = rusqlite::Connection::open_with_flags(
-        env.journal(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("journal");
-    let mut st = c
-        .prepare("SELECT detail FROM audit WHERE event = ?1 ORDER BY id")
-        .expect("prepare");
-    st.query_map([event], |r| r.get::<_, String>(0))
-        .expect("query")
-        .map(|r| serde_json::from_str(&r.expect("row")).expect("json"))
-        .collect()
-}
-
 /// The rows left pending are only each device's newest ones (sealed after
 /// the last upload or at shutdown), and every finished row's seq is below them.
 fn assert_only_tail_pending(rows: &[Row], max_tail: usize) {
@@ -330,7 +315,8 @@ fn faults_then_every_batch_acknowledged_exactly_once() {
         }
     }
     // Audited state changes.
-    let states: Vec<String> = audit_events(&env, "uplink_state")
+    let states: Vec<String> = env
+        .audit("uplink_state")
         .iter()
         .map(|v| v["to"].as_str().unwrap_or("").to_string())
         .collect();
@@ -340,7 +326,7 @@ fn faults_then_every_batch_acknowledged_exactly_once() {
             "{want} not audited: {states:?}"
         );
     }
-    let q = audit_events(&env, "quarantined");
+    let q = env.audit("quarantined");
     assert_eq!(q.len(), 1);
     assert_eq!(q[0]["batch_id"], bad.as_str());
     assert!(q[0]["reason"].as_str().unwrap_or("").contains("413"));
@@ -459,7 +445,8 @@ fn bad_token_file_then_wrong_endpoint_pause_without_dropping() {
     let rows = journal_rows(&env);
     assert!(rows.iter().all(|r| r.state != "quarantined"));
     assert_only_tail_pending(&rows, 3);
-    let states: Vec<String> = audit_events(&env, "uplink_state")
+    let states: Vec<String> = env
+        .audit("uplink_state")
         .iter()
         .map(|v| v["to"].as_str().unwrap_or("").to_string())
         .collect();

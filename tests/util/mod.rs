@@ -65,6 +65,46 @@ impl Env {
         self.path().join("var/batch.key")
     }
 
+    /// Every journaled batch of `device`, in seq order, opened with the
+    /// Rust decoder and the test's key.
+    pub fn device_batches(
+        &self,
+        device: &str,
+    ) -> Vec<(neuroedge::batch::BatchHeader, neuroedge::batch::BatchData)> {
+        let keys = neuroedge::crypto::Keyring::new(
+            neuroedge::crypto::load_key_file(&self.key()).expect("key"),
+        );
+        let conn = rusqlite::Connection::open(self.journal()).expect("journal");
+        let mut st = conn
+            .prepare("SELECT envelope FROM batches WHERE device_id = ?1 ORDER BY seq")
+            .expect("prepare");
+        let envelopes: Vec<Vec<u8>> = st
+            .query_map([device], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect();
+        envelopes
+            .iter()
+            .map(|e| neuroedge::batch::open(&keys, e).expect("every envelope opens"))
+            .collect()
+    }
+
+    /// The `detail` of every audit event named `event`, oldest first.
+    pub fn audit(&self, event: &str) -> Vec<Value> {
+        let c = rusqlite::Connection::open_with_flags(
+            self.journal(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("journal");
+        let mut st = c
+            .prepare("SELECT detail FROM audit WHERE event = ?1 ORDER BY id")
+            .expect("prepare");
+        st.query_map([event], |r| r.get::<_, String>(0))
+            .expect("query")
+            .map(|r| serde_json::from_str(&r.expect("row")).expect("json"))
+            .collect()
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
