@@ -178,8 +178,10 @@ const LSL_CFG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/lsl_api.
 struct NetNs(String);
 
 impl NetNs {
-    fn new() -> Result<NetNs, String> {
-        let name = format!("neuroedge-lsl-{}", std::process::id());
+    /// A namespace named after this process and `tag` (tests run in
+    /// parallel threads).
+    fn new(tag: &str) -> Result<NetNs, String> {
+        let name = format!("neuroedge-{tag}-{}", std::process::id());
         let run = |args: &[&str]| -> Result<(), String> {
             let out = Command::new("ip")
                 .args(args)
@@ -219,6 +221,22 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The namespace for an LSL test, or None (saying why) when it cannot be
+/// made outside CI; in CI that is a failure.
+fn lsl_namespace(tag: &str) -> Option<NetNs> {
+    match NetNs::new(tag) {
+        Ok(ns) => Some(ns),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "cannot make a network namespace for the LSL test in CI: {e}"
+            );
+            eprintln!("SKIPPED: the LSL test needs its own network namespace (run as root): {e}");
+            None
+        }
     }
 }
 
@@ -307,16 +325,8 @@ fn lsl_stream_bit_exact_with_markers_and_outlet_restarts() {
         ),
     );
     let log = env.path().join("peer.jsonl");
-    let ns = match NetNs::new() {
-        Ok(ns) => ns,
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "cannot make a network namespace for the LSL test in CI: {e}"
-            );
-            eprintln!("SKIPPED: the LSL test needs its own network namespace (run as root): {e}");
-            return;
-        }
+    let Some(ns) = lsl_namespace("lsl") else {
+        return;
     };
     let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
     // No outlet yet: connecting, saying what it looks for.
@@ -421,4 +431,77 @@ fn lsl_stream_bit_exact_with_markers_and_outlet_restarts() {
     assert_eq!(summary["runs"], serde_json::json!([1, 2]));
     assert!(summary["samples"].as_u64() > Some(250 * 9), "{summary}");
     assert!(summary["markers_required"].as_u64() > Some(15), "{summary}");
+}
+
+#[test]
+fn lsl_outlet_with_unusable_stamps_is_stamped_by_arrival() {
+    // An outlet that stamps its samples with unix time instead of its LSL
+    // clock: the stamps are years away from this host's LSL clock, so they
+    // are placed on it by arrival, keeping their spacing; values still
+    // bit-exact.
+    if !peer_available("pylsl") {
+        return;
+    }
+    let Some(ns) = lsl_namespace("lsl-unix") else {
+        return;
+    };
+    let unique = format!("{}-unix", std::process::id());
+    let name = format!("neuroedge-test-{unique}");
+    let env = Env::new("");
+    env.write(
+        "devices/lsl.toml",
+        &format!(
+            "id = \"lsl\"\ndriver = \"lsl\"\nenabled = true\n[connection]\nname = \"{name}\"\n\
+             resolve_timeout_s = 1.0\n"
+        ),
+    );
+    let log = env.path().join("peer.jsonl");
+    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
+    let _peer = start_peer(&ns, &name, "", "", 1, &log, &["--unix-stamps"]);
+    d.wait_for(Duration::from_secs(20), "lsl streaming", |s| {
+        device(s, "lsl")["state"] == "streaming"
+            && device(s, "lsl")["samples_total"].as_u64() > Some(0)
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let s = d.status().expect("status");
+    assert_eq!(device(&s, "lsl")["gaps"], 0, "{s}");
+    let log_text = d.log_text();
+    assert_eq!(d.terminate(), 0);
+    assert!(
+        log_text.contains("stamped on another clock"),
+        "the bad stamps are reported: {log_text}"
+    );
+
+    let got = decode(&env, "lsl");
+    let dts: Vec<f64> = got.timestamps.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(dts.iter().all(|d| *d > 0.0), "timestamps increase");
+    let settled = &dts[dts.len().min(500)..];
+    let jitter = std_dev(settled);
+    eprintln!(
+        "lsl with unix stamps: {} samples, std(dt) after 2 s {:.2} us",
+        got.timestamps.len(),
+        jitter * 1e6
+    );
+    assert!(jitter < 50e-6, "timestamp jitter {jitter} s");
+    // Values bit-exact, and arrival stamps within 50 ms of the instants
+    // the peer meant.
+    let out = Command::new(util::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/check_lsl.py"
+        ))
+        .arg(env.journal())
+        .arg(env.key())
+        .args(["--device", "lsl", "--tolerance-ms", "50"])
+        .arg("--log")
+        .arg(&log)
+        .output()
+        .expect("python3 check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("check_lsl: {stdout}");
+    assert!(
+        out.status.success(),
+        "check_lsl failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

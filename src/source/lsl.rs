@@ -141,6 +141,13 @@ impl Worker {
     }
 }
 
+/// A pulled chunk waiting to be pushed.
+struct Chunk {
+    arrived: Instant,
+    values: Vec<f32>,
+    stamps: Vec<f64>,
+}
+
 pub struct Lsl {
     cfg: LslConnection,
     /// The runner's stop request, watched while a connection is set up.
@@ -149,8 +156,8 @@ pub struct Lsl {
     describe: String,
     channels: usize,
     period: f64,
-    /// Data waiting out [`MARKER_HOLD`]: (arrival, values, stamps).
-    pending: VecDeque<(Instant, Vec<f32>, Vec<f64>)>,
+    /// Data waiting out [`MARKER_HOLD`].
+    pending: VecDeque<Chunk>,
     /// Local LSL time of the last sample pushed (this connection).
     last_stamp: Option<f64>,
 }
@@ -173,11 +180,16 @@ impl Lsl {
         // LSL's local clock and the timeline are both the monotonic clock:
         // one offset per read.
         let offset = ::lsl::local_clock() - sink.mono_now();
-        while let Some((arrived, _, _)) = self.pending.front() {
-            if !all && arrived.elapsed() < MARKER_HOLD {
+        while let Some(chunk) = self.pending.front() {
+            if !all && chunk.arrived.elapsed() < MARKER_HOLD {
                 break;
             }
-            let Some((_, mut values, mut stamps)) = self.pending.pop_front() else {
+            let Some(Chunk {
+                mut values,
+                mut stamps,
+                ..
+            }) = self.pending.pop_front()
+            else {
                 break;
             };
             for (frame, &t) in values.chunks_exact(self.channels).zip(&stamps) {
@@ -282,13 +294,17 @@ impl Source for Lsl {
             let until = self
                 .pending
                 .front()
-                .map(|(a, _, _)| (*a + MARKER_HOLD).min(deadline))
+                .map(|c| (c.arrived + MARKER_HOLD).min(deadline))
                 .unwrap_or(deadline);
             let msg = rx.recv_timeout(until.saturating_duration_since(now));
             let offset = ::lsl::local_clock() - sink.mono_now();
             match msg {
                 Ok(Msg::Data { values, stamps }) => {
-                    self.pending.push_back((Instant::now(), values, stamps));
+                    self.pending.push_back(Chunk {
+                        arrived: Instant::now(),
+                        values,
+                        stamps,
+                    });
                 }
                 Ok(Msg::Markers(ms)) => {
                     for (t, v) in ms {
@@ -597,6 +613,8 @@ fn worker(
     let mut last_data = Instant::now();
     let mut last_check = Instant::now();
     let (mut bad_stamps, mut reported_bad) = (0u64, 0u64);
+    // Our LSL clock minus a foreign clock's stamps (see below).
+    let mut foreign_offset = f64::INFINITY;
     let mut last_report = Instant::now() - REPORT_EVERY;
     let lost = |e: SourceError| {
         let _ = tx.send(Msg::Lost(e));
@@ -632,20 +650,41 @@ fn worker(
             if let Ok(c) = inlet.time_correction(0.0) {
                 correction = c;
             }
-            // An outlet may send any stamp (NaN, unix time, a counter):
-            // one far from now gets its receive time instead.
             let now = ::lsl::local_clock();
-            for t in &mut stamps {
-                *t += correction;
-                if !(t.is_finite() && (*t - now).abs() <= MAX_STAMP_OFFSET_S) {
-                    *t = now;
-                    bad_stamps += 1;
+            let on_lsl_clock = |t: f64| (t + correction - now).abs() <= MAX_STAMP_OFFSET_S;
+            if stamps.iter().all(|&t| on_lsl_clock(t)) {
+                for t in &mut stamps {
+                    *t += correction;
+                }
+            } else {
+                // An outlet stamping on another clock (unix time, its own
+                // counter): keep the spacing of its stamps, placed on ours
+                // by the earliest arrival seen (offset + least latency).
+                let mut chunk_offset = f64::INFINITY;
+                for &t in stamps.iter().filter(|t| t.is_finite()) {
+                    chunk_offset = chunk_offset.min(now - t);
+                }
+                let off = foreign_offset.min(chunk_offset);
+                if off.is_finite() {
+                    foreign_offset = off;
+                }
+                for t in &mut stamps {
+                    *t = if on_lsl_clock(*t) {
+                        *t + correction
+                    } else if t.is_finite() && foreign_offset.is_finite() {
+                        bad_stamps += 1;
+                        *t + foreign_offset
+                    } else {
+                        bad_stamps += 1;
+                        now
+                    };
                 }
             }
             if bad_stamps > reported_bad && last_report.elapsed() >= REPORT_EVERY {
                 tracing::warn!(
-                    "LSL stream {describe}: {} samples with unusable timestamps \
-                     (not within {MAX_STAMP_OFFSET_S} s of this host's clock) stamped on arrival",
+                    "LSL stream {describe}: {} samples stamped on another clock than LSL's \
+                     (not within {MAX_STAMP_OFFSET_S} s of this host's); their spacing is kept, \
+                     placed by arrival",
                     bad_stamps - reported_bad
                 );
                 reported_bad = bad_stamps;

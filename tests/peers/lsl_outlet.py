@@ -54,6 +54,9 @@ def main():
     ap.add_argument("--marker-every", type=float, default=0.37)
     ap.add_argument("--seconds", type=float, default=3600.0)
     ap.add_argument("--log", required=True)
+    ap.add_argument("--unix-stamps", action="store_true",
+                    help="stamp samples with unix time instead of the LSL clock "
+                         "(a misbehaving outlet)")
     ap.add_argument("--irregular-name",
                     help="also publish an irregular-rate float stream of this name")
     a = ap.parse_args()
@@ -79,6 +82,8 @@ def main():
     t0 = pylsl.local_clock() + 0.05
     log.write(json.dumps({"run": a.run, "t0": t0, "rate": a.rate,
                           "wall_minus_lsl": time.time() - pylsl.local_clock()}) + "\n")
+    # Unix stamps: the same instants, on the wall clock.
+    shift = (time.time() - pylsl.local_clock()) if a.unix_stamps else 0.0
     n, k = 0, 0
     next_marker = t0 + a.marker_every
     while True:
@@ -86,7 +91,7 @@ def main():
         if now - t0 > a.seconds:
             break
         while t0 + n / a.rate <= now:
-            outlet.push_sample(sample_values(a.run, n, a.channels), t0 + n / a.rate)
+            outlet.push_sample(sample_values(a.run, n, a.channels), t0 + n / a.rate + shift)
             n += 1
         if irregular is not None and n % 50 == 0:
             irregular.push_sample([1.0, 2.0])
