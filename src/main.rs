@@ -141,6 +141,24 @@ enum JournalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write one device's samples as CSV (sample index, unix time, one
+    /// column per channel, markers), batches in seq order.
+    Export {
+        #[arg(long)]
+        device: String,
+        /// First seq to export (default: the oldest kept).
+        #[arg(long, default_value_t = 0)]
+        from_seq: u64,
+        /// Last seq to export (default: the newest).
+        #[arg(long)]
+        to_seq: Option<u64>,
+        /// Export the filtered signal instead of the raw one.
+        #[arg(long)]
+        filtered: bool,
+        /// Write here instead of standard output (refuses to overwrite).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Decrypt one batch and print it as JSON.
     Decrypt {
         #[arg(long, conflicts_with_all = ["device", "seq"])]
@@ -418,7 +436,9 @@ fn journal_cmd(
         || (keys.is_empty()
             && matches!(
                 cmd,
-                JournalCommand::Verify { .. } | JournalCommand::Decrypt { .. }
+                JournalCommand::Verify { .. }
+                    | JournalCommand::Decrypt { .. }
+                    | JournalCommand::Export { .. }
             ));
     let cfg = if needs_cfg {
         Some(load_config(config)?)
@@ -526,6 +546,78 @@ fn journal_cmd(
                     ),
                 ))
             }
+        }
+        JournalCommand::Export {
+            device,
+            from_seq,
+            to_seq,
+            filtered,
+            out,
+        } => {
+            use neuroedge::journal::export::{export_csv, ExportSpec, Signal};
+            let keys = open_keyring(cfg.as_ref(), &keys)?;
+            let signal = if filtered {
+                Signal::Filtered
+            } else {
+                Signal::Raw
+            };
+            let to_seq = to_seq.unwrap_or(u64::MAX);
+            if to_seq < from_seq {
+                return Err(usage("--to-seq is before --from-seq"));
+            }
+            let spec = ExportSpec {
+                device: &device,
+                seqs: from_seq..=to_seq,
+                signal,
+            };
+            let summary = match &out {
+                Some(path) => {
+                    // Never overwrite a researcher's earlier export.
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(path)
+                        .map_err(|e| Fail(1, format!("cannot create {}: {e}", path.display())))?;
+                    let mut w = std::io::BufWriter::new(file);
+                    export_csv(&j, &keys, &spec, &mut w, |n| {
+                        eprintln!("exported {n} batches")
+                    })?
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::new(stdout.lock());
+                    export_csv(&j, &keys, &spec, &mut w, |_| {})?
+                }
+            };
+            if summary.batches == 0 {
+                if let Some(path) = &out {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(Fail(
+                    1,
+                    format!(
+                        "no batches of device {device:?} with seq {from_seq}..={} in the journal \
+                         (see `neuroedge journal stats`)",
+                        if to_seq == u64::MAX {
+                            "newest".to_string()
+                        } else {
+                            to_seq.to_string()
+                        }
+                    ),
+                ));
+            }
+            eprintln!(
+                "exported {} samples of {device} from {} batches (seq {}..={}); {} gaps ({} samples missing), {} markers{}",
+                summary.samples,
+                summary.batches,
+                summary.first_seq.unwrap_or(0),
+                summary.last_seq.unwrap_or(0),
+                summary.gaps,
+                summary.missing_samples,
+                summary.markers,
+                out.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default()
+            );
+            Ok(())
         }
         JournalCommand::Decrypt {
             batch_id,

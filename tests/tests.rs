@@ -642,3 +642,113 @@ fn filtered_samples_and_features_equal_scipy_end_to_end() {
     assert_eq!(r["sections"], 6, "4 band-pass sections + 2 notches");
     assert!(r["feature_windows"].as_u64() >= Some(4), "{r}");
 }
+
+#[test]
+fn journal_export_writes_every_sample_as_csv() {
+    let env = Env::new("[journal]\nbatch_seconds = 0.5");
+    env.write(
+        "devices/synthetic.toml",
+        &synthetic_device("synthetic", 3, 100.0, ""),
+    );
+    let d = env.spawn();
+    d.wait_streaming(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(700));
+    let reply = d
+        .request("mark synthetic eyes, closed")
+        .expect("mark reply");
+    assert!(reply.get("error").is_none(), "{reply}");
+    d.wait_for(Duration::from_secs(10), "3 batches", |s| {
+        s["journal"]["committed_batches"].as_u64() >= Some(3)
+    });
+    assert_eq!(d.terminate(), 0);
+    let cfg = env.config();
+    let cfg = cfg.to_str().expect("utf-8");
+    let csv = env.path().join("export.csv");
+    let csv_s = csv.to_str().expect("utf-8");
+    let out = env.cmd(&[
+        "journal",
+        "--config",
+        cfg,
+        "export",
+        "--device",
+        "synthetic",
+        "--out",
+        csv_s,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("exported") && stderr.contains("1 markers"),
+        "{stderr}"
+    );
+
+    // Every journaled sample, in order, values exact, the marker on a row.
+    let batches = env.device_batches("synthetic");
+    let text = std::fs::read_to_string(&csv).expect("csv");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("sample,t_unix,ch1,ch2,ch3,marker"));
+    let mut rows = lines.map(|l| l.to_string());
+    let mut index = 0u64;
+    let mut marked = 0;
+    for (_, b) in &batches {
+        for (k, frame) in b.raw.chunks(3).enumerate() {
+            let row = rows.next().expect("a row per sample");
+            let (fields, marker) = match row.split_once(",\"") {
+                Some((f, m)) => (f.to_string(), m.trim_end_matches('"').to_string()),
+                None => {
+                    let (f, m) = row.rsplit_once(',').expect("marker column");
+                    (f.to_string(), m.to_string())
+                }
+            };
+            let f: Vec<&str> = fields.split(',').collect();
+            assert_eq!(f[0].parse::<u64>().ok(), Some(index), "{row}");
+            let t: f64 = f[1].parse().expect("t");
+            assert!((t - b.timestamps[k]).abs() < 1e-6, "{row}");
+            for (c, v) in frame.iter().enumerate() {
+                assert_eq!(f[2 + c].parse::<f32>().ok(), Some(*v), "{row}");
+            }
+            if !marker.is_empty() {
+                assert_eq!(marker, "eyes, closed");
+                marked += 1;
+            }
+            index += 1;
+        }
+    }
+    assert!(rows.next().is_none(), "no extra rows");
+    assert_eq!(marked, 1);
+
+    // Never overwrites; an unknown device is a clear error.
+    let out = env.cmd(&[
+        "journal",
+        "--config",
+        cfg,
+        "export",
+        "--device",
+        "synthetic",
+        "--out",
+        csv_s,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create"));
+    let out = env.cmd(&["journal", "--config", cfg, "export", "--device", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no batches of device \"nope\""));
+    // The filtered signal on request.
+    let out = env.cmd(&[
+        "journal",
+        "--config",
+        cfg,
+        "export",
+        "--device",
+        "synthetic",
+        "--filtered",
+        "--to-seq",
+        "0",
+    ]);
+    assert!(out.status.success());
+    let first = &batches[0].1;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1 + first.n_samples());
+    let row1: Vec<&str> = text.lines().nth(1).expect("row").split(',').collect();
+    assert_eq!(row1[2].parse::<f32>().ok(), Some(first.filtered[0]));
+}

@@ -10,6 +10,7 @@
 //! - WAL mode; one writer thread ([`writer`]); readers (CLI, uplink) use their
 //!   own connections.
 
+pub mod export;
 pub mod inspect;
 pub mod writer;
 

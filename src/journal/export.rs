@@ -1,0 +1,302 @@
+//! `neuroedge journal export`: one device's batches as CSV, for analysis
+//! tools that do not read CBOR envelopes.
+//!
+//! One row per sample: `sample` (index since the device's first sample:
+//! a jump is a gap), `t_unix` (seconds, µs resolution), one column per
+//! channel (raw or filtered µV, printed in the shortest form that reads
+//! back to the same f32) and `marker` (markers of the batch, on the first
+//! sample at or after their time; several joined by " | "). Batches are
+//! read one at a time, in seq order, so memory does not grow with the
+//! journal.
+
+use super::{Journal, JournalError};
+use crate::batch::{self, BatchError};
+use crate::crypto::Keyring;
+use rusqlite::params;
+use serde::Serialize;
+use std::io::Write;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("batch {device} seq {seq}: {source}")]
+    Batch {
+        device: String,
+        seq: u64,
+        source: BatchError,
+    },
+    #[error(
+        "device {device}: seq {seq} has {found} channels, the export so far {expected}; \
+         export the parts separately with --from-seq / --to-seq"
+    )]
+    Layout {
+        device: String,
+        seq: u64,
+        found: usize,
+        expected: usize,
+    },
+    #[error("writing the export: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// What an export wrote.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct ExportSummary {
+    pub device: String,
+    pub batches: u64,
+    pub samples: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Gaps the batches record (the sample index jumps over them).
+    pub gaps: u64,
+    pub missing_samples: u64,
+    pub markers: u64,
+}
+
+/// Which of a batch's signals to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Raw,
+    Filtered,
+}
+
+/// A CSV field: quoted when it holds a separator, a quote or a line break.
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportSpec<'a> {
+    pub device: &'a str,
+    pub seqs: std::ops::RangeInclusive<u64>,
+    pub signal: Signal,
+}
+
+/// Write the batches `spec` selects to `out` as CSV. `progress` is called
+/// with the number of batches written every 1000.
+pub fn export_csv(
+    j: &Journal,
+    keys: &Keyring,
+    spec: &ExportSpec<'_>,
+    out: &mut dyn Write,
+    mut progress: impl FnMut(u64),
+) -> Result<ExportSummary, ExportError> {
+    let (device, signal) = (spec.device, spec.signal);
+    let sql_err = |source| {
+        ExportError::Journal(JournalError::Sqlite {
+            path: j.path.clone(),
+            source,
+        })
+    };
+    let mut st = j
+        .conn
+        .prepare(
+            "SELECT seq, envelope FROM batches WHERE device_id = ?1 AND seq BETWEEN ?2 AND ?3 \
+             ORDER BY seq",
+        )
+        .map_err(sql_err)?;
+    let to = i64::try_from(*spec.seqs.end()).unwrap_or(i64::MAX);
+    let from = i64::try_from(*spec.seqs.start()).unwrap_or(i64::MAX);
+    let mut rows = st.query(params![device, from, to]).map_err(sql_err)?;
+    let mut summary = ExportSummary {
+        device: device.to_string(),
+        ..Default::default()
+    };
+    let mut channels: Option<usize> = None;
+    let mut line = String::new();
+    while let Some(r) = rows.next().map_err(sql_err)? {
+        let seq = r.get::<_, i64>(0).map_err(sql_err)? as u64;
+        let env: Vec<u8> = r.get(1).map_err(sql_err)?;
+        let (_, b) = batch::open(keys, &env).map_err(|source| ExportError::Batch {
+            device: device.to_string(),
+            seq,
+            source,
+        })?;
+        let ch = b.channels.len();
+        match channels {
+            None => {
+                write!(out, "sample,t_unix")?;
+                for name in &b.channels {
+                    write!(out, ",{}", csv_field(name))?;
+                }
+                writeln!(out, ",marker")?;
+                channels = Some(ch);
+            }
+            Some(expected) if expected != ch => {
+                return Err(ExportError::Layout {
+                    device: device.to_string(),
+                    seq,
+                    found: ch,
+                    expected,
+                })
+            }
+            Some(_) => {}
+        }
+        write_batch(&b, signal, out, &mut line, &mut summary)?;
+        summary.batches += 1;
+        summary.first_seq.get_or_insert(seq);
+        summary.last_seq = Some(seq);
+        if summary.batches % 1000 == 0 {
+            progress(summary.batches);
+        }
+    }
+    out.flush()?;
+    Ok(summary)
+}
+
+fn write_batch(
+    b: &batch::BatchData,
+    signal: Signal,
+    out: &mut dyn Write,
+    line: &mut String,
+    summary: &mut ExportSummary,
+) -> Result<(), ExportError> {
+    use std::fmt::Write as _;
+    let ch = b.channels.len().max(1);
+    let values = match signal {
+        Signal::Raw => &b.raw,
+        Signal::Filtered => &b.filtered,
+    };
+    // Markers on the first sample at or after their time (the last sample
+    // for one after the batch's last stamp).
+    let mut marks: Vec<(usize, &str)> = b
+        .markers
+        .iter()
+        .map(|m| {
+            let at = b.timestamps.partition_point(|&t| t < m.t);
+            (
+                at.min(b.timestamps.len().saturating_sub(1)),
+                m.value.as_str(),
+            )
+        })
+        .collect();
+    marks.sort_by_key(|m| m.0);
+    summary.markers += marks.len() as u64;
+    let mut marks = marks.into_iter().peekable();
+    summary.gaps += b.gaps.iter().filter(|g| g.missing > 0).count() as u64;
+    summary.missing_samples += b.gaps.iter().map(|g| g.missing).sum::<u64>();
+    // A gap {before_sample: i, missing: m}: indices i-m .. i-1 have no
+    // sample and the next sample is i (batch-format.md). Gaps at
+    // `first_sample` are already behind it.
+    let mut inner: Vec<&batch::Gap> = b
+        .gaps
+        .iter()
+        .filter(|g| g.before_sample > b.first_sample)
+        .collect();
+    inner.sort_by_key(|g| g.before_sample);
+    let mut inner = inner.into_iter().peekable();
+    let mut index = b.first_sample;
+    for (i, (t, frame)) in b.timestamps.iter().zip(values.chunks(ch)).enumerate() {
+        while let Some(g) = inner.next_if(|g| g.before_sample.saturating_sub(g.missing) <= index) {
+            index = index.max(g.before_sample);
+        }
+        line.clear();
+        let _ = write!(line, "{index},{t:.6}");
+        for v in frame {
+            let _ = write!(line, ",{v}");
+        }
+        line.push(',');
+        let marker_col = line.len();
+        let mut first = true;
+        while let Some((_, text)) = marks.next_if(|m| m.0 == i) {
+            if !first {
+                line.push_str(" | ");
+            }
+            first = false;
+            line.push_str(text);
+        }
+        if !first {
+            // Quote the marker column if it needs it.
+            let quoted = csv_field(&line[marker_col..]).into_owned();
+            line.truncate(marker_col);
+            line.push_str(&quoted);
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+        index += 1;
+        summary.samples += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::batch::{BatchData, Gap, GapCause, Marker};
+
+    fn rows(b: &BatchData, signal: Signal) -> (Vec<String>, ExportSummary) {
+        let mut out = Vec::new();
+        let mut summary = ExportSummary::default();
+        write_batch(b, signal, &mut out, &mut String::new(), &mut summary).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        (text.lines().map(str::to_string).collect(), summary)
+    }
+
+    #[test]
+    fn indices_skip_gaps_and_markers_sit_on_their_sample() {
+        // first_sample 10 after a leading gap of 2 (already behind it); an
+        // inner gap {before 15, missing 3}: indices 12, 13, 14 have no
+        // sample, the third frame is 15.
+        let b = BatchData {
+            channels: vec!["a".into(), "b".into()],
+            first_sample: 10,
+            timestamps: vec![1.0, 1.004, 1.008, 1.020, 1.024],
+            raw: vec![0.5, -1.25, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+            filtered: vec![0.0; 10],
+            gaps: vec![
+                Gap {
+                    before_sample: 10,
+                    missing: 2,
+                    cause: GapCause::Device,
+                },
+                Gap {
+                    before_sample: 15,
+                    missing: 3,
+                    cause: GapCause::Device,
+                },
+            ],
+            markers: vec![
+                Marker {
+                    t: 1.003,
+                    value: "eyes, closed".into(),
+                },
+                Marker {
+                    t: 1.004,
+                    value: "x".into(),
+                },
+                Marker {
+                    t: 9.0,
+                    value: "late".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let (lines, summary) = rows(&b, Signal::Raw);
+        let index: Vec<&str> = lines.iter().map(|l| l.split(',').next().unwrap()).collect();
+        assert_eq!(index, ["10", "11", "15", "16", "17"]);
+        assert_eq!(lines[0], "10,1.000000,0.5,-1.25,");
+        assert_eq!(lines[1], "11,1.004000,1,2,\"eyes, closed | x\"");
+        assert_eq!(lines[4], "17,1.024000,7,8,late");
+        assert_eq!(summary.gaps, 2);
+        assert_eq!(summary.missing_samples, 5);
+        assert_eq!(summary.markers, 3);
+        assert_eq!(summary.samples, 5);
+        let (lines, _) = rows(&b, Signal::Filtered);
+        assert!(lines[0].starts_with("10,1.000000,0,0,"));
+    }
+
+    #[test]
+    fn fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("Fz"), "Fz");
+        assert_eq!(csv_field("eyes, closed"), "\"eyes, closed\"");
+        assert_eq!(csv_field("say \"go\""), "\"say \"\"go\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
+}
