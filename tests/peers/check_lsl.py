@@ -11,7 +11,9 @@ zstandard, cryptography) and checks:
 - every timestamp equals the peer's LSL stamp mapped to unix time
   (t0 + n / rate + wall_minus_lsl of that run) within --tolerance-ms;
 - timestamps increase;
-- every journaled marker lies within [t_start, t_end] of its batch and
+- every journaled marker is in the batch the format says: the first whose
+  t_end is at or after its time, i.e. previous batch's t_end < t <= t_end
+  (a marker between two batches' samples goes into the later one), and
   matches the peer's stamp within the tolerance; every marker the peer
   pushed within a --require-markers window (unix seconds) is journaled.
 Prints one JSON summary line; exits non-zero on any problem.
@@ -60,6 +62,7 @@ def main():
     journaled = {}
     gaps = 0
     labels = None
+    prev_end = None
     for (env_bytes,) in rows:
         env = cbor2.loads(env_bytes)
         h = json.loads(env["header"])
@@ -95,16 +98,18 @@ def main():
             samples += 1
         for m in p["markers"]:
             journaled[m["value"]] = m["t"]
-            if not (h["t_start"] <= m["t"] <= h["t_end"]):
+            after = prev_end if prev_end is not None else float("-inf")
+            if not (after < m["t"] <= h["t_end"]):
                 problems.append(
-                    f"marker {m['value']} at {m['t']:.4f} outside its batch "
-                    f"[{h['t_start']:.4f}, {h['t_end']:.4f}] (seq {h['seq']})")
+                    f"marker {m['value']} at {m['t']:.4f} not in its batch "
+                    f"({after:.4f}, {h['t_end']:.4f}] (seq {h['seq']})")
             if m["value"] in pushed:
                 d = abs(m["t"] - pushed[m["value"]])
                 if d > a.tolerance_ms / 1000:
                     problems.append(f"marker {m['value']} off by {d * 1000:.2f} ms")
             else:
                 problems.append(f"marker {m['value']} was never pushed")
+        prev_end = h["t_end"]
     required = 0
     for w in a.require_markers:
         lo, hi = (float(x) for x in w.split(":"))
