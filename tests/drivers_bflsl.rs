@@ -240,6 +240,32 @@ fn lsl_namespace(tag: &str) -> Option<NetNs> {
     }
 }
 
+/// Run tests/peers/check_lsl.py on device `lsl` of the journal against the
+/// peer's log; it must pass. Returns its JSON summary.
+fn check_lsl(env: &Env, log: &std::path::Path, extra: &[&str]) -> Value {
+    let out = Command::new(util::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/check_lsl.py"
+        ))
+        .arg(env.journal())
+        .arg(env.key())
+        .args(["--device", "lsl"])
+        .arg("--log")
+        .arg(log)
+        .args(extra)
+        .output()
+        .expect("python3 check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("check_lsl: {stdout}");
+    assert!(
+        out.status.success(),
+        "check_lsl failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("summary")
+}
+
 struct Peer(Child);
 
 impl Drop for Peer {
@@ -403,30 +429,18 @@ fn lsl_stream_bit_exact_with_markers_and_outlet_restarts() {
     let window2_to = neuroedge::clock::wall_unix() - 0.5;
     assert_eq!(d.terminate(), 0);
 
-    let out = Command::new(util::python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/peers/check_lsl.py"
-        ))
-        .arg(env.journal())
-        .arg(env.key())
-        .args(["--device", "lsl", "--labels", "C1,C2,C3,C4,C5,C6,C7,C8"])
-        .arg("--log")
-        .arg(&log)
-        .arg("--require-markers")
-        .arg(format!("{window1_from}:{window1_to}"))
-        .arg("--require-markers")
-        .arg(format!("{window2_from}:{window2_to}"))
-        .output()
-        .expect("python3 check");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("check_lsl: {stdout}");
-    assert!(
-        out.status.success(),
-        "check_lsl failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let summary = check_lsl(
+        &env,
+        &log,
+        &[
+            "--labels",
+            "C1,C2,C3,C4,C5,C6,C7,C8",
+            "--require-markers",
+            &format!("{window1_from}:{window1_to}"),
+            "--require-markers",
+            &format!("{window2_from}:{window2_to}"),
+        ],
     );
-    let summary: Value = serde_json::from_str(stdout.trim()).expect("summary");
     assert_eq!(summary["mismatched"], 0);
     assert_eq!(summary["runs"], serde_json::json!([1, 2]));
     assert!(summary["samples"].as_u64() > Some(250 * 9), "{summary}");
@@ -485,23 +499,5 @@ fn lsl_outlet_with_unusable_stamps_is_stamped_by_arrival() {
     assert!(jitter < 50e-6, "timestamp jitter {jitter} s");
     // Values bit-exact, and arrival stamps within 50 ms of the instants
     // the peer meant.
-    let out = Command::new(util::python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/peers/check_lsl.py"
-        ))
-        .arg(env.journal())
-        .arg(env.key())
-        .args(["--device", "lsl", "--tolerance-ms", "50"])
-        .arg("--log")
-        .arg(&log)
-        .output()
-        .expect("python3 check");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("check_lsl: {stdout}");
-    assert!(
-        out.status.success(),
-        "check_lsl failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    check_lsl(&env, &log, &["--tolerance-ms", "50"]);
 }

@@ -665,16 +665,12 @@ fn journal_export_writes_every_sample_as_csv() {
     let cfg = cfg.to_str().expect("utf-8");
     let csv = env.path().join("export.csv");
     let csv_s = csv.to_str().expect("utf-8");
-    let out = env.cmd(&[
-        "journal",
-        "--config",
-        cfg,
-        "export",
-        "--device",
-        "synthetic",
-        "--out",
-        csv_s,
-    ]);
+    let export = |args: &[&str]| {
+        let mut all = vec!["journal", "--config", cfg, "export"];
+        all.extend_from_slice(args);
+        env.cmd(&all)
+    };
+    let out = export(&["--device", "synthetic", "--out", csv_s]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -718,33 +714,14 @@ fn journal_export_writes_every_sample_as_csv() {
     assert_eq!(marked, 1);
 
     // Never overwrites; an unknown device is a clear error.
-    let out = env.cmd(&[
-        "journal",
-        "--config",
-        cfg,
-        "export",
-        "--device",
-        "synthetic",
-        "--out",
-        csv_s,
-    ]);
+    let out = export(&["--device", "synthetic", "--out", csv_s]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create"));
-    let out = env.cmd(&["journal", "--config", cfg, "export", "--device", "nope"]);
+    let out = export(&["--device", "nope"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no batches of device \"nope\""));
     // The filtered signal on request.
-    let out = env.cmd(&[
-        "journal",
-        "--config",
-        cfg,
-        "export",
-        "--device",
-        "synthetic",
-        "--filtered",
-        "--to-seq",
-        "0",
-    ]);
+    let out = export(&["--device", "synthetic", "--filtered", "--to-seq", "0"]);
     assert!(out.status.success());
     let first = &batches[0].1;
     let text = String::from_utf8_lossy(&out.stdout);
