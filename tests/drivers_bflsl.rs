@@ -501,3 +501,73 @@ fn lsl_outlet_with_unusable_stamps_is_stamped_by_arrival() {
     // the peer meant.
     check_lsl(&env, &log, &["--tolerance-ms", "50"]);
 }
+
+/// tests/peers/brainflow_playback_file.py's value of EEG row `r` at sample `n`.
+fn playback_value(n: u64, r: u64) -> f32 {
+    if r == 1 {
+        return n as f32 / 4.0;
+    }
+    (((n * 37 + r * 101) % 8192) as f64 / 64.0 - 64.0) as f32
+}
+
+#[test]
+fn brainflow_playback_values_and_gaps_arrive_exactly() {
+    // BrainFlow's playback board (-3) replays a file written by BrainFlow's
+    // own writer, in the synthetic board's layout, through the real
+    // library: every value and the lost block (package counter and time)
+    // are known.
+    if !peer_available("brainflow") {
+        return;
+    }
+    let env = Env::new("");
+    let file = env.path().join("recording.csv");
+    let status = Command::new(util::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/brainflow_playback_file.py"
+        ))
+        .arg(&file)
+        .status()
+        .expect("python3");
+    assert!(status.success(), "writing the playback file");
+    env.write(
+        "devices/bf.toml",
+        &format!(
+            "id = \"bf\"\ndriver = \"brainflow\"\nenabled = true\n[connection]\nboard_id = -3\n\
+             [connection.params]\nfile = \"{}\"\nmaster_board = -1\n",
+            file.display()
+        ),
+    );
+    let d = env.spawn();
+    // 1400 samples: 5.6 s of data plus the 0.4 s lost block.
+    d.wait_for(Duration::from_secs(30), "the whole file played", |s| {
+        device(s, "bf")["samples_total"].as_u64() >= Some(1400)
+    });
+    assert_eq!(d.terminate(), 0);
+
+    let batches = env.device_batches("bf");
+    let mut n_seen = Vec::new();
+    let mut gaps = Vec::new();
+    for (_, b) in &batches {
+        assert_eq!(b.channels.len(), 16);
+        for frame in b.raw.chunks(16) {
+            let n = (frame[0] * 4.0) as u64;
+            for (c, v) in frame.iter().enumerate() {
+                assert_eq!(
+                    *v,
+                    playback_value(n, c as u64 + 1),
+                    "sample {n} channel {c}"
+                );
+            }
+            n_seen.push(n);
+        }
+        gaps.extend(b.gaps.iter().map(|g| (g.before_sample, g.missing)));
+    }
+    let want: Vec<u64> = (0..600).chain(700..1500).collect();
+    assert_eq!(n_seen, want, "every sample once, in order");
+    assert_eq!(
+        gaps,
+        vec![(700, 100)],
+        "the lost block, from the package counter"
+    );
+}
