@@ -11,13 +11,13 @@ journaled filtered samples and compare band powers and RMS.
 Usage: check_filtered.py JOURNAL KEYFILE
 Prints one JSON line; exits non-zero on any mismatch.
 """
-import base64, json, sqlite3, struct, sys
+import json, os, sys
 
-import cbor2
 import numpy as np
-import zstandard
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from scipy import signal
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
+from journal_reader import read_journal  # noqa: E402
 
 
 def design(f, fs):
@@ -41,17 +41,9 @@ def design(f, fs):
 def main():
     journal, keyfile = sys.argv[1], sys.argv[2]
     notch_q = float(sys.argv[3]) if len(sys.argv) > 3 else 30.0
-    aes = AESGCM(base64.b64decode(open(keyfile).read().strip()))
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    rows = db.execute("SELECT device_id, envelope FROM batches ORDER BY device_id, seq").fetchall()
     per_dev = {}
-    for device, env_bytes in rows:
-        env = cbor2.loads(env_bytes)
-        h = json.loads(env["header"])
-        body = aes.decrypt(env["nonce"], env["ciphertext"], env["header"])
-        if h["compression"] == "zstd":
-            body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
-        p = cbor2.loads(body)
+    for h, p in read_journal(journal, keyfile):
+        device = h["device_id"]
         n, ch = h["n_samples"], h["n_channels"]
         d = per_dev.setdefault(device, {"fs": h["sample_rate"], "ch": ch, "raw": [], "filt": [],
                                         "ts": [], "features": [], "filter": p["filter"], "gaps": 0})

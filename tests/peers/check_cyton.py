@@ -15,37 +15,17 @@ cryptography), as tests/decode_batches.py does, then:
   against the sample period.
 Prints one JSON line; exits non-zero on any problem.
 """
-import argparse, base64, json, math, sqlite3, struct, sys
+import argparse, json, math, struct, sys
 
-import cbor2
-import zstandard
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cyton_emulator import counts
+from journal_reader import read_journal  # noqa: F401 (check_ascii imports it from here)
 
 SCALE_UV = 4.5 / 24.0 / (2 ** 23 - 1) * 1e6
 
 
 def f32(x):
     return struct.unpack("<f", struct.pack("<f", x))[0]
-
-
-def read_journal(journal, keyfile, device=None):
-    """[(header, payload)] in seq order, for one device (or the only one)."""
-    aes = AESGCM(base64.b64decode(open(keyfile).read().strip()))
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    rows = db.execute("SELECT device_id, envelope FROM batches ORDER BY device_id, seq").fetchall()
-    out = []
-    for dev, env_bytes in rows:
-        if device is not None and dev != device:
-            continue
-        env = cbor2.loads(env_bytes)
-        h = json.loads(env["header"])
-        body = aes.decrypt(env["nonce"], env["ciphertext"], env["header"])
-        if h["compression"] == "zstd":
-            body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
-        out.append((h, cbor2.loads(body)))
-    return out
 
 
 def samples(batches):

@@ -18,13 +18,11 @@ zstandard, cryptography) and checks:
   pushed within a --require-markers window (unix seconds) is journaled.
 Prints one JSON summary line; exits non-zero on any problem.
 """
-import argparse, base64, hashlib, json, os, sqlite3, struct, sys
+import argparse, json, os, struct, sys
 
-import cbor2
-import zstandard
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from journal_reader import read_journal  # noqa: E402
 from lsl_outlet import sample_values  # noqa: E402
 
 
@@ -52,24 +50,14 @@ def main():
         else:
             pushed[r["marker"]] = r["t"] + current["wall_minus_lsl"]
 
-    key = base64.b64decode(open(a.keyfile).read().strip())
-    aes = AESGCM(key)
-    db = sqlite3.connect(f"file:{a.journal}?mode=ro", uri=True)
-    rows = db.execute("SELECT envelope FROM batches WHERE device_id = ? ORDER BY seq",
-                      (a.device,)).fetchall()
+    batches = read_journal(a.journal, a.keyfile, a.device)
     problems = []
     samples, mismatched, max_err, sum_err, last_t = 0, 0, 0.0, 0.0, None
     journaled = {}
     gaps = 0
     labels = None
     prev_end = None
-    for (env_bytes,) in rows:
-        env = cbor2.loads(env_bytes)
-        h = json.loads(env["header"])
-        body = aes.decrypt(env["nonce"], env["ciphertext"], env["header"])
-        if h["compression"] == "zstd":
-            body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
-        p = cbor2.loads(body)
+    for h, p in batches:
         n, ch = h["n_samples"], h["n_channels"]
         labels = p["channels"]
         ts = struct.unpack(f"<{n}d", p["timestamps"])
@@ -125,7 +113,7 @@ def main():
     if samples == 0:
         problems.append("no samples")
     print(json.dumps({
-        "batches": len(rows), "samples": samples, "mismatched": mismatched,
+        "batches": len(batches), "samples": samples, "mismatched": mismatched,
         "max_ts_err_ms": max_err * 1000, "mean_ts_err_ms": (sum_err / samples * 1000) if samples else None,
         "markers_journaled": len(journaled), "markers_required": required, "gap_samples": gaps,
         "runs": sorted(runs), "problems": problems[:20]}))
