@@ -17,7 +17,8 @@
 mod common;
 use common::one_second_batch;
 
-#[path = "../tests/uplink_server/mod.rs"]
+#[path = "../tests/it/uplink_server.rs"]
+#[allow(dead_code)] // the bench uses the server, not its fault scripting
 mod uplink_server;
 
 use criterion::{Criterion, Throughput};

@@ -163,6 +163,68 @@ impl BatchData {
     }
 }
 
+impl BatchData {
+    /// The sample index of every frame (gaps consume indices; see
+    /// docs/batch-format.md): frame `k` of a batch without inner gaps has
+    /// index `first_sample + k`.
+    pub fn sample_indices(&self) -> Vec<u64> {
+        let mut inner: Vec<&Gap> = self
+            .gaps
+            .iter()
+            .filter(|g| g.before_sample > self.first_sample)
+            .collect();
+        inner.sort_by_key(|g| g.before_sample);
+        let mut inner = inner.into_iter().peekable();
+        let mut index = self.first_sample;
+        let mut out = Vec::with_capacity(self.n_samples());
+        for _ in 0..self.n_samples() {
+            while let Some(g) =
+                inner.next_if(|g| g.before_sample.saturating_sub(g.missing) <= index)
+            {
+                index = index.max(g.before_sample);
+            }
+            out.push(index);
+            index += 1;
+        }
+        out
+    }
+
+    /// Keep only the samples stamped within `[from, to]` (unix seconds),
+    /// with the gaps, markers, features and clock steps that fall among
+    /// them. A gap right before the first kept sample stays (it is what
+    /// separates it from the sample before).
+    pub fn trim_to_time(&mut self, from: f64, to: f64) {
+        let k0 = self.timestamps.partition_point(|&t| t < from);
+        let k1 = self.timestamps.partition_point(|&t| t <= to).max(k0);
+        let in_range = |t: f64| t >= from && t <= to;
+        self.markers.retain(|m| in_range(m.t));
+        self.features.retain(|f| in_range(f.t));
+        self.clock_steps.retain(|c| in_range(c.t));
+        if k0 == 0 && k1 == self.n_samples() {
+            return;
+        }
+        let ch = self.channels.len();
+        if k1 == k0 {
+            self.timestamps.clear();
+            self.raw.clear();
+            self.filtered.clear();
+            self.gaps.clear();
+            return;
+        }
+        let idx = self.sample_indices();
+        let (first, last) = (idx[k0], idx[k1 - 1]);
+        self.gaps
+            .retain(|g| g.before_sample >= first && g.before_sample <= last);
+        self.first_sample = first;
+        self.timestamps.truncate(k1);
+        self.timestamps.drain(..k0);
+        for v in [&mut self.raw, &mut self.filtered] {
+            v.truncate(k1 * ch);
+            v.drain(..k0 * ch);
+        }
+    }
+}
+
 fn text(s: &str) -> Value {
     Value::Text(s.to_string())
 }

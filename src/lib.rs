@@ -13,6 +13,7 @@ pub mod control;
 pub mod crypto;
 pub mod daemon;
 pub mod dsp;
+pub mod export;
 pub mod journal;
 pub mod logging;
 pub mod pipeline;

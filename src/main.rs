@@ -554,7 +554,8 @@ fn journal_cmd(
             filtered,
             out,
         } => {
-            use neuroedge::journal::export::{export_csv, ExportSpec, Signal};
+            use neuroedge::export::csv::{export_csv, ExportSpec};
+            use neuroedge::export::Signal;
             let keys = open_keyring(cfg.as_ref(), &keys)?;
             let signal = if filtered {
                 Signal::Filtered
@@ -568,6 +569,7 @@ fn journal_cmd(
             let spec = ExportSpec {
                 device: &device,
                 seqs: from_seq..=to_seq,
+                time: None,
                 signal,
             };
             let summary = match &out {
@@ -617,6 +619,12 @@ fn journal_cmd(
                 summary.markers,
                 out.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default()
             );
+            for u in &summary.unreadable {
+                eprintln!(
+                    "warning: batch seq {} of {} ({} samples) could not be opened and is exported as a marked gap: {}",
+                    u.seq, u.device, u.n_samples, u.reason
+                );
+            }
             Ok(())
         }
         JournalCommand::Decrypt {
@@ -628,7 +636,13 @@ fn journal_cmd(
                 return Err(usage("give --batch-id ID, or --device DEV --seq N"));
             }
             let keys = open_keyring(cfg.as_ref(), &keys)?;
-            let env = inspect::envelope(&j, batch_id.as_deref(), device.as_deref(), seq)?
+            use neuroedge::journal::RowKey;
+            let key = match (&batch_id, &device, seq) {
+                (Some(id), _, _) => RowKey::BatchId(id),
+                (None, Some(d), Some(s)) => RowKey::DeviceSeq(d, s),
+                _ => return Err(usage("give --batch-id ID, or --device DEV --seq N")),
+            };
+            let env = inspect::envelope(&j, key)?
                 .ok_or_else(|| Fail(1, "no such batch in the journal".to_string()))?;
             let (h, b) = neuroedge::batch::open(&keys, &env)?;
             let ch = b.channels.len().max(1);

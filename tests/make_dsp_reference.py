@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate tests/data/dsp_reference.json with SciPy as the oracle.
 
-The Rust tests in tests/dsp_reference.rs compare the dsp module against:
+The Rust tests in src/dsp/reference_tests.rs compare the dsp module against:
   * SOS coefficients of butter(..., output="sos") + iirnotch sections,
   * sosfilt(sos, x, zi=sosfilt_zi(sos) * x[0]) outputs per channel,
   * scipy.signal.welch band powers, window RMS and line-noise ratios.

@@ -1,9 +1,8 @@
 //! Read-only views of a journal for the `neuroedge journal` commands.
 
-use super::{Journal, JournalError};
-use crate::batch::{self, BatchHeader};
+use super::reader::open_row;
+use super::{Journal, JournalError, ReadBatch, RowKey, Selection};
 use crate::crypto::Keyring;
-use rusqlite::params;
 use serde::Serialize;
 
 fn err(j: &Journal) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
@@ -112,58 +111,45 @@ pub struct Row {
     pub attempts: u64,
 }
 
-/// Batches in journal order, optionally of one device / one state.
+/// Batches in (device, seq) order, optionally of one device / one state.
 pub fn list(
     j: &Journal,
     device: Option<&str>,
     state: Option<&str>,
     limit: u64,
 ) -> Result<Vec<Row>, JournalError> {
-    let e = err(j);
-    let mut st = j
-        .conn
-        .prepare(
-            "SELECT batch_id, device_id, seq, first_sample, n_samples, t_start, t_end, state, size, attempts
-             FROM batches WHERE (?1 IS NULL OR device_id = ?1) AND (?2 IS NULL OR state = ?2)
-             ORDER BY id LIMIT ?3",
-        )
-        .map_err(&e)?;
-    let rows = st
-        .query_map(params![device, state, limit as i64], |r| {
-            Ok(Row {
-                batch_id: r.get(0)?,
-                device_id: r.get(1)?,
-                seq: r.get::<_, i64>(2)? as u64,
-                first_sample: r.get::<_, i64>(3)? as u64,
-                n_samples: r.get::<_, i64>(4)? as u64,
-                t_start: r.get(5)?,
-                t_end: r.get(6)?,
-                state: r.get(7)?,
-                size: r.get::<_, i64>(8)? as u64,
-                attempts: r.get::<_, i64>(9)? as u64,
-            })
-        })
-        .map_err(&e)?;
-    rows.collect::<Result<_, _>>().map_err(&e)
+    let sel = Selection {
+        device: device.map(str::to_string),
+        ..Selection::all()
+    };
+    let mut out = Vec::new();
+    for r in j.rows(sel) {
+        let r = r?;
+        if out.len() as u64 >= limit {
+            break;
+        }
+        if state.is_some_and(|s| s != r.state) {
+            continue;
+        }
+        out.push(Row {
+            batch_id: r.batch_id,
+            device_id: r.device_id,
+            seq: r.seq,
+            first_sample: r.first_sample,
+            n_samples: r.n_samples,
+            t_start: r.t_start,
+            t_end: r.t_end,
+            state: r.state,
+            size: r.size,
+            attempts: r.attempts,
+        });
+    }
+    Ok(out)
 }
 
 /// The envelope of one batch, by batch_id or by (device, seq).
-pub fn envelope(
-    j: &Journal,
-    batch_id: Option<&str>,
-    device: Option<&str>,
-    seq: Option<u64>,
-) -> Result<Option<Vec<u8>>, JournalError> {
-    use rusqlite::OptionalExtension;
-    let e = err(j);
-    j.conn
-        .query_row(
-            "SELECT envelope FROM batches WHERE (?1 IS NOT NULL AND batch_id = ?1) OR (?1 IS NULL AND device_id = ?2 AND seq = ?3)",
-            params![batch_id, device, seq.map(|s| s as i64)],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(&e)
+pub fn envelope(j: &Journal, key: RowKey<'_>) -> Result<Option<Vec<u8>>, JournalError> {
+    Ok(j.row(key)?.map(|r| r.envelope))
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -199,49 +185,25 @@ pub fn verify(
         .conn
         .query_row("SELECT COUNT(*) FROM batches", [], |r| r.get(0))
         .map_err(&e)?;
-    let mut st = j
-        .conn
-        .prepare("SELECT batch_id, device_id, seq, first_sample, n_samples, key_id, envelope FROM batches ORDER BY device_id, seq")
-        .map_err(&e)?;
-    let mut rows = st.query([]).map_err(&e)?;
     let mut last: Option<(String, u64)> = None;
-    while let Some(r) = rows.next().map_err(&e)? {
-        let batch_id: String = r.get(0).map_err(&e)?;
-        let device: String = r.get(1).map_err(&e)?;
-        let seq = r.get::<_, i64>(2).map_err(&e)? as u64;
-        let first_sample = r.get::<_, i64>(3).map_err(&e)? as u64;
-        let n_samples = r.get::<_, i64>(4).map_err(&e)? as u64;
-        let env: Vec<u8> = r.get(6).map_err(&e)?;
+    for row in j.rows(Selection::all()) {
+        let row = row?;
         report.batches_checked += 1;
         if let Some((d, s)) = &last {
-            if *d == device && seq != s + 1 {
-                report
-                    .problems
-                    .push(format!("device {device}: seq jumps from {s} to {seq}"));
+            if *d == row.device_id && row.seq != s + 1 {
+                report.problems.push(format!(
+                    "device {}: seq jumps from {s} to {}",
+                    row.device_id, row.seq
+                ));
             }
         }
-        last = Some((device.clone(), seq));
-        match batch::open(keys, &env) {
-            Err(err) => report
-                .problems
-                .push(format!("batch {batch_id} ({device} seq {seq}): {err}")),
-            Ok((h, data)) => {
-                let mismatch = check_header(&h, &batch_id, &device, seq, first_sample, n_samples);
-                let shape = data.raw.len() == data.timestamps.len() * data.channels.len()
-                    && data.filtered.len() == data.raw.len()
-                    && data.timestamps.len() as u64 == h.n_samples;
-                if let Some(m) = mismatch {
-                    report.problems.push(format!(
-                        "batch {batch_id}: header disagrees with its row ({m})"
-                    ));
-                } else if !shape {
-                    report.problems.push(format!(
-                        "batch {batch_id}: sample arrays have the wrong shape"
-                    ));
-                } else {
-                    report.batches_ok += 1;
-                }
-            }
+        last = Some((row.device_id.clone(), row.seq));
+        match open_row(keys, row, None) {
+            ReadBatch::Unreadable(u) => report.problems.push(format!(
+                "batch {} ({} seq {}): {}",
+                u.batch_id, u.device_id, u.seq, u.reason
+            )),
+            ReadBatch::Opened { .. } => report.batches_ok += 1,
         }
         if report.batches_checked % 1000 == 0 {
             progress(report.batches_checked, total as u64);
@@ -249,29 +211,4 @@ pub fn verify(
     }
     progress(report.batches_checked, total as u64);
     Ok(report)
-}
-
-fn check_header(
-    h: &BatchHeader,
-    batch_id: &str,
-    device: &str,
-    seq: u64,
-    first_sample: u64,
-    n: u64,
-) -> Option<&'static str> {
-    if h.batch_id != batch_id {
-        Some("batch_id")
-    } else if h.device_id != device {
-        Some("device_id")
-    } else if h.seq != seq {
-        Some("seq")
-    } else if h.first_sample != first_sample {
-        Some("first_sample")
-    } else if h.n_samples != n {
-        Some("n_samples")
-    } else if h.format != batch::FORMAT {
-        Some("format")
-    } else {
-        None
-    }
 }

@@ -10,10 +10,11 @@
 //! - WAL mode; one writer thread ([`writer`]); readers (CLI, uplink) use their
 //!   own connections.
 
-pub mod export;
 pub mod inspect;
+pub mod reader;
 pub mod writer;
 
+pub use reader::{BatchRow, ReadBatch, RowKey, Selection, Unreadable};
 pub use writer::{spawn_writer, JournalTx, UploadMark, WriterHandle};
 
 use crate::config::SyncMode;
@@ -423,6 +424,28 @@ impl Journal {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(sqlite_err(&self.path))
+    }
+}
+
+#[cfg(test)]
+impl Journal {
+    /// Insert a sealed batch's row as the writer would (reader tests).
+    pub(crate) fn insert_row_for_tests(&self, h: &crate::batch::BatchHeader, envelope: &[u8]) {
+        self.conn
+            .execute(
+                "INSERT INTO batches (batch_id, device_id, seq, first_sample, n_samples, t_start, t_end, key_id, created_at, size, envelope)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![h.batch_id, h.device_id, h.seq as i64, h.first_sample as i64, h.n_samples as i64,
+                        h.t_start, h.t_end, h.key_id, h.created_at, envelope.len() as i64, envelope],
+            )
+            .expect("insert row");
+        self.conn
+            .execute(
+                "INSERT INTO devices (device_id, next_seq, next_sample) VALUES (?1, ?2, 0)
+                 ON CONFLICT (device_id) DO UPDATE SET next_seq = excluded.next_seq",
+                params![h.device_id, h.seq as i64 + 1],
+            )
+            .expect("insert device");
     }
 }
 

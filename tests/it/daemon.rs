@@ -1,12 +1,10 @@
 //! End-to-end tests: the real `neuroedge` binary on temp folders.
 
-mod util;
-
+use crate::util::{synthetic_device, Env};
 use neuroedge::crypto::{load_key_file, Keyring};
 use neuroedge::journal::Journal;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use util::{synthetic_device, Env};
 
 /// Open every batch in a journal with the Rust decoder; returns (device, seq, first_sample, n) per batch.
 fn journal_batches(env: &Env) -> Vec<(String, u64, u64, u64)> {
@@ -92,7 +90,7 @@ fn streams_status_and_shuts_down_with_every_sample_journaled() {
 
     // The same journal read by Python's cbor2 / zstandard / cryptography,
     // with every raw sample checked against an independent generator.
-    let out = std::process::Command::new(util::python())
+    let out = std::process::Command::new(crate::util::python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/decode_batches.py"
@@ -574,7 +572,7 @@ fn env_override_and_journal_opened_by_library() {
         "devices/synthetic.toml",
         &synthetic_device("synthetic", 2, 250.0, ""),
     );
-    let out = std::process::Command::new(util::BIN)
+    let out = std::process::Command::new(crate::util::BIN)
         .args(["check-config", "--config"])
         .arg(env.config())
         .env("NEUROEDGE_JOURNAL_BATCH_SECONDS", "0")
@@ -622,7 +620,7 @@ fn filtered_samples_and_features_equal_scipy_end_to_end() {
         "{q}"
     );
     assert_eq!(d.terminate(), 0);
-    let out = std::process::Command::new(util::python())
+    let out = std::process::Command::new(crate::util::python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/check_filtered.py"

@@ -3,14 +3,12 @@
 //! (tests/peers/cyton_emulator.py, tests/peers/ascii_emulator.py), and the
 //! journal is checked value by value in Python (tests/peers/check_*.py).
 
-mod util;
-
+use crate::util::{synthetic_device, Daemon, Env};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
-use util::{synthetic_device, Daemon, Env};
 
 fn peer_script(name: &str) -> String {
     format!("{}/tests/peers/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -31,7 +29,7 @@ impl Peer {
         let link = env.path().join(format!("{name}.tty"));
         let log = env.path().join(format!("{name}.json"));
         let stderr = env.path().join(format!("{name}.stderr"));
-        let child = Command::new(util::python())
+        let child = Command::new(crate::util::python())
             .arg(peer_script(script))
             .arg("--link")
             .arg(&link)
@@ -112,7 +110,7 @@ fn cyton_device(id: &str, port: &Path, daisy: bool) -> String {
 
 /// Run a checker script on the journal; returns its JSON summary.
 fn check(env: &Env, script: &str, emulog: &Path, device: &str, d_log: &str) -> Value {
-    let out = Command::new(util::python())
+    let out = Command::new(crate::util::python())
         .arg(peer_script(script))
         .arg(env.journal())
         .arg(env.key())
@@ -495,7 +493,7 @@ fn serial_ascii_stall_detected_once_then_recovers_with_a_gap() {
     drop(peer);
     // The journal: one device gap of ~5 s x 200 Hz, and the first sample
     // after it stamped ~5 s after the last one before it.
-    let out = Command::new(util::python())
+    let out = Command::new(crate::util::python())
         .arg(format!(
             "{}/tests/dump_batches.py",
             env!("CARGO_MANIFEST_DIR")

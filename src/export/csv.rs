@@ -1,4 +1,4 @@
-//! `neuroedge journal export`: one device's batches as CSV, for analysis
+//! `neuroedge journal export --format csv`: one device's batches as CSV, for analysis
 //! tools that do not read CBOR envelopes.
 //!
 //! One row per sample: `sample` (index since the device's first sample:
@@ -9,57 +9,11 @@
 //! read one at a time, in seq order, so memory does not grow with the
 //! journal.
 
-use super::{Journal, JournalError};
-use crate::batch::{self, BatchError};
+use super::{ExportError, ExportSummary, Signal, Skipped};
+use crate::batch;
 use crate::crypto::Keyring;
-use rusqlite::params;
-use serde::Serialize;
+use crate::journal::{Journal, ReadBatch, Selection};
 use std::io::Write;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    #[error("batch {device} seq {seq}: {source}")]
-    Batch {
-        device: String,
-        seq: u64,
-        source: BatchError,
-    },
-    #[error(
-        "device {device}: seq {seq} has {found} channels, the export so far {expected}; \
-         export the parts separately with --from-seq / --to-seq"
-    )]
-    Layout {
-        device: String,
-        seq: u64,
-        found: usize,
-        expected: usize,
-    },
-    #[error("writing the export: {0}")]
-    Write(#[from] std::io::Error),
-}
-
-/// What an export wrote.
-#[derive(Debug, Default, Clone, PartialEq, Serialize)]
-pub struct ExportSummary {
-    pub device: String,
-    pub batches: u64,
-    pub samples: u64,
-    pub first_seq: Option<u64>,
-    pub last_seq: Option<u64>,
-    /// Gaps the batches record (the sample index jumps over them).
-    pub gaps: u64,
-    pub missing_samples: u64,
-    pub markers: u64,
-}
-
-/// Which of a batch's signals to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    Raw,
-    Filtered,
-}
 
 /// A CSV field: quoted when it holds a separator, a quote or a line break.
 fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
@@ -75,11 +29,14 @@ fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
 pub struct ExportSpec<'a> {
     pub device: &'a str,
     pub seqs: std::ops::RangeInclusive<u64>,
+    pub time: Option<(f64, f64)>,
     pub signal: Signal,
 }
 
 /// Write the batches `spec` selects to `out` as CSV. `progress` is called
-/// with the number of batches written every 1000.
+/// with the number of batches written every 1000. A batch that does not
+/// open is a gap in the indices, marked on the next sample's marker column
+/// and listed in the summary.
 pub fn export_csv(
     j: &Journal,
     keys: &Keyring,
@@ -88,36 +45,45 @@ pub fn export_csv(
     mut progress: impl FnMut(u64),
 ) -> Result<ExportSummary, ExportError> {
     let (device, signal) = (spec.device, spec.signal);
-    let sql_err = |source| {
-        ExportError::Journal(JournalError::Sqlite {
-            path: j.path.clone(),
-            source,
-        })
+    let sel = Selection {
+        device: Some(device.to_string()),
+        seqs: spec.seqs.clone(),
+        time: spec.time,
     };
-    let mut st = j
-        .conn
-        .prepare(
-            "SELECT seq, envelope FROM batches WHERE device_id = ?1 AND seq BETWEEN ?2 AND ?3 \
-             ORDER BY seq",
-        )
-        .map_err(sql_err)?;
-    let to = i64::try_from(*spec.seqs.end()).unwrap_or(i64::MAX);
-    let from = i64::try_from(*spec.seqs.start()).unwrap_or(i64::MAX);
-    let mut rows = st.query(params![device, from, to]).map_err(sql_err)?;
     let mut summary = ExportSummary {
         device: device.to_string(),
         ..Default::default()
     };
     let mut channels: Option<usize> = None;
     let mut line = String::new();
-    while let Some(r) = rows.next().map_err(sql_err)? {
-        let seq = r.get::<_, i64>(0).map_err(sql_err)? as u64;
-        let env: Vec<u8> = r.get(1).map_err(sql_err)?;
-        let (_, b) = batch::open(keys, &env).map_err(|source| ExportError::Batch {
-            device: device.to_string(),
-            seq,
-            source,
-        })?;
+    // Unreadable batches waiting to be marked on the next written sample.
+    let mut pending_notes: Vec<String> = Vec::new();
+    for item in j.read_batches(keys, sel) {
+        let (seq, mut b) = match item? {
+            ReadBatch::Unreadable(u) => {
+                summary.gaps += 1;
+                summary.missing_samples += u.n_samples;
+                summary.batches += 1;
+                summary.first_seq.get_or_insert(u.seq);
+                summary.last_seq = Some(u.seq);
+                pending_notes.push(format!(
+                    "BAD_ACQ_SKIP {} samples (batch seq {} unreadable: {})",
+                    u.n_samples, u.seq, u.reason
+                ));
+                summary.unreadable.push(Skipped {
+                    device: u.device_id,
+                    seq: u.seq,
+                    first_sample: u.first_sample,
+                    n_samples: u.n_samples,
+                    reason: u.reason,
+                });
+                continue;
+            }
+            ReadBatch::Opened { header, data } => (header.seq, data),
+        };
+        if b.timestamps.is_empty() {
+            continue;
+        }
         let ch = b.channels.len();
         match channels {
             None => {
@@ -138,7 +104,15 @@ pub fn export_csv(
             }
             Some(_) => {}
         }
+        // Notes of unreadable batches go first on this batch's first sample
+        // (they are not markers of the recording: not counted as such).
+        let notes = pending_notes.len() as u64;
+        let t = b.timestamps[0];
+        for (k, note) in pending_notes.drain(..).enumerate() {
+            b.markers.insert(k, batch::Marker { t, value: note });
+        }
         write_batch(&b, signal, out, &mut line, &mut summary)?;
+        summary.markers -= notes;
         summary.batches += 1;
         summary.first_seq.get_or_insert(seq);
         summary.last_seq = Some(seq);
@@ -182,20 +156,15 @@ fn write_batch(
     summary.gaps += b.gaps.iter().filter(|g| g.missing > 0).count() as u64;
     summary.missing_samples += b.gaps.iter().map(|g| g.missing).sum::<u64>();
     // A gap {before_sample: i, missing: m}: indices i-m .. i-1 have no
-    // sample and the next sample is i (batch-format.md). Gaps at
-    // `first_sample` are already behind it.
-    let mut inner: Vec<&batch::Gap> = b
-        .gaps
+    // sample and the next sample is i (batch-format.md).
+    let indices = b.sample_indices();
+    for (i, ((t, frame), index)) in b
+        .timestamps
         .iter()
-        .filter(|g| g.before_sample > b.first_sample)
-        .collect();
-    inner.sort_by_key(|g| g.before_sample);
-    let mut inner = inner.into_iter().peekable();
-    let mut index = b.first_sample;
-    for (i, (t, frame)) in b.timestamps.iter().zip(values.chunks(ch)).enumerate() {
-        while let Some(g) = inner.next_if(|g| g.before_sample.saturating_sub(g.missing) <= index) {
-            index = index.max(g.before_sample);
-        }
+        .zip(values.chunks(ch))
+        .zip(indices)
+        .enumerate()
+    {
         line.clear();
         let _ = write!(line, "{index},{t:.6}");
         for v in frame {
@@ -219,7 +188,6 @@ fn write_batch(
         }
         line.push('\n');
         out.write_all(line.as_bytes())?;
-        index += 1;
         summary.samples += 1;
     }
     Ok(())

@@ -3,7 +3,6 @@
 //! httparse, and scripted fault injection per request. It stores bodies by
 //! Idempotency-Key and answers a replay with 200, like the backend of
 //! contract §7.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -80,6 +79,7 @@ pub struct ReqInfo {
     pub n: u64,
     pub batch_id: String,
     /// The server already holds this key.
+    #[allow(dead_code)] // for policies and for Debug output of failing checks
     pub replay: bool,
 }
 
@@ -90,7 +90,9 @@ pub struct Event {
     pub n: u64,
     pub at: Instant,
     pub batch_id: String,
+    #[allow(dead_code)] // shown in Debug output of failing checks
     pub device: Option<String>,
+    #[allow(dead_code)] // shown in Debug output of failing checks
     pub seq: Option<u64>,
     pub action: String,
     /// The status written, if any.
@@ -186,10 +188,6 @@ impl TestServer {
 
     pub fn set_policy(&self, p: impl Fn(&ReqInfo) -> Action + Send + Sync + 'static) {
         *self.policy.lock().expect("policy") = Arc::new(p);
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.alive.is_some()
     }
 
     /// Listen (again) on `addr`.

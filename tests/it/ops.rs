@@ -1,13 +1,11 @@
 //! Operations: the Prometheus endpoint of the real daemon, read by the
 //! reference parser (Python `prometheus_client`).
 
-mod util;
-
+use crate::util::{synthetic_device, Env};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
-use util::{synthetic_device, Env};
 
 /// A port that was free a moment ago.
 fn free_port() -> u16 {
@@ -53,7 +51,7 @@ for fam in text_string_to_metric_families(sys.stdin.read()):
         [s.name, s.labels, None if math.isnan(s.value) else s.value] for s in fam.samples]}
 print(json.dumps(out))
 "#;
-    let mut child = std::process::Command::new(util::python())
+    let mut child = std::process::Command::new(crate::util::python())
         .args(["-c", SCRIPT])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -1,18 +1,15 @@
 //! The HTTPS uplink end to end: the real daemon against a real HTTPS
-//! backend (tests/uplink_server) with a CA made in the test, and faults
+//! backend (tests/it/uplink_server.rs) with a CA made in the test, and faults
 //! injected by the server.
 
-mod uplink_server;
-mod util;
-
+use crate::uplink_server::{make_pki, Action, Pki, ReqInfo, TestServer};
+use crate::util::{synthetic_device, Env};
 use neuroedge::crypto::{load_key_file, Keyring};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use uplink_server::{make_pki, Action, Pki, ReqInfo, TestServer};
-use util::{synthetic_device, Env};
 
 const TOKEN: &str = "tok-3f9a7c1e5b2d4a6f8e0c";
 

@@ -1,13 +1,11 @@
 //! Operations through the real binary: systemd notifications and the
 //! watchdog, live reload, and who may change things on the socket.
 
-mod util;
-
+use crate::util::{python, synthetic_device, Env, BIN};
 use serde_json::Value;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use util::{python, synthetic_device, Env, BIN};
 
 fn device_total(status: &Value, id: &str) -> Option<u64> {
     status["devices"]
@@ -162,7 +160,7 @@ fn notify_ready_then_watchdog_which_stops_while_the_journal_is_stuck() {
 
 /// Sample `id`'s count every 20 ms while `during` runs; return the longest
 /// time the count stood still.
-fn longest_pause(d: &util::Daemon, id: &str, during: impl FnOnce()) -> Duration {
+fn longest_pause(d: &crate::util::Daemon, id: &str, during: impl FnOnce()) -> Duration {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let socket = d.socket.clone();
     let id = id.to_string();

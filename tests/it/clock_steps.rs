@@ -3,12 +3,10 @@
 //! `faketime` package), whose offset file the test rewrites mid-run. The
 //! monotonic clock is left alone, as the kernel would.
 
-mod util;
-
+use crate::util::{synthetic_device, Env};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
-use util::{synthetic_device, Env};
 
 const RATE: f64 = 250.0;
 

@@ -1,6 +1,5 @@
 //! Helpers: a temp folder with a config and device files, the real binary
 //! started on it, and a socket client.
-#![allow(dead_code)]
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};

@@ -2,15 +2,13 @@
 //! real library (its synthetic board) and a real LSL outlet (pylsl peer).
 //! Each test is skipped, saying so, when its Python package is missing.
 
-mod util;
-
+use crate::util::{synthetic_device, Env};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use util::{synthetic_device, Env};
 
 fn python_has(module: &str) -> bool {
-    Command::new(util::python())
+    Command::new(crate::util::python())
         .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -243,7 +241,7 @@ fn lsl_namespace(tag: &str) -> Option<NetNs> {
 /// Run tests/peers/check_lsl.py on device `lsl` of the journal against the
 /// peer's log; it must pass. Returns its JSON summary.
 fn check_lsl(env: &Env, log: &std::path::Path, extra: &[&str]) -> Value {
-    let out = Command::new(util::python())
+    let out = Command::new(crate::util::python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/peers/check_lsl.py"
@@ -288,7 +286,7 @@ fn start_peer(
     Peer(
         Command::new(ip)
             .args([netns, exec, ns_name])
-            .arg(util::python())
+            .arg(crate::util::python())
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/peers/lsl_outlet.py"
@@ -521,7 +519,7 @@ fn brainflow_playback_values_and_gaps_arrive_exactly() {
     }
     let env = Env::new("");
     let file = env.path().join("recording.csv");
-    let status = Command::new(util::python())
+    let status = Command::new(crate::util::python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/peers/brainflow_playback_file.py"

@@ -1,0 +1,24 @@
+//! The integration tests, in one binary (one link instead of seven): each
+//! module runs the real `neuroedge` binary on temp folders, against real
+//! peers where a device or a backend is involved.
+//!
+//! - [`daemon`]: streaming, shutdown, kill -9, configs, socket abuse, quota,
+//!   full disk, journal CLI and export;
+//! - [`control`]: systemd notifications and watchdog, live reload, who may
+//!   change things;
+//! - [`uplink`]: the HTTPS uplink against a real HTTPS backend with faults;
+//! - [`ops`]: the Prometheus endpoint read by the reference parser;
+//! - [`clock_steps`]: a stepped wall clock under libfaketime;
+//! - [`drivers_serial`]: Cyton and ASCII serial devices behind ptys;
+//! - [`drivers_bflsl`]: BrainFlow's real library and real LSL outlets.
+
+mod uplink_server;
+mod util;
+
+mod clock_steps;
+mod control;
+mod daemon;
+mod drivers_bflsl;
+mod drivers_serial;
+mod ops;
+mod uplink;
