@@ -73,6 +73,20 @@ pub enum GapCause {
     Journal,
 }
 
+impl Gap {
+    /// The loss a dropped batch leaves: every index its span covered
+    /// (including gaps it was already carrying), to be carried into the
+    /// device's next batch with [`BatchData::carry_gap`].
+    pub fn covering(dropped: &BatchData, cause: GapCause) -> Gap {
+        let (start, end) = (dropped.start_sample(), dropped.end_sample());
+        Gap {
+            before_sample: end,
+            missing: end - start,
+            cause,
+        }
+    }
+}
+
 impl GapCause {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -164,6 +178,19 @@ impl BatchData {
 }
 
 impl BatchData {
+    /// Put a loss carried from a dropped batch in front of this batch's
+    /// first sample (the one place batches inherit gaps: the processing
+    /// stage for a full journal queue, the writer for a refused batch).
+    pub fn carry_gap(&mut self, g: Gap) {
+        self.gaps.insert(
+            0,
+            Gap {
+                before_sample: self.first_sample,
+                ..g
+            },
+        );
+    }
+
     /// The sample index of every frame (gaps consume indices; see
     /// docs/batch-format.md): frame `k` of a batch without inner gaps has
     /// index `first_sample + k`.

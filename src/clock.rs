@@ -112,7 +112,7 @@ impl Clock {
     /// [`STEP_THRESHOLD_S`] since the last check.
     pub fn check_wall(&self, wall: f64) -> Option<ClockStep> {
         let mono = self.mono_now();
-        let mut steps = self.steps.lock().ok()?;
+        let mut steps = crate::sync::lock(&self.steps);
         let discrepancy = wall - self.unix_of_mono(mono);
         let step = discrepancy - steps.behind;
         if step.abs() < STEP_THRESHOLD_S {
@@ -142,13 +142,11 @@ impl Clock {
 
     /// Steps number `from..` (0-based), and the count they end at.
     pub fn steps_from(&self, from: u64) -> (Vec<ClockStep>, u64) {
-        match self.steps.lock() {
-            Ok(s) => (
-                s.list.iter().skip(from as usize).copied().collect(),
-                s.list.len() as u64,
-            ),
-            Err(_) => (Vec::new(), from),
-        }
+        let s = crate::sync::lock(&self.steps);
+        (
+            s.list.iter().skip(from as usize).copied().collect(),
+            s.list.len() as u64,
+        )
     }
 }
 

@@ -5,6 +5,7 @@
 // the one module allowed unsafe code, each block with a SAFETY comment.
 #![deny(unsafe_code)]
 
+pub mod backoff;
 pub mod batch;
 pub mod bench;
 pub mod clock;
@@ -21,4 +22,5 @@ pub mod ring;
 pub mod source;
 pub mod state;
 pub mod supervisor;
+pub mod sync;
 pub mod uplink;

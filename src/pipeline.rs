@@ -128,7 +128,9 @@ impl FeatureStage {
                         )
                     })
                     .collect();
-                if let Ok(mut snap) = stats.features.lock() {
+                // Never wait for a status reader: skip this update if one
+                // holds the lock (the next comes half a second later).
+                if let Some(mut snap) = crate::sync::try_lock(&stats.features) {
                     snap.quality = f
                         .quality
                         .iter()
@@ -363,19 +365,11 @@ impl Processing {
             b.clock_steps = steps;
             batcher.clock_steps_seen = seen;
         }
-        let carry = &mut batcher.carry_gap;
-        if let Some(g) = carry.take() {
-            b.gaps.insert(
-                0,
-                Gap {
-                    before_sample: b.first_sample,
-                    ..g
-                },
-            );
+        if let Some(g) = batcher.carry_gap.take() {
+            b.carry_gap(g);
         }
-        let start = b.start_sample();
-        let end = b.end_sample();
         let n = b.n_samples() as u64;
+        let gap = Gap::covering(&b, GapCause::Journal);
         let taken = if self.backpressure {
             self.journal.send_batch_blocking(b)
         } else {
@@ -384,11 +378,7 @@ impl Processing {
         if !taken {
             self.stats.dropped_samples.fetch_add(n, Relaxed);
             self.stats.gaps.fetch_add(1, Relaxed);
-            *carry = Some(Gap {
-                before_sample: end,
-                missing: end - start,
-                cause: GapCause::Journal,
-            });
+            batcher.carry_gap = Some(gap);
             tracing::warn!(device = %self.device_id, samples = n, "journal queue full: batch dropped, recorded as a gap");
         }
     }

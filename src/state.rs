@@ -150,9 +150,7 @@ impl DeviceStats {
     }
 
     pub fn set_error(&self, e: Option<String>) {
-        if let Ok(mut g) = self.last_error.lock() {
-            *g = e;
-        }
+        *crate::sync::lock(&self.last_error) = e;
     }
 
     pub fn set_next_sample(&self, n: u64) {
@@ -166,6 +164,6 @@ impl DeviceStats {
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|g| g.clone())
+        crate::sync::lock(&self.last_error).clone()
     }
 }

@@ -483,7 +483,7 @@ mod tests {
         journal.update(|j| {
             j.pending_batches = 3;
             j.max_bytes = 1 << 31;
-            j.state = "ok".into();
+            j.state = crate::journal::JournalState::Ok;
         });
         Arc::new(DaemonState {
             version: "9.9.9",

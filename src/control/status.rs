@@ -131,7 +131,7 @@ impl DaemonState {
             checks.insert(name, json!({"status": status, "detail": detail}));
         };
         let j = self.journal.snapshot();
-        if j.state == "ok" {
+        if j.state == crate::journal::JournalState::Ok {
             put(
                 "journal".into(),
                 0,

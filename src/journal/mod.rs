@@ -19,7 +19,7 @@ pub use writer::{spawn_writer, JournalTx, UploadMark, WriterHandle};
 
 use crate::config::SyncMode;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -129,8 +129,45 @@ impl AuditEvent {
     }
 }
 
+/// Whether commits succeed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalState {
+    #[default]
+    Ok,
+    /// Writes are failing and being retried; batches wait in memory.
+    Degraded,
+}
+
+/// The `state` column of a batch row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowState {
+    Pending,
+    Uploaded,
+    Quarantined,
+}
+
+impl RowState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowState::Pending => "pending",
+            RowState::Uploaded => "uploaded",
+            RowState::Quarantined => "quarantined",
+        }
+    }
+
+    /// From the column (a CHECK constraint allows only the three names).
+    pub(crate) fn from_sql(s: &str) -> RowState {
+        match s {
+            "uploaded" => RowState::Uploaded,
+            "quarantined" => RowState::Quarantined,
+            _ => RowState::Pending,
+        }
+    }
+}
+
 /// Journal figures for `status` and `health`, kept current by the writer.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct JournalStatus {
     pub path: String,
     pub pending_batches: u64,
@@ -149,8 +186,7 @@ pub struct JournalStatus {
     pub committed_batches: u64,
     /// Batches waiting in memory (queue to the writer and its retry queue).
     pub queued_batches: u64,
-    /// "ok" or "degraded" (writes failing, being retried).
-    pub state: String,
+    pub state: JournalState,
     pub write_errors: u64,
     pub last_error: Option<String>,
 }
@@ -166,7 +202,7 @@ pub struct JournalShared {
 
 impl JournalShared {
     pub fn snapshot(&self) -> JournalStatus {
-        let mut s = self.status.lock().map(|g| g.clone()).unwrap_or_default();
+        let mut s = crate::sync::lock(&self.status).clone();
         s.oldest_pending_age_s = s
             .oldest_pending_created_at
             .map(|c| (crate::clock::wall_unix() - c).max(0.0));
@@ -174,9 +210,7 @@ impl JournalShared {
     }
 
     pub fn update(&self, f: impl FnOnce(&mut JournalStatus)) {
-        if let Ok(mut g) = self.status.lock() {
-            f(&mut g);
-        }
+        f(&mut crate::sync::lock(&self.status));
     }
 }
 
@@ -201,8 +235,8 @@ pub struct DeviceCursor {
 
 /// An open journal database.
 pub struct Journal {
-    pub(crate) conn: Connection,
-    pub(crate) path: PathBuf,
+    conn: Connection,
+    path: PathBuf,
 }
 
 fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
@@ -373,9 +407,22 @@ impl Journal {
             total_bytes: total as u64,
             max_bytes,
             evicted_batches: evicted as u64,
-            state: "ok".into(),
+            state: JournalState::Ok,
             ..Default::default()
         })
+    }
+
+    /// Batches the backend refused for good (kept in the journal).
+    pub fn quarantined_count(&self) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM batches WHERE state = 'quarantined'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sqlite_err(&self.path))?;
+        Ok(n.max(0) as u64)
     }
 
     pub fn oldest_pending_created_at(&self) -> Result<Option<f64>, JournalError> {

@@ -9,7 +9,10 @@
 //! the writer stops taking batches, and the processing threads drop new ones
 //! as counted gaps rather than block.
 
-use super::{insert_audit, AuditEvent, DeviceCursor, Journal, JournalShared};
+use super::{
+    insert_audit, AuditEvent, DeviceCursor, Journal, JournalShared, JournalState, RowState,
+};
+use crate::backoff::Backoff;
 use crate::batch::{seal, BatchData, Gap, GapCause, SealParams};
 use crate::config::WhenFull;
 use crate::crypto::Keyring;
@@ -20,13 +23,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// Batches per transaction: group commit when a backlog has built up.
 const MAX_PER_TX: usize = 64;
 /// Queue between processing threads and the writer.
 const CHANNEL_BATCHES: usize = 64;
-const RETRY_INITIAL: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(15);
+/// Retrying a failed commit.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 /// How long shutdown keeps retrying a failing commit before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -63,6 +67,7 @@ pub struct JournalTx {
     audits: Sender<AuditEvent>,
     marks: Sender<UploadMark>,
     shared: Arc<JournalShared>,
+    commits: watch::Receiver<u64>,
 }
 
 impl JournalTx {
@@ -93,6 +98,13 @@ impl JournalTx {
 
     pub fn shared(&self) -> &Arc<JournalShared> {
         &self.shared
+    }
+
+    /// The number of batches committed since the writer started, changing
+    /// with every commit: the delivery engine waits on it instead of
+    /// polling.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
     }
 }
 
@@ -125,18 +137,20 @@ pub fn spawn_writer(
     let cursors = journal.cursors()?;
     let mut status = journal.load_status(cfg.max_bytes)?;
     let shared = Arc::new(JournalShared::default());
-    status.state = "ok".into();
+    status.state = JournalState::Ok;
     let total_bytes = status.total_bytes;
     let pending = (status.pending_batches, status.pending_bytes);
     shared.update(|s| *s = status);
     let (btx, brx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
     let (atx, arx) = crossbeam_channel::bounded(4096);
     let (mtx, mrx) = crossbeam_channel::bounded(65_536);
+    let (commits_tx, commits_rx) = watch::channel(0u64);
     let tx = JournalTx {
         batches: btx,
         audits: atx,
         marks: mtx,
         shared: shared.clone(),
+        commits: commits_rx,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let mut w = Writer {
@@ -151,6 +165,7 @@ pub fn spawn_writer(
         total_bytes,
         pending,
         shared,
+        commits: commits_tx,
         failing: None,
         brx,
         arx,
@@ -173,24 +188,55 @@ fn batch_bytes(b: &BatchData) -> u64 {
     (b.timestamps.len() * 8 + b.raw.len() * 4 + b.filtered.len() * 4 + 256) as u64
 }
 
+/// A commit that keeps failing: retried with [`RETRY`] until it succeeds.
 struct Failing {
     retry_at: Instant,
-    backoff: Duration,
+    /// Consecutive failed attempts.
+    attempts: u32,
     since: Instant,
 }
 
+/// What happened to one queued batch in a transaction.
 enum Outcome {
     Committed,
     Refused,
 }
 
+/// A row deleted to make room.
 struct Evicted {
     batch_id: String,
     device_id: String,
     seq: i64,
     n_samples: i64,
     size: i64,
-    state: String,
+    state: RowState,
+}
+
+/// Upload verdicts applied in a transaction.
+#[derive(Debug, Default, Clone, Copy)]
+struct MarkTally {
+    uploaded: u64,
+    quarantined: u64,
+    /// Bytes of the rows that left `pending`.
+    bytes: u64,
+}
+
+/// Everything one transaction did, applied to memory only once it
+/// committed (a failed commit leaves memory as it was).
+#[derive(Default)]
+struct Tally {
+    /// Cursors of the devices whose batches were committed.
+    cursors: HashMap<String, DeviceCursor>,
+    /// Bytes of all rows after the transaction (the quota's measure).
+    total: u64,
+    /// One per queued batch taken, in queue order.
+    outcomes: Vec<Outcome>,
+    evicted: Vec<Evicted>,
+    /// Batches committed: (count, bytes).
+    added: (u64, u64),
+    marks: MarkTally,
+    /// Audit rows this transaction writes itself.
+    audits: Vec<AuditEvent>,
 }
 
 struct Writer {
@@ -207,6 +253,8 @@ struct Writer {
     /// (count, bytes) of pending rows.
     pending: (u64, u64),
     shared: Arc<JournalShared>,
+    /// Batches committed since the daemon started, for the delivery engine.
+    commits: watch::Sender<u64>,
     failing: Option<Failing>,
     brx: Receiver<BatchData>,
     arx: Receiver<AuditEvent>,
@@ -295,13 +343,7 @@ impl Writer {
 
     fn enqueue(&mut self, mut b: BatchData) {
         if let Some(g) = self.carry_gaps.remove(&b.device_id) {
-            b.gaps.insert(
-                0,
-                Gap {
-                    before_sample: b.first_sample,
-                    ..g
-                },
-            );
+            b.carry_gap(g);
         }
         self.queue_bytes += batch_bytes(&b);
         self.queue.push_back(b);
@@ -312,6 +354,8 @@ impl Writer {
         self.shared.update(|s| s.queued_batches = q);
     }
 
+    /// Commit until the queue is empty or a commit fails (then retry
+    /// later with backoff; the batches stay queued, unsealed).
     fn commit_all(&mut self) {
         loop {
             match self.try_commit() {
@@ -326,59 +370,57 @@ impl Writer {
                             None,
                             serde_json::json!({"failing_for_s": f.since.elapsed().as_secs_f64()}),
                         ));
-                        self.shared.update(|s| {
-                            s.state = "ok".into();
-                        });
+                        self.shared.update(|s| s.state = JournalState::Ok);
                     }
                     if self.queue.is_empty() && self.audits.is_empty() && self.marks.is_empty() {
                         return;
                     }
                 }
                 Err(e) => {
-                    let storage = super::is_storage_error(&e);
-                    let msg = e.to_string();
-                    let now = Instant::now();
-                    let f = match self.failing.take() {
-                        None => {
-                            tracing::warn!(error = %msg, storage, queued = self.queue.len(), "journal write failed; batches kept in memory and retried");
-                            Failing {
-                                retry_at: now + RETRY_INITIAL,
-                                backoff: RETRY_INITIAL,
-                                since: now,
-                            }
-                        }
-                        Some(f) => {
-                            tracing::debug!(error = %msg, "journal write still failing");
-                            let backoff = (f.backoff * 2).min(RETRY_MAX);
-                            Failing {
-                                retry_at: now + backoff,
-                                backoff,
-                                since: f.since,
-                            }
-                        }
-                    };
-                    self.failing = Some(f);
-                    self.shared.update(|s| {
-                        s.state = "degraded".into();
-                        s.write_errors += 1;
-                        s.last_error = Some(msg);
-                    });
+                    self.commit_failed(e);
                     return;
                 }
             }
         }
     }
 
-    /// One transaction: pending audit records plus up to MAX_PER_TX batches.
-    /// In-memory state changes only after the commit succeeded.
+    fn commit_failed(&mut self, e: rusqlite::Error) {
+        let storage = super::is_storage_error(&e);
+        let msg = e.to_string();
+        let now = Instant::now();
+        let (attempts, since) = match self.failing.take() {
+            None => {
+                tracing::warn!(error = %msg, storage, queued = self.queue.len(), "journal write failed; batches kept in memory and retried");
+                (1, now)
+            }
+            Some(f) => {
+                tracing::debug!(error = %msg, "journal write still failing");
+                (f.attempts + 1, f.since)
+            }
+        };
+        self.failing = Some(Failing {
+            retry_at: now + RETRY.delay(attempts, 1.0),
+            attempts,
+            since,
+        });
+        self.shared.update(|s| {
+            s.state = JournalState::Degraded;
+            s.write_errors += 1;
+            s.last_error = Some(msg);
+        });
+    }
+
+    /// One transaction: pending audit records, upload verdicts, then up to
+    /// MAX_PER_TX batches (sealed here: seq is assigned at commit and
+    /// authenticated in the header, so sealing belongs inside the
+    /// transaction). Memory changes only after the commit succeeded.
     fn try_commit(&mut self) -> rusqlite::Result<()> {
         let n = self.queue.len().min(MAX_PER_TX);
-        let mut cursors: HashMap<String, DeviceCursor> = HashMap::new();
-        let mut total = self.total_bytes;
-        let mut outcomes = Vec::with_capacity(n);
-        let mut evicted: Vec<Evicted> = Vec::new();
-        let mut added = (0u64, 0u64);
         let now = crate::clock::wall_unix();
+        let mut t = Tally {
+            total: self.total_bytes,
+            ..Default::default()
+        };
         let tx = self
             .journal
             .conn
@@ -386,202 +428,50 @@ impl Writer {
         for ev in &self.audits {
             insert_audit(&tx, ev)?;
         }
-        let mut audit_rows: Vec<AuditEvent> = Vec::new();
-        let mut done = (0u64, 0u64, 0u64); // uploaded, quarantined, bytes leaving `pending`
-        for m in &self.marks {
-            match m {
-                UploadMark::Uploaded { batch_id } => {
-                    let size: Option<i64> = tx
-                        .query_row(
-                            "UPDATE batches SET state = 'uploaded', uploaded_at = ?2, attempts = attempts + 1, last_error = NULL
-                             WHERE batch_id = ?1 AND state = 'pending' RETURNING size",
-                            params![batch_id, now],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    if let Some(s) = size {
-                        done.0 += 1;
-                        done.2 += s as u64;
-                    }
-                }
-                UploadMark::Quarantined { batch_id, reason } => {
-                    let row: Option<(i64, String, i64)> = tx
-                        .query_row(
-                            "UPDATE batches SET state = 'quarantined', attempts = attempts + 1, last_error = ?2
-                             WHERE batch_id = ?1 AND state = 'pending' RETURNING size, device_id, seq",
-                            params![batch_id, reason],
-                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                        )
-                        .optional()?;
-                    if let Some((s, device, seq)) = row {
-                        done.1 += 1;
-                        done.2 += s as u64;
-                        audit_rows.push(AuditEvent::new(
-                            "quarantined",
-                            Some(&device),
-                            serde_json::json!({"batch_id": batch_id, "seq": seq, "reason": reason}),
-                        ));
-                    }
-                }
-                UploadMark::Attempt { batch_id, error } => {
-                    tx.execute(
-                        "UPDATE batches SET attempts = attempts + 1, last_error = ?2 WHERE batch_id = ?1",
-                        params![batch_id, error],
-                    )?;
-                }
-            }
-        }
+        apply_marks(&tx, &self.marks, now, &mut t)?;
+        let sealer = Sealer {
+            key: self.keyring.current(),
+            cfg: &self.cfg,
+            now,
+        };
         for b in self.queue.iter().take(n) {
-            let cur = *cursors
-                .entry(b.device_id.clone())
-                .or_insert_with(|| self.cursors.get(&b.device_id).copied().unwrap_or_default());
-            let params_ = SealParams {
-                batch_id: uuid::Uuid::now_v7().to_string(),
-                site_id: &self.cfg.site_id,
-                node_id: &self.cfg.node_id,
-                seq: cur.next_seq,
-                created_at: now,
-                compress: self.cfg.compress,
-            };
-            let (env, header) = match seal(self.keyring.current(), &params_, b) {
-                Ok(x) => x,
-                Err(e) => {
-                    // Only an impossible size makes sealing fail; refuse
-                    // the batch loudly rather than retry forever.
-                    tracing::error!(device = %b.device_id, error = %e, "cannot seal batch; it is dropped");
-                    audit_rows.push(AuditEvent::new(
-                        "refused",
-                        Some(&b.device_id),
-                        serde_json::json!({"reason": e.to_string(), "n_samples": b.n_samples()}),
-                    ));
-                    outcomes.push(Outcome::Refused);
-                    continue;
-                }
-            };
-            let size = env.len() as u64;
-            while total + size > self.cfg.max_bytes {
-                match evict_one(&tx, self.cfg.when_full)? {
-                    Some(ev) => {
-                        total -= ev.size as u64;
-                        evicted.push(ev);
-                    }
-                    None => break,
-                }
-            }
-            if total + size > self.cfg.max_bytes {
-                audit_rows.push(AuditEvent::new(
-                    "refused",
-                    Some(&b.device_id),
-                    serde_json::json!({"reason": "journal full (when_full = drop_newest)", "first_sample": b.first_sample, "n_samples": b.n_samples()}),
-                ));
-                outcomes.push(Outcome::Refused);
-                continue;
-            }
-            tx.execute(
-                "INSERT INTO batches (batch_id, device_id, seq, first_sample, n_samples, t_start, t_end, key_id, created_at, size, envelope)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    header.batch_id,
-                    header.device_id,
-                    header.seq as i64,
-                    header.first_sample as i64,
-                    header.n_samples as i64,
-                    header.t_start,
-                    header.t_end,
-                    header.key_id,
-                    header.created_at,
-                    size as i64,
-                    env
-                ],
-            )?;
-            let next = DeviceCursor {
-                next_seq: cur.next_seq + 1,
-                next_sample: b.end_sample(),
-            };
-            tx.execute(
-                "INSERT INTO devices (device_id, next_seq, next_sample) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (device_id) DO UPDATE SET next_seq = excluded.next_seq, next_sample = excluded.next_sample",
-                params![b.device_id, next.next_seq as i64, next.next_sample as i64],
-            )?;
-            cursors.insert(b.device_id.clone(), next);
-            total += size;
-            added.0 += 1;
-            added.1 += size;
-            outcomes.push(Outcome::Committed);
+            commit_batch(&tx, &sealer, b, &self.cursors, &mut t)?;
         }
-        for e in &evicted {
-            audit_rows.push(AuditEvent::new(
-                "evicted",
-                Some(&e.device_id),
-                serde_json::json!({"batch_id": e.batch_id, "seq": e.seq, "n_samples": e.n_samples, "state": e.state, "bytes": e.size, "reason": "journal.max_bytes"}),
-            ));
-        }
-        for ev in &audit_rows {
+        audit_evictions(&mut t);
+        for ev in &t.audits {
             insert_audit(&tx, ev)?;
         }
         tx.commit()?;
+        self.after_commit(t);
+        Ok(())
+    }
 
-        // Committed: apply to memory.
+    /// The transaction committed: bring memory, counters and status up to
+    /// date. Cannot fail.
+    fn after_commit(&mut self, t: Tally) {
         self.audits.clear();
         self.marks.clear();
-        self.cursors.extend(cursors);
-        self.total_bytes = total;
-        let mut evicted_pending = (0u64, 0u64);
-        for e in &evicted {
-            if e.state == "pending" {
-                evicted_pending.0 += 1;
-                evicted_pending.1 += e.size as u64;
-            }
-            let what = if e.state == "uploaded" {
-                "uploaded batch deleted for space"
-            } else {
-                "UNSENT batch evicted for space (when_full = drop_oldest)"
-            };
-            if e.state == "uploaded" {
-                tracing::info!(device = %e.device_id, seq = e.seq, "{what}");
-            } else {
-                tracing::error!(device = %e.device_id, seq = e.seq, samples = e.n_samples, "{what}");
-            }
-        }
-        let evicted_unsent = evicted.iter().filter(|e| e.state != "uploaded").count() as u64;
-        let mut refused = 0u64;
-        for o in outcomes {
-            let Some(b) = self.queue.pop_front() else {
-                break;
-            };
-            self.queue_bytes = self.queue_bytes.saturating_sub(batch_bytes(&b));
-            if let Outcome::Refused = o {
-                refused += 1;
-                tracing::error!(device = %b.device_id, samples = b.n_samples(), "journal full: new batch refused (when_full = drop_newest)");
-                let start = b.start_sample();
-                let gap = Gap {
-                    before_sample: b.end_sample(),
-                    missing: b.end_sample() - start,
-                    cause: GapCause::Journal,
-                };
-                match self.queue.iter_mut().find(|n| n.device_id == b.device_id) {
-                    Some(next) => next.gaps.insert(
-                        0,
-                        Gap {
-                            before_sample: next.first_sample,
-                            ..gap
-                        },
-                    ),
-                    None => {
-                        self.carry_gaps.insert(b.device_id.clone(), gap);
-                    }
-                }
-            }
-        }
-        self.pending.0 =
-            (self.pending.0 + added.0).saturating_sub(evicted_pending.0 + done.0 + done.1);
-        self.pending.1 = (self.pending.1 + added.1).saturating_sub(evicted_pending.1 + done.2);
-        let oldest = if evicted_pending.0 > 0 || added.0 > 0 || done.0 + done.1 > 0 {
+        self.cursors.extend(t.cursors);
+        self.total_bytes = t.total;
+        let evicted_pending = log_evictions(&t.evicted);
+        let evicted_unsent = t
+            .evicted
+            .iter()
+            .filter(|e| e.state != RowState::Uploaded)
+            .count() as u64;
+        let refused = self.release_queue(&t.outcomes);
+        let done = t.marks;
+        let left = evicted_pending.0 + done.uploaded + done.quarantined;
+        self.pending.0 = (self.pending.0 + t.added.0).saturating_sub(left);
+        self.pending.1 =
+            (self.pending.1 + t.added.1).saturating_sub(evicted_pending.1 + done.bytes);
+        let oldest = if left > 0 || t.added.0 > 0 {
             self.journal.oldest_pending_created_at().ok().flatten()
         } else {
             self.shared.snapshot().oldest_pending_created_at
         };
-        let (pending, total_bytes, committed) = (self.pending, self.total_bytes, added.0);
+        let (pending, total_bytes, committed) = (self.pending, self.total_bytes, t.added.0);
+        let mut committed_total = 0;
         self.shared.update(|s| {
             s.pending_batches = pending.0;
             s.pending_bytes = pending.1;
@@ -590,10 +480,38 @@ impl Writer {
             s.evicted_batches += evicted_unsent;
             s.refused_batches += refused;
             s.committed_batches += committed;
-            s.uploaded_batches += done.0;
-            s.quarantined_batches += done.1;
+            s.uploaded_batches += done.uploaded;
+            s.quarantined_batches += done.quarantined;
+            committed_total = s.committed_batches;
         });
-        Ok(())
+        if committed > 0 {
+            self.commits.send_replace(committed_total);
+        }
+    }
+
+    /// Take the transaction's batches off the queue; a refused one becomes
+    /// a journal gap carried into its device's next batch. Returns how many
+    /// were refused.
+    fn release_queue(&mut self, outcomes: &[Outcome]) -> u64 {
+        let mut refused = 0;
+        for o in outcomes {
+            let Some(b) = self.queue.pop_front() else {
+                break;
+            };
+            self.queue_bytes = self.queue_bytes.saturating_sub(batch_bytes(&b));
+            if let Outcome::Refused = o {
+                refused += 1;
+                tracing::error!(device = %b.device_id, samples = b.n_samples(), "journal full: new batch refused (when_full = drop_newest)");
+                let gap = Gap::covering(&b, GapCause::Journal);
+                match self.queue.iter_mut().find(|n| n.device_id == b.device_id) {
+                    Some(next) => next.carry_gap(gap),
+                    None => {
+                        self.carry_gaps.insert(b.device_id.clone(), gap);
+                    }
+                }
+            }
+        }
+        refused
     }
 
     /// Delete uploaded batches whose retention has passed.
@@ -660,7 +578,7 @@ fn evict_one(
                     seq: r.get(3)?,
                     n_samples: r.get(4)?,
                     size: r.get(5)?,
-                    state: r.get(6)?,
+                    state: RowState::from_sql(&r.get::<_, String>(6)?),
                 },
             ))
         })
@@ -682,6 +600,187 @@ fn evict_one(
         }
         None => Ok(None),
     }
+}
+
+/// Sealing settings of one transaction.
+struct Sealer<'a> {
+    key: &'a crate::crypto::BatchKey,
+    cfg: &'a WriterConfig,
+    now: f64,
+}
+
+/// Apply the uplink's verdicts (a verdict on a row no longer pending, e.g.
+/// evicted meanwhile or a repeat, changes nothing).
+fn apply_marks(
+    tx: &rusqlite::Transaction<'_>,
+    marks: &[UploadMark],
+    now: f64,
+    t: &mut Tally,
+) -> rusqlite::Result<()> {
+    for m in marks {
+        match m {
+            UploadMark::Uploaded { batch_id } => {
+                let size: Option<i64> = tx
+                    .query_row(
+                        "UPDATE batches SET state = 'uploaded', uploaded_at = ?2, attempts = attempts + 1, last_error = NULL
+                         WHERE batch_id = ?1 AND state = 'pending' RETURNING size",
+                        params![batch_id, now],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(s) = size {
+                    t.marks.uploaded += 1;
+                    t.marks.bytes += s as u64;
+                }
+            }
+            UploadMark::Quarantined { batch_id, reason } => {
+                let row: Option<(i64, String, i64)> = tx
+                    .query_row(
+                        "UPDATE batches SET state = 'quarantined', attempts = attempts + 1, last_error = ?2
+                         WHERE batch_id = ?1 AND state = 'pending' RETURNING size, device_id, seq",
+                        params![batch_id, reason],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                if let Some((s, device, seq)) = row {
+                    t.marks.quarantined += 1;
+                    t.marks.bytes += s as u64;
+                    t.audits.push(AuditEvent::new(
+                        "quarantined",
+                        Some(&device),
+                        serde_json::json!({"batch_id": batch_id, "seq": seq, "reason": reason}),
+                    ));
+                }
+            }
+            UploadMark::Attempt { batch_id, error } => {
+                tx.execute(
+                    "UPDATE batches SET attempts = attempts + 1, last_error = ?2 WHERE batch_id = ?1",
+                    params![batch_id, error],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Seal one batch with the device's next seq, make room under the quota
+/// (`when_full`), insert it and advance the device's cursor. A batch that
+/// cannot be sealed or does not fit is refused (audited), not an error.
+fn commit_batch(
+    tx: &rusqlite::Transaction<'_>,
+    sealer: &Sealer<'_>,
+    b: &BatchData,
+    known: &HashMap<String, DeviceCursor>,
+    t: &mut Tally,
+) -> rusqlite::Result<()> {
+    let cur = *t
+        .cursors
+        .entry(b.device_id.clone())
+        .or_insert_with(|| known.get(&b.device_id).copied().unwrap_or_default());
+    let params_ = SealParams {
+        batch_id: uuid::Uuid::now_v7().to_string(),
+        site_id: &sealer.cfg.site_id,
+        node_id: &sealer.cfg.node_id,
+        seq: cur.next_seq,
+        created_at: sealer.now,
+        compress: sealer.cfg.compress,
+    };
+    let (env, header) = match seal(sealer.key, &params_, b) {
+        Ok(x) => x,
+        Err(e) => {
+            // Only an impossible size makes sealing fail; refuse the batch
+            // loudly rather than retry forever.
+            tracing::error!(device = %b.device_id, error = %e, "cannot seal batch; it is dropped");
+            t.audits.push(AuditEvent::new(
+                "refused",
+                Some(&b.device_id),
+                serde_json::json!({"reason": e.to_string(), "n_samples": b.n_samples()}),
+            ));
+            t.outcomes.push(Outcome::Refused);
+            return Ok(());
+        }
+    };
+    let size = env.len() as u64;
+    let max = sealer.cfg.max_bytes;
+    while t.total + size > max {
+        match evict_one(tx, sealer.cfg.when_full)? {
+            Some(ev) => {
+                t.total -= ev.size as u64;
+                t.evicted.push(ev);
+            }
+            None => break,
+        }
+    }
+    if t.total + size > max {
+        t.audits.push(AuditEvent::new(
+            "refused",
+            Some(&b.device_id),
+            serde_json::json!({"reason": "journal full (when_full = drop_newest)", "first_sample": b.first_sample, "n_samples": b.n_samples()}),
+        ));
+        t.outcomes.push(Outcome::Refused);
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO batches (batch_id, device_id, seq, first_sample, n_samples, t_start, t_end, key_id, created_at, size, envelope)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            header.batch_id,
+            header.device_id,
+            header.seq as i64,
+            header.first_sample as i64,
+            header.n_samples as i64,
+            header.t_start,
+            header.t_end,
+            header.key_id,
+            header.created_at,
+            size as i64,
+            env
+        ],
+    )?;
+    let next = DeviceCursor {
+        next_seq: cur.next_seq + 1,
+        next_sample: b.end_sample(),
+    };
+    tx.execute(
+        "INSERT INTO devices (device_id, next_seq, next_sample) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device_id) DO UPDATE SET next_seq = excluded.next_seq, next_sample = excluded.next_sample",
+        params![b.device_id, next.next_seq as i64, next.next_sample as i64],
+    )?;
+    t.cursors.insert(b.device_id.clone(), next);
+    t.total += size;
+    t.added.0 += 1;
+    t.added.1 += size;
+    t.outcomes.push(Outcome::Committed);
+    Ok(())
+}
+
+/// An audit row per evicted batch.
+fn audit_evictions(t: &mut Tally) {
+    for e in &t.evicted {
+        t.audits.push(AuditEvent::new(
+            "evicted",
+            Some(&e.device_id),
+            serde_json::json!({"batch_id": e.batch_id, "seq": e.seq, "n_samples": e.n_samples, "state": e.state.as_str(), "bytes": e.size, "reason": "journal.max_bytes"}),
+        ));
+    }
+}
+
+/// Log each eviction (an unsent batch lost is an ERROR: data loss); returns
+/// the (count, bytes) of evicted rows that were still pending.
+fn log_evictions(evicted: &[Evicted]) -> (u64, u64) {
+    let mut pending = (0u64, 0u64);
+    for e in evicted {
+        if e.state == RowState::Pending {
+            pending.0 += 1;
+            pending.1 += e.size as u64;
+        }
+        if e.state == RowState::Uploaded {
+            tracing::info!(device = %e.device_id, seq = e.seq, "uploaded batch deleted for space");
+        } else {
+            tracing::error!(device = %e.device_id, seq = e.seq, samples = e.n_samples, "UNSENT batch evicted for space (when_full = drop_oldest)");
+        }
+    }
+    pending
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! where connection failures are retried; drivers just report them.
 
 use super::{Sink, Source, SourceError, StreamInfo, Timing};
+use crate::backoff::Backoff;
 use crate::batch::Marker;
 use crate::config::DeviceConfig;
 use crate::journal::{AuditEvent, JournalTx};
@@ -14,8 +15,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Reopening a device that failed to open or went away.
+const REOPEN: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 /// A connected device silent this long (plus one of its chunks) is
 /// `stalled`.
 const STALL_AFTER: Duration = Duration::from_secs(2);
@@ -141,9 +142,7 @@ fn start_pipe(
     let _ = ring_stats;
     stats.sample_rate.store(rate);
     stats.channels.store(info.channels, Ordering::Relaxed);
-    if let Ok(mut n) = stats.channel_names.lock() {
-        n.clone_from(&info.channel_names);
-    }
+    crate::sync::lock(&stats.channel_names).clone_from(&info.channel_names);
     let processing = Processing {
         device_id: cfg.id.clone(),
         info: info.clone(),
@@ -193,7 +192,7 @@ fn acquisition(
     let clock = crate::clock::global();
     let mut timing: Option<Timing> = None;
     let mut opened_before = false;
-    let mut backoff = BACKOFF_INITIAL;
+    let mut failed_opens = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let info = match source.open() {
             Ok(info) => info,
@@ -213,8 +212,8 @@ fn acquisition(
                     DeviceState::Connecting
                 };
                 set_state(&stats, &journal, s, Some(&m));
-                sleep_unless_stopped(&stop, backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                failed_opens += 1;
+                sleep_unless_stopped(&stop, REOPEN.delay(failed_opens, 1.0));
                 continue;
             }
         };
@@ -256,7 +255,7 @@ fn acquisition(
         opened_before = true;
         set_state(&stats, &journal, DeviceState::Streaming, None);
         stats.set_error(None);
-        backoff = BACKOFF_INITIAL;
+        failed_opens = 0;
         let stall_after = STALL_AFTER + Duration::from_secs_f64(p.info.chunk_s.clamp(0.0, 10.0));
         let mut last_progress = Instant::now();
         let mut next_index = p.producer.next_index();
@@ -317,7 +316,7 @@ fn acquisition(
         }
         if !reopen {
             // A device that opens and fails at once must not spin.
-            sleep_unless_stopped(&stop, BACKOFF_INITIAL);
+            sleep_unless_stopped(&stop, REOPEN.initial);
         }
     }
     // Closing the producer lets the processing thread drain and send the

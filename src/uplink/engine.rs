@@ -169,6 +169,9 @@ struct Engine {
     /// A whole page was skipped (full queues): stop reading for now.
     stalled: bool,
     last_committed: u64,
+    /// The writer's commit counter: a change means new rows to read.
+    commits: watch::Receiver<u64>,
+    commits_closed: bool,
     next_poll: Instant,
     buffered: usize,
     buffered_bytes: usize,
@@ -200,9 +203,7 @@ async fn read_page(
     limit: usize,
 ) -> Result<Vec<PendingBatch>, String> {
     tokio::task::spawn_blocking(move || {
-        let j = reader
-            .lock()
-            .map_err(|_| "journal reader lock poisoned".to_string())?;
+        let j = crate::sync::lock(&reader);
         j.pending_page(after, limit).map_err(|e| e.to_string())
     })
     .await
@@ -212,15 +213,8 @@ async fn read_page(
 async fn open_reader(path: PathBuf) -> Result<(Journal, u64), String> {
     tokio::task::spawn_blocking(move || {
         let j = Journal::open_readonly(&path).map_err(|e| e.to_string())?;
-        let q: i64 = j
-            .conn
-            .query_row(
-                "SELECT COUNT(*) FROM batches WHERE state = 'quarantined'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| format!("journal {}: {e}", path.display()))?;
-        Ok((j, q.max(0) as u64))
+        let q = j.quarantined_count().map_err(|e| e.to_string())?;
+        Ok((j, q))
     })
     .await
     .map_err(|e| format!("journal open task failed: {e}"))?
@@ -235,6 +229,7 @@ impl Engine {
         opts: EngineOptions,
     ) -> Engine {
         let now = Instant::now();
+        let commits = jtx.commits();
         let bucket = cfg
             .max_bytes_per_sec
             .map(|b| TokenBucket::new(b.0, now.into_std()));
@@ -258,6 +253,8 @@ impl Engine {
             at_end: false,
             stalled: false,
             last_committed: 0,
+            commits,
+            commits_closed: false,
             next_poll: now,
             buffered: 0,
             buffered_bytes: 0,
@@ -312,6 +309,11 @@ impl Engine {
                     self.on_joined(r);
                 }
                 _ = self.shared.flushed() => self.on_flush(),
+                // A commit while caught up: read the new rows now.
+                // (A closed channel — the writer is gone — falls back to polling.)
+                r = self.commits.changed(), if self.at_end && !self.commits_closed => {
+                    self.commits_closed = r.is_err();
+                }
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
@@ -401,7 +403,7 @@ impl Engine {
             }
             self.stalled = false;
         }
-        let committed = self.jtx.shared().snapshot().committed_batches;
+        let committed = *self.commits.borrow_and_update();
         if self.at_end {
             if committed == self.last_committed && now < self.next_poll {
                 return;

@@ -80,17 +80,11 @@ impl UplinkShared {
     }
 
     pub fn snapshot(&self) -> UplinkStatus {
-        match self.status.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        crate::sync::lock(&self.status).clone()
     }
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut UplinkStatus)) {
-        match self.status.lock() {
-            Ok(mut g) => f(&mut g),
-            Err(p) => f(&mut p.into_inner()),
-        }
+        f(&mut crate::sync::lock(&self.status))
     }
 
     pub fn is_enabled(&self) -> bool {

@@ -103,37 +103,7 @@ pub enum Verdict {
     },
 }
 
-/// Exponential backoff with full jitter, bounded by `initial` and `max`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The ceiling for the `attempt`-th consecutive failure (1-based):
-    /// `initial * 2^(attempt-1)`, at most `max`.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(32);
-        let c = self.initial.saturating_mul(1u32 << exp.min(31));
-        c.min(self.max).max(self.initial.min(self.max))
-    }
-
-    /// Delay before retrying after the `attempt`-th consecutive failure:
-    /// uniform in `[initial, ceiling(attempt)]`, picked by `jitter` in [0, 1).
-    /// (Full jitter, floored at `initial` so a failing backend is never
-    /// hammered.)
-    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
-        let lo = self.initial.min(self.max);
-        let hi = self.ceiling(attempt);
-        let j = if jitter.is_finite() {
-            jitter.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        lo + (hi - lo).mul_f64(j)
-    }
-}
+pub use crate::backoff::Backoff;
 
 /// `Retry-After`: delay-seconds or an HTTP date (IMF-fixdate, RFC 850,
 /// asctime); a date in the past means "now". None if unparsable.
