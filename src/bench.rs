@@ -11,10 +11,11 @@ use crate::config::{
     SyntheticConnection, WhenFull,
 };
 use crate::crypto::{BatchKey, Keyring};
+use crate::device::runner;
 use crate::journal::{self, writer::WriterConfig, Journal};
 use crate::pipeline::{FeatureStage, FilterStage};
-use crate::source::{runner, StreamInfo};
-use crate::state::DeviceStats;
+use crate::stream::StreamInfo;
+use crate::telemetry::DeviceStats;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -333,7 +334,6 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
                 journal: tx.clone(),
                 batch_seconds: 1.0,
                 first_sample: 0,
-                epoch: start,
             },
         )
         .map_err(|e| format!("cannot start the device thread: {e}"))?;

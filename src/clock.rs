@@ -12,7 +12,7 @@
 //! carry the steps recorded during them; the audit log has one
 //! `clock_step` event per step.
 
-use crate::state::AtomicF64;
+use crate::sync::AtomicF64;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub const STEP_THRESHOLD_S: f64 = 0.5;
 
 /// A wall-clock step seen while running.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct ClockStep {
     /// When it was noticed, on neuroedge's timeline after the step was
     /// handled (unix seconds).

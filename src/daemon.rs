@@ -5,10 +5,11 @@
 use crate::config::Config;
 use crate::control::{self, DaemonState};
 use crate::crypto::{self, KeyError, Keyring};
+use crate::device::{Command, Supervisor};
 use crate::journal::{self, writer::WriterConfig, AuditEvent, Journal};
-use crate::supervisor::{Command, Supervisor};
+use crate::telemetry::DeviceRegistry;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -87,16 +88,19 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         crate::uplink::UplinkShared::disabled()
     });
     let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded::<Command>();
+    let registry = Arc::new(DeviceRegistry::default());
+    let reload_tx = cmd_tx.clone();
     let state = Arc::new(DaemonState {
         version: VERSION,
         started: epoch,
         node_id: cfg.node_id.clone(),
         site_id: cfg.daemon.daemon.site_id.clone(),
-        devices: RwLock::new(Vec::new()),
+        devices: registry.clone(),
         journal: jtx.shared().clone(),
         uplink: uplink_shared.clone(),
-        markers: RwLock::new(HashMap::new()),
-        commands: Some(cmd_tx.clone()),
+        reload: Some(Box::new(move |reply| {
+            reload_tx.send(Command::Reload(Some(reply))).is_ok()
+        })),
         control_uids: cfg.daemon.status.control_uids.clone(),
     });
 
@@ -149,7 +153,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .iter()
         .map(|(id, c)| (id.clone(), c.next_sample))
         .collect();
-    let mut supervisor = Supervisor::new(&cfg, jtx.clone(), next_sample, epoch, state.clone());
+    let mut supervisor = Supervisor::new(&cfg, jtx.clone(), next_sample, registry);
     supervisor.start(&cfg.devices);
     let enabled = cfg.devices.iter().filter(|d| d.enabled).count();
     let supervisor = std::thread::Builder::new()

@@ -354,23 +354,21 @@ fn status(
     watch: bool,
 ) -> Result<(), Fail> {
     let socket = socket_path(socket, config)?;
-    if !watch {
-        let reply = client::request(&socket, "status")?;
-        if json {
-            println!("{reply}");
+    let once = || -> Result<String, Fail> {
+        Ok(if json {
+            format!("{}\n", client::request(&socket, "status")?)
         } else {
-            print!("{}", client::render(&reply));
-        }
+            client::render(&client::status(&socket)?, client::terminal_width())
+        })
+    };
+    if !watch {
+        print!("{}", once()?);
         return Ok(());
     }
     // --watch: redraw every second; a daemon that restarts meanwhile is
     // shown as unreachable, not a reason to quit.
     loop {
-        let text = match client::request(&socket, "status") {
-            Ok(reply) if json => format!("{reply}\n"),
-            Ok(reply) => client::render(&reply),
-            Err(e) => format!("{e}\n"),
-        };
+        let text = once().unwrap_or_else(|Fail(_, e)| format!("{e}\n"));
         println!("\x1b[2J\x1b[H{text}(refreshing every second; Ctrl-C to quit)");
         use std::io::Write;
         let _ = std::io::stdout().flush();

@@ -11,8 +11,8 @@ use crate::dsp::{
 };
 use crate::journal::JournalTx;
 use crate::ring::{Block, Consumer};
-use crate::source::StreamInfo;
-use crate::state::{DeviceStats, QualitySnapshot};
+use crate::stream::StreamInfo;
+use crate::telemetry::{DeviceStats, QualitySnapshot};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,7 +137,7 @@ impl FeatureStage {
                         .zip(channels)
                         .map(|(q, name)| QualitySnapshot {
                             channel: name.clone(),
-                            state: q.status.as_str().to_string(),
+                            state: q.status,
                             rms_uv: q.rms_uv,
                             line_noise_ratio: q.line_noise_ratio,
                         })
@@ -178,8 +178,6 @@ pub struct Processing {
     pub backpressure: bool,
     pub markers: crossbeam_channel::Receiver<Marker>,
     pub stats: Arc<DeviceStats>,
-    /// Daemon start, for monotonic "last sample" ages.
-    pub epoch: Instant,
 }
 
 struct Batcher {
@@ -340,7 +338,7 @@ impl Processing {
             self.stats.last_sample_unix.store(*t);
             self.stats
                 .last_sample_mono
-                .store(self.epoch.elapsed().as_secs_f64());
+                .store(crate::clock::global().mono_now());
         }
     }
 

@@ -1,4 +1,4 @@
-//! The crate's one lock-poison policy.
+//! The crate's one lock-poison policy, and an atomic f64.
 //!
 //! A lock is poisoned when a thread panicked while holding it. The panic is
 //! already reported (and ends that thread); the data behind our locks —
@@ -8,6 +8,7 @@
 //! a panic). The data path never waits on a lock held by a reader: it uses
 //! [`try_lock`] and skips the update when a reader holds it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{
     Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
 };
@@ -32,6 +33,22 @@ pub fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An f64 stored in an `AtomicU64`.
+#[derive(Debug, Default)]
+pub struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    pub fn new(v: f64) -> Self {
+        AtomicF64(AtomicU64::new(v.to_bits()))
+    }
+    pub fn load(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+    pub fn store(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]

@@ -1,177 +1,18 @@
 //! Device files: one TOML file per device instance.
 
 use super::problem::{ConfigError, Problem, SourceText};
+use crate::source::{ConnectionVisitor, DriverConfig};
+use crate::validate::Findings;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Which driver reads the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum DriverKind {
-    #[serde(rename = "synthetic")]
-    Synthetic,
-    #[serde(rename = "openbci-cyton")]
-    OpenbciCyton,
-    #[serde(rename = "serial-ascii")]
-    SerialAscii,
-    #[serde(rename = "brainflow")]
-    Brainflow,
-    #[serde(rename = "lsl")]
-    Lsl,
-}
-
-impl DriverKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            DriverKind::Synthetic => "synthetic",
-            DriverKind::OpenbciCyton => "openbci-cyton",
-            DriverKind::SerialAscii => "serial-ascii",
-            DriverKind::Brainflow => "brainflow",
-            DriverKind::Lsl => "lsl",
-        }
-    }
-}
-
-/// `[connection]` of the synthetic driver.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SyntheticConnection {
-    /// Samples per second per channel (default 250).
-    pub sample_rate: f64,
-    /// Number of channels (default 8).
-    pub channels: usize,
-    /// Seed of the noise generator; equal seeds give equal signals.
-    pub seed: u64,
-    /// true: real time; false: as fast as the pipeline takes it.
-    pub pace: bool,
-}
-
-impl Default for SyntheticConnection {
-    fn default() -> Self {
-        SyntheticConnection {
-            sample_rate: 250.0,
-            channels: 8,
-            seed: 1,
-            pace: true,
-        }
-    }
-}
-
-fn default_baud() -> u32 {
-    115_200
-}
-
-fn default_separator() -> String {
-    ",".into()
-}
-
-/// `[connection]` of the OpenBCI Cyton driver.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CytonConnection {
-    /// Serial port of the USB dongle, e.g. "/dev/ttyUSB0".
-    pub port: String,
-    /// Daisy module attached: 16 channels at half rate.
-    #[serde(default)]
-    pub daisy: bool,
-    #[serde(default = "default_baud")]
-    pub baud: u32,
-}
-
-/// `[connection]` of the ASCII serial driver.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SerialAsciiConnection {
-    pub port: String,
-    #[serde(default = "default_baud")]
-    pub baud: u32,
-    pub sample_rate: f64,
-    pub channels: usize,
-    #[serde(default = "default_separator")]
-    pub separator: String,
-}
-
-/// BrainFlow input parameters (`BrainFlowInputParams`), all optional.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrainflowParams {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub serial_port: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mac_address: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip_address: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip_address_aux: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip_address_anc: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip_port: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip_port_aux: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip_port_anc: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip_protocol: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub other_info: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub serial_number: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file_aux: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file_anc: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub master_board: Option<i32>,
-}
-
-/// `[connection]` of the BrainFlow driver.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrainflowConnection {
-    /// BrainFlow board id; -1 is BrainFlow's synthetic board.
-    pub board_id: i32,
-    /// Path to libBoardController.so; default: next to the `brainflow` Python package.
-    #[serde(default)]
-    pub library: Option<PathBuf>,
-    #[serde(default)]
-    pub params: BrainflowParams,
-}
-
-fn default_resolve_timeout() -> f64 {
-    5.0
-}
-
-/// `[connection]` of the LSL driver.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LslConnection {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default, rename = "type")]
-    pub stream_type: Option<String>,
-    #[serde(default)]
-    pub source_id: Option<String>,
-    #[serde(default = "default_resolve_timeout")]
-    pub resolve_timeout_s: f64,
-    /// Name of an LSL string stream whose samples become batch markers.
-    #[serde(default)]
-    pub markers: Option<String>,
-}
-
-/// The typed `[connection]` table, per driver.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Connection {
-    Synthetic(SyntheticConnection),
-    OpenbciCyton(CytonConnection),
-    SerialAscii(SerialAsciiConnection),
-    Brainflow(Box<BrainflowConnection>),
-    Lsl(LslConnection),
-}
+pub use crate::source::brainflow::{BrainflowConnection, BrainflowParams};
+pub use crate::source::lsl::LslConnection;
+pub use crate::source::openbci_cyton::CytonConnection;
+pub use crate::source::serial_ascii::SerialAsciiConnection;
+pub use crate::source::synthetic::SyntheticConnection;
+pub use crate::source::{Connection, DriverKind};
 
 /// `[channels]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -335,12 +176,7 @@ impl DeviceConfig {
     /// Sample rate and channel count when the config states them (the
     /// BrainFlow and LSL drivers learn them from the device).
     pub fn declared_layout(&self) -> Option<(f64, usize)> {
-        match &self.connection {
-            Connection::Synthetic(c) => Some((c.sample_rate, c.channels)),
-            Connection::SerialAscii(c) => Some((c.sample_rate, c.channels)),
-            Connection::OpenbciCyton(c) => Some(if c.daisy { (125.0, 16) } else { (250.0, 8) }),
-            Connection::Brainflow(_) | Connection::Lsl(_) => None,
-        }
+        self.connection.declared_layout()
     }
 }
 
@@ -350,13 +186,12 @@ impl DeviceConfig {
 fn parse_as<C: serde::de::DeserializeOwned>(
     src: &SourceText,
     wrap: fn(C) -> Connection,
-    default: Option<fn() -> C>,
+    default: fn() -> Option<C>,
 ) -> Result<DeviceFile<Connection>, Problem> {
     let f: DeviceFile<C> = toml::from_str(&src.text).map_err(|e| src.problem_from_toml(&e))?;
-    let connection = match (f.connection, default) {
-        (Some(c), _) => wrap(c),
-        (None, Some(d)) => wrap(d()),
-        (None, None) => {
+    let connection = match f.connection.or_else(default) {
+        Some(c) => wrap(c),
+        None => {
             return Err(src.problem_at_key(
                 "connection",
                 format!("driver {:?} needs a [connection] table", f.driver.name()),
@@ -377,39 +212,40 @@ fn parse_as<C: serde::de::DeserializeOwned>(
     })
 }
 
+/// Parses a device file with the connection type of its driver.
+struct ParseWith<'a>(&'a SourceText);
+
+impl ConnectionVisitor for ParseWith<'_> {
+    type Output = Result<DeviceFile<Connection>, Problem>;
+
+    fn visit<C: DriverConfig>(self, wrap: fn(C) -> Connection) -> Self::Output {
+        parse_as(self.0, wrap, C::default_connection)
+    }
+}
+
 /// Parse and validate one device file.
 pub fn parse_device(path: &Path, text: String) -> Result<DeviceConfig, Vec<Problem>> {
     let src = SourceText::new(path, text);
     let head: DriverOnly =
         toml::from_str(&src.text).map_err(|e| vec![src.problem_from_toml(&e)])?;
-    let parsed = match head.driver {
-        DriverKind::Synthetic => parse_as(
-            &src,
-            Connection::Synthetic,
-            Some(SyntheticConnection::default),
-        ),
-        DriverKind::OpenbciCyton => parse_as(&src, Connection::OpenbciCyton, None),
-        DriverKind::SerialAscii => parse_as(&src, Connection::SerialAscii, None),
-        DriverKind::Brainflow => parse_as(&src, |c| Connection::Brainflow(Box::new(c)), None),
-        DriverKind::Lsl => parse_as(&src, Connection::Lsl, None),
+    let mut f = head.driver.visit(ParseWith(&src)).map_err(|p| vec![p])?;
+    let Some(mut connection) = f.connection.take() else {
+        return Err(vec![src.problem_at_key(
+            "connection",
+            "missing [connection] table".to_string(),
+            None,
+        )]);
     };
-    let mut f = parsed.map_err(|p| vec![p])?;
-    // A relative BrainFlow library path is relative to the device file.
-    if let Some(Connection::Brainflow(c)) = f.connection.as_mut() {
-        if let (Some(lib), Some(dir)) = (c.library.as_mut(), path.parent()) {
-            if lib.is_relative() {
-                *lib = dir.join(&*lib);
-            }
-        }
+    // Relative paths in [connection] are relative to the device file.
+    if let Some(dir) = path.parent() {
+        connection.resolve_paths(dir);
     }
     let dev = DeviceConfig {
         file: path.to_path_buf(),
         id: f.id,
         driver: f.driver,
         enabled: f.enabled,
-        connection: f
-            .connection
-            .unwrap_or(Connection::Synthetic(SyntheticConnection::default())),
+        connection,
         channels: f.channels,
         filters: f.filters,
         features: f.features,
@@ -424,10 +260,10 @@ pub fn parse_device(path: &Path, text: String) -> Result<DeviceConfig, Vec<Probl
     }
 }
 
+/// Every semantic check of a device file: the id, the driver's
+/// `[connection]`, then each section's own `validate()`.
 fn validate_device(d: &DeviceConfig, src: &SourceText) -> Vec<Problem> {
-    let mut out = Vec::new();
-    let mut bad =
-        |key: &str, msg: String, hint: &str| out.push(src.problem_at_key(key, msg, Some(hint)));
+    let mut top = Findings::new("");
     if d.id.is_empty()
         || d.id.len() > 64
         || !d
@@ -435,227 +271,175 @@ fn validate_device(d: &DeviceConfig, src: &SourceText) -> Vec<Problem> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
-        bad(
+        top.bad(
             "id",
             format!("{:?} is not a valid device id", d.id),
             "use 1-64 letters, digits, '-', '_' or '.'",
         );
     }
-    let check_rate = |rate: f64, key: &str, bad: &mut dyn FnMut(&str, String, &str)| {
-        if !(rate.is_finite() && rate > 0.0 && rate <= 100_000.0) {
-            bad(
-                key,
-                format!("sample rate {rate} is out of range"),
-                "use a rate in Hz between 0 and 100000",
-            );
-        }
-    };
-    let check_channels = |n: usize, key: &str, bad: &mut dyn FnMut(&str, String, &str)| {
-        if !(1..=1024).contains(&n) {
-            bad(
-                key,
-                format!("{n} channels is out of range"),
-                "use 1 to 1024 channels",
-            );
-        }
-    };
-    let check_port = |port: &str, bad: &mut dyn FnMut(&str, String, &str)| {
-        if port.trim().is_empty() {
-            bad(
-                "connection.port",
-                "serial port is empty".into(),
-                "set port = \"/dev/ttyUSB0\" (or the device's path)",
-            );
-        }
-    };
-    match &d.connection {
-        Connection::Synthetic(c) => {
-            check_rate(c.sample_rate, "connection.sample_rate", &mut bad);
-            check_channels(c.channels, "connection.channels", &mut bad);
-        }
-        Connection::OpenbciCyton(c) => {
-            check_port(&c.port, &mut bad);
-            if c.baud == 0 {
-                bad(
-                    "connection.baud",
-                    "baud must be positive".into(),
-                    "the Cyton uses 115200",
-                );
-            }
-        }
-        Connection::SerialAscii(c) => {
-            check_port(&c.port, &mut bad);
-            check_rate(c.sample_rate, "connection.sample_rate", &mut bad);
-            check_channels(c.channels, "connection.channels", &mut bad);
-            if c.baud == 0 {
-                bad(
-                    "connection.baud",
-                    "baud must be positive".into(),
-                    "e.g. 115200",
-                );
-            }
-            if c.separator.is_empty() {
-                bad(
-                    "connection.separator",
-                    "separator is empty".into(),
-                    "e.g. \",\" or \" \"",
-                );
-            }
-        }
-        Connection::Brainflow(c) => {
-            // BrainFlow's streaming (-2) and playback (-3) boards carry
-            // another board's data and need to know which.
-            if matches!(c.board_id, -2 | -3) && matches!(c.params.master_board, None | Some(-100)) {
-                bad(
-                    "connection.board_id",
-                    format!(
-                        "board_id {} (BrainFlow's streaming / playback board) needs params.master_board",
-                        c.board_id
-                    ),
-                    "set master_board in [connection.params] to the board id whose data it carries",
-                );
-            }
-        }
-        Connection::Lsl(c) => {
-            if c.name.is_none() && c.stream_type.is_none() && c.source_id.is_none() {
-                bad(
-                    "connection",
-                    "no stream selector".into(),
-                    "set at least one of name, type, source_id",
-                );
-            }
-            if !(c.resolve_timeout_s > 0.0 && c.resolve_timeout_s <= 3600.0) {
-                bad(
-                    "connection.resolve_timeout_s",
-                    format!("{} is out of range", c.resolve_timeout_s),
-                    "use a number of seconds above 0 and at most 3600 (default 5.0)",
+    let mut connection = Findings::new("connection");
+    d.connection.validate(&mut connection);
+    let layout = d.declared_layout();
+    let mut channels = Findings::new("channels");
+    d.channels.validate(layout.map(|(_, n)| n), &mut channels);
+    let mut filters = Findings::new("filters");
+    d.filters
+        .validate(layout.map(|(r, _)| r / 2.0), &mut filters);
+    let mut features = Findings::new("features");
+    d.features.validate(&mut features);
+    let mut quality = Findings::new("quality");
+    d.quality.validate(&mut quality);
+    let mut buffer = Findings::new("buffer");
+    d.buffer.validate(&mut buffer);
+    [
+        top, connection, channels, filters, features, quality, buffer,
+    ]
+    .into_iter()
+    .flat_map(Findings::into_vec)
+    .map(|f| src.problem_at_key(&f.key, f.message, Some(&f.hint)))
+    .collect()
+}
+
+impl ChannelsSection {
+    /// `channels` is the count the config declares, if it does.
+    pub fn validate(&self, channels: Option<usize>, out: &mut Findings) {
+        if let (Some(names), Some(n)) = (&self.names, channels) {
+            if names.len() != n {
+                out.bad(
+                    "names",
+                    format!("{} names for {n} channels", names.len()),
+                    "give one name per channel, or remove the key",
                 );
             }
         }
     }
-    if let (Some(names), Some((_, n))) = (&d.channels.names, d.declared_layout()) {
-        if names.len() != n {
-            bad(
-                "channels.names",
-                format!("{} names for {n} channels", names.len()),
-                "give one name per channel, or remove the key",
+}
+
+impl FiltersSection {
+    /// `nyquist` is half the declared sample rate, if the config states it.
+    pub fn validate(&self, nyquist: Option<f64>, out: &mut Findings) {
+        if !(1..=8).contains(&self.order) {
+            out.bad(
+                "order",
+                format!("order {} is out of range", self.order),
+                "use 1 to 8",
             );
         }
-    }
-    let f = &d.filters;
-    if !(1..=8).contains(&f.order) {
-        bad(
-            "filters.order",
-            format!("order {} is out of range", f.order),
-            "use 1 to 8",
-        );
-    }
-    let nyquist = d.declared_layout().map(|(r, _)| r / 2.0);
-    for (key, v) in [
-        ("filters.highpass_hz", f.highpass_hz),
-        ("filters.lowpass_hz", f.lowpass_hz),
-        ("filters.notch_hz", f.notch_hz),
-    ] {
-        if let Some(v) = v {
+        for (key, v) in [
+            ("highpass_hz", self.highpass_hz),
+            ("lowpass_hz", self.lowpass_hz),
+            ("notch_hz", self.notch_hz),
+        ] {
+            let Some(v) = v else { continue };
             if !(v.is_finite() && v > 0.0) {
-                bad(
+                out.bad(
                     key,
                     format!("{v} Hz must be positive"),
                     "remove the key to disable this filter",
                 );
-            } else if let Some(ny) = nyquist {
-                if v >= ny {
-                    bad(
-                        key,
-                        format!("{v} Hz is at or above the Nyquist frequency ({ny} Hz)"),
-                        "use a frequency below half the sample rate",
-                    );
-                }
+            } else if let Some(ny) = nyquist.filter(|ny| v >= *ny) {
+                out.bad(
+                    key,
+                    format!("{v} Hz is at or above the Nyquist frequency ({ny} Hz)"),
+                    "use a frequency below half the sample rate",
+                );
+            }
+        }
+        if let (Some(hp), Some(lp)) = (self.highpass_hz, self.lowpass_hz) {
+            if hp >= lp {
+                out.bad(
+                    "highpass_hz",
+                    format!("highpass {hp} Hz is not below lowpass {lp} Hz"),
+                    "a band-pass needs highpass_hz < lowpass_hz",
+                );
+            }
+        }
+        if !(self.notch_q.is_finite() && self.notch_q > 0.0) {
+            out.bad(
+                "notch_q",
+                format!("Q {} must be positive", self.notch_q),
+                "default is 30",
+            );
+        }
+        if self.notch_harmonics == 0 || self.notch_harmonics > 20 {
+            out.bad(
+                "notch_harmonics",
+                format!("{} is out of range", self.notch_harmonics),
+                "use 1 to 20",
+            );
+        }
+    }
+}
+
+impl FeaturesSection {
+    pub fn validate(&self, out: &mut Findings) {
+        if !(self.window_s.is_finite() && self.window_s > 0.0 && self.window_s <= 60.0) {
+            out.bad(
+                "window_s",
+                format!("{} s is out of range", self.window_s),
+                "use up to 60 s (default 1.0)",
+            );
+        }
+        if !(self.step_s.is_finite() && self.step_s > 0.0 && self.step_s <= 60.0) {
+            out.bad(
+                "step_s",
+                format!("{} s is out of range", self.step_s),
+                "use up to 60 s (default 0.5)",
+            );
+        }
+        for (name, [lo, hi]) in &self.bands {
+            if !(lo.is_finite() && hi.is_finite() && *lo >= 0.0 && lo < hi) {
+                out.bad(
+                    &format!("bands.{name}"),
+                    format!("band [{lo}, {hi}] is not a range"),
+                    "write [lo, hi] with 0 <= lo < hi",
+                );
             }
         }
     }
-    if let (Some(hp), Some(lp)) = (f.highpass_hz, f.lowpass_hz) {
-        if hp >= lp {
-            bad(
-                "filters.highpass_hz",
-                format!("highpass {hp} Hz is not below lowpass {lp} Hz"),
-                "a band-pass needs highpass_hz < lowpass_hz",
+}
+
+impl QualitySection {
+    pub fn validate(&self, out: &mut Findings) {
+        for (key, v) in [
+            ("flat_ptp_uv", self.flat_ptp_uv),
+            ("railed_abs_uv", self.railed_abs_uv),
+            ("noisy_rms_uv", self.noisy_rms_uv),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                out.bad(
+                    key,
+                    format!("{v} must be positive"),
+                    "remove the key to use the default",
+                );
+            }
+        }
+        for (key, v) in [
+            ("railed_min_fraction", self.railed_min_fraction),
+            ("noisy_line_ratio", self.noisy_line_ratio),
+        ] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                out.bad(
+                    key,
+                    format!("{v} is not a fraction"),
+                    "use a value between 0 and 1",
+                );
+            }
+        }
+    }
+}
+
+impl BufferSection {
+    pub fn validate(&self, out: &mut Findings) {
+        let rs = self.ring_seconds;
+        if !(rs.is_finite() && (0.1..=600.0).contains(&rs)) {
+            out.bad(
+                "ring_seconds",
+                format!("{rs} s is out of range"),
+                "use 0.1 to 600 s (default 10)",
             );
         }
     }
-    if !(f.notch_q.is_finite() && f.notch_q > 0.0) {
-        bad(
-            "filters.notch_q",
-            format!("Q {} must be positive", f.notch_q),
-            "default is 30",
-        );
-    }
-    if f.notch_harmonics == 0 || f.notch_harmonics > 20 {
-        bad(
-            "filters.notch_harmonics",
-            format!("{} is out of range", f.notch_harmonics),
-            "use 1 to 20",
-        );
-    }
-    let ft = &d.features;
-    if !(ft.window_s.is_finite() && ft.window_s > 0.0 && ft.window_s <= 60.0) {
-        bad(
-            "features.window_s",
-            format!("{} s is out of range", ft.window_s),
-            "use up to 60 s (default 1.0)",
-        );
-    }
-    if !(ft.step_s.is_finite() && ft.step_s > 0.0 && ft.step_s <= 60.0) {
-        bad(
-            "features.step_s",
-            format!("{} s is out of range", ft.step_s),
-            "use up to 60 s (default 0.5)",
-        );
-    }
-    for (name, [lo, hi]) in &ft.bands {
-        if !(lo.is_finite() && hi.is_finite() && *lo >= 0.0 && lo < hi) {
-            bad(
-                &format!("features.bands.{name}"),
-                format!("band [{lo}, {hi}] is not a range"),
-                "write [lo, hi] with 0 <= lo < hi",
-            );
-        }
-    }
-    let q = &d.quality;
-    for (key, v) in [
-        ("quality.flat_ptp_uv", q.flat_ptp_uv),
-        ("quality.railed_abs_uv", q.railed_abs_uv),
-        ("quality.noisy_rms_uv", q.noisy_rms_uv),
-    ] {
-        if !(v.is_finite() && v > 0.0) {
-            bad(
-                key,
-                format!("{v} must be positive"),
-                "remove the key to use the default",
-            );
-        }
-    }
-    for (key, v) in [
-        ("quality.railed_min_fraction", q.railed_min_fraction),
-        ("quality.noisy_line_ratio", q.noisy_line_ratio),
-    ] {
-        if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
-            bad(
-                key,
-                format!("{v} is not a fraction"),
-                "use a value between 0 and 1",
-            );
-        }
-    }
-    let rs = d.buffer.ring_seconds;
-    if !(rs.is_finite() && (0.1..=600.0).contains(&rs)) {
-        bad(
-            "buffer.ring_seconds",
-            format!("{rs} s is out of range"),
-            "use 0.1 to 600 s (default 10)",
-        );
-    }
-    out
 }
 
 /// Load every `*.toml` in a folder; ids must be unique.

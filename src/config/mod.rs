@@ -6,12 +6,13 @@
 
 mod device;
 mod problem;
-mod units;
 
+pub use crate::units::{ByteCount, HumanDuration};
+pub use crate::uplink::config::UplinkSection;
 pub use device::*;
 pub use problem::{ConfigError, Problem, SourceText};
-pub use units::{ByteCount, HumanDuration};
 
+use crate::validate::Findings;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -120,47 +121,6 @@ impl Default for CryptoSection {
             key_file: "var/batch.key".into(),
             generate_if_missing: false,
             previous_key_files: Vec::new(),
-        }
-    }
-}
-
-/// `[uplink]`: HTTPS upload to the cloud backend.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UplinkSection {
-    pub enabled: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_cert: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_key: Option<PathBuf>,
-    pub timeout: HumanDuration,
-    pub max_in_flight: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_bytes_per_sec: Option<ByteCount>,
-    pub backoff_initial: HumanDuration,
-    pub backoff_max: HumanDuration,
-}
-
-impl Default for UplinkSection {
-    fn default() -> Self {
-        UplinkSection {
-            enabled: false,
-            endpoint: None,
-            token_file: None,
-            ca_file: None,
-            client_cert: None,
-            client_key: None,
-            timeout: HumanDuration(Duration::from_secs(30)),
-            max_in_flight: 4,
-            max_bytes_per_sec: None,
-            backoff_initial: HumanDuration(Duration::from_secs(1)),
-            backoff_max: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
@@ -495,61 +455,10 @@ fn validate_daemon(c: &DaemonConfig, src: &SourceText, out: &mut Vec<Problem>) {
             "write it as a string of octal digits, e.g. \"0660\"",
         );
     }
-    if c.uplink.enabled
-        && c.uplink
-            .endpoint
-            .as_deref()
-            .is_none_or(|e| e.trim().is_empty())
-    {
-        bad(
-            "uplink.endpoint",
-            "uplink is enabled but has no endpoint".into(),
-            "set endpoint = \"https://...\" or enabled = false",
-        );
-    }
-    if c.uplink.enabled {
-        if let Some(e) = c
-            .uplink
-            .endpoint
-            .as_deref()
-            .filter(|e| !e.trim().is_empty())
-        {
-            if let Err(msg) = crate::uplink::transport::batches_url(e) {
-                bad(
-                    "uplink.endpoint",
-                    msg,
-                    "write e.g. endpoint = \"https://ingest.example.org\"",
-                );
-            }
-        }
-        if c.uplink.token_file.is_none() {
-            bad(
-                "uplink.token_file",
-                "uplink is enabled but has no token_file".into(),
-                "set token_file = \"/etc/neuroedge/uplink.token\" (one line: the bearer token)",
-            );
-        }
-        if c.uplink.client_cert.is_some() != c.uplink.client_key.is_some() {
-            bad(
-                "uplink.client_cert",
-                "client_cert and client_key go together".into(),
-                "set both (PEM files) for mutual TLS, or neither",
-            );
-        }
-    }
-    if c.uplink.max_in_flight == 0 {
-        bad(
-            "uplink.max_in_flight",
-            "must be at least 1".into(),
-            "default is 4",
-        );
-    }
-    if c.uplink.backoff_initial.0 > c.uplink.backoff_max.0 {
-        bad(
-            "uplink.backoff_initial",
-            "is larger than backoff_max".into(),
-            "backoff_initial <= backoff_max",
-        );
+    let mut uplink = Findings::new("uplink");
+    c.uplink.validate(&mut uplink);
+    for f in uplink.into_vec() {
+        bad(&f.key, f.message, &f.hint);
     }
     if let Some(l) = &c.metrics.listen {
         if l.parse::<std::net::SocketAddr>().is_err() {

@@ -1,5 +1,8 @@
 //! `neuroedge status`: ask the socket, print a summary or the raw JSON.
 
+use super::report::{QualityReport, StatusReport};
+use crate::dsp::QualityStatus;
+use crate::journal::JournalState;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -47,38 +50,47 @@ pub fn request(socket: &Path, line: &str) -> Result<Value, ClientError> {
     })
 }
 
-fn num(v: &Value, k: &str) -> f64 {
-    v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+/// Ask for `status` and read the typed report.
+pub fn status(socket: &Path) -> Result<StatusReport, ClientError> {
+    let v = request(socket, "status")?;
+    serde_json::from_value(v).map_err(|e| {
+        ClientError::Reply(format!(
+            "the status reply does not match this neuroedge's report ({e}); are the daemon and this command the same version?"
+        ))
+    })
 }
 
-fn human_bytes(b: f64) -> String {
-    bytesize::ByteSize(b.max(0.0) as u64).to_string_as(true)
+fn human_bytes(b: u64) -> String {
+    bytesize::ByteSize(b).to_string_as(true)
 }
 
-/// Per-channel quality in one short line: a letter per channel (`o` ok,
-/// `f` flat, `r` railed, `n` noisy), then the channels needing attention.
-pub fn compact_quality(q: &[Value]) -> String {
+fn letter(q: QualityStatus) -> char {
+    match q {
+        QualityStatus::Ok => 'o',
+        QualityStatus::Flat => 'f',
+        QualityStatus::Railed => 'r',
+        QualityStatus::Noisy => 'n',
+    }
+}
+
+/// Per-channel quality in one line of at most `width` characters: a letter
+/// per channel (`o` ok, `f` flat, `r` railed, `n` noisy) and the channels
+/// needing attention; when the letters do not fit (a 384-channel rig), a
+/// count per state and the channels that are not ok, by number:
+/// `384 ch: 380 ok, 3 flat, 1 railed (ch 17, 211, 212 flat; ch 300 railed)`.
+pub fn compact_quality(q: &[QualityReport], width: usize) -> String {
     let mut letters = String::new();
     let mut bad = Vec::new();
     for (i, c) in q.iter().enumerate() {
-        let st = c.get("state").and_then(Value::as_str).unwrap_or("?");
-        let l = match st {
-            "ok" => 'o',
-            "flat" => 'f',
-            "railed" => 'r',
-            "noisy" => 'n',
-            _ => '?',
-        };
         if i > 0 && i % 8 == 0 {
             letters.push(' ');
         }
-        letters.push(l);
-        if st != "ok" {
-            let name = c.get("channel").and_then(Value::as_str).unwrap_or("?");
-            bad.push(format!("{name} {st}"));
+        letters.push(letter(c.state));
+        if c.state != QualityStatus::Ok {
+            bad.push(format!("{} {}", c.channel, c.state.as_str()));
         }
     }
-    if bad.is_empty() {
+    let line = if bad.is_empty() {
         format!("{letters}  all ok")
     } else {
         let shown: Vec<String> = bad.iter().take(6).cloned().collect();
@@ -91,36 +103,68 @@ pub fn compact_quality(q: &[Value]) -> String {
             "{letters}  {}{more}  [o ok f flat r railed n noisy]",
             shown.join(", ")
         )
+    };
+    if line.chars().count() <= width {
+        return line;
     }
+    summarise_quality(q, width)
 }
 
-/// A technician-readable summary of a `status` reply.
-pub fn render(status: &Value) -> String {
+/// `N ch: a ok, b flat, ... (ch i, j flat; ch k railed)`, channel numbers
+/// 1-based, the list cut with "…" to fit `width`.
+fn summarise_quality(q: &[QualityReport], width: usize) -> String {
+    let states = [
+        QualityStatus::Ok,
+        QualityStatus::Flat,
+        QualityStatus::Railed,
+        QualityStatus::Noisy,
+    ];
+    let counts: Vec<String> = states
+        .iter()
+        .filter_map(|s| {
+            let n = q.iter().filter(|c| c.state == *s).count();
+            (n > 0).then(|| format!("{n} {}", s.as_str()))
+        })
+        .collect();
+    let mut out = format!("{} ch: {}", q.len(), counts.join(", "));
+    let lists: Vec<String> = states[1..]
+        .iter()
+        .filter_map(|s| {
+            let chans: Vec<String> = q
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.state == *s)
+                .map(|(i, _)| (i + 1).to_string())
+                .collect();
+            (!chans.is_empty()).then(|| format!("ch {} {}", chans.join(", "), s.as_str()))
+        })
+        .collect();
+    if !lists.is_empty() {
+        let detail = format!(" ({})", lists.join("; "));
+        if out.chars().count() + detail.chars().count() <= width {
+            out += &detail;
+        } else {
+            let room = width.saturating_sub(out.chars().count() + 3);
+            let cut: String = detail.chars().take(room).collect();
+            out += &cut;
+            out += "…)";
+        }
+    }
+    out
+}
+
+/// A technician-readable summary of a `status` report, `width` columns wide.
+pub fn render(status: &StatusReport, width: usize) -> String {
     let mut out = String::new();
-    let s = |k: &str| {
-        status
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string()
-    };
     out += &format!(
         "neuroedge {} on node {} (site {}), up {:.0} s\n\n",
-        s("version"),
-        s("node_id"),
-        s("site_id"),
-        num(status, "uptime_s")
+        status.version, status.node_id, status.site_id, status.uptime_s
     );
-    let devices = status
-        .get("devices")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
     // Wide enough for the longest device id, so columns stay aligned.
-    let w = devices
+    let w = status
+        .devices
         .iter()
-        .filter_map(|d| d.get("id").and_then(Value::as_str))
-        .map(|id| id.chars().count())
+        .map(|d| d.id.chars().count())
         .max()
         .unwrap_or(0)
         .max(16);
@@ -128,122 +172,215 @@ pub fn render(status: &Value) -> String {
         "{:<w$} {:<14} {:<12} {:>8} {:>10} {:>12} {:>8} {:>6} {:>9}\n",
         "DEVICE", "DRIVER", "STATE", "RATE", "SAMPLES/S", "SAMPLES", "DROPPED", "GAPS", "LAST"
     );
-    for d in devices {
-        let t = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    for d in &status.devices {
         let age = d
-            .get("last_sample_age_s")
-            .and_then(Value::as_f64)
+            .last_sample_age_s
             .map_or("-".into(), |a| format!("{a:.2}s"));
-        let rate = match num(d, "sample_rate") {
-            r if r > 0.0 => format!("{r:.0}Hz"),
-            _ => "-".into(),
+        let rate = if d.sample_rate > 0.0 {
+            format!("{:.0}Hz", d.sample_rate)
+        } else {
+            "-".into()
+        };
+        let per_s = if d.samples_per_s.is_finite() {
+            d.samples_per_s
+        } else {
+            0.0
         };
         out += &format!(
             "{:<w$} {:<14} {:<12} {:>8} {:>10.1} {:>12} {:>8} {:>6} {:>9}\n",
-            t("id"),
-            t("driver"),
-            t("state"),
+            d.id,
+            d.driver,
+            d.state.as_str(),
             rate,
-            num(d, "samples_per_s"),
-            num(d, "samples_total") as u64,
-            num(d, "dropped_samples") as u64,
-            num(d, "gaps") as u64,
+            per_s,
+            d.samples_total,
+            d.dropped_samples,
+            d.gaps,
             age
         );
-        if let Some(q) = d
-            .get("quality")
-            .and_then(Value::as_array)
-            .filter(|q| !q.is_empty())
-        {
-            out += &format!("    quality  {}\n", compact_quality(q));
-        }
-        if let Some(r) = d.get("effective_rate").and_then(Value::as_f64) {
-            let nominal = num(d, "sample_rate");
-            if nominal > 0.0 {
-                out += &format!(
-                    "    measured rate {r:.3} Hz ({:+.0} ppm)\n",
-                    (r / nominal - 1.0) * 1e6
-                );
-            }
-        }
-        if let Some(e) = d.get("last_error").and_then(Value::as_str) {
-            out += &format!("    last error: {e}\n");
-        }
-    }
-    if let Some(j) = status.get("journal") {
-        let oldest = j
-            .get("oldest_pending_age_s")
-            .and_then(Value::as_f64)
-            .map_or("-".into(), |a| format!("{a:.0} s"));
-        out += &format!(
-            "\njournal  {} pending ({}), oldest {}; {} of {} used; {} evicted; {}\n",
-            num(j, "pending_batches") as u64,
-            human_bytes(num(j, "pending_bytes")),
-            oldest,
-            human_bytes(num(j, "total_bytes")),
-            human_bytes(num(j, "max_bytes")),
-            num(j, "evicted_batches") as u64,
-            j.get("state").and_then(Value::as_str).unwrap_or("?"),
-        );
-        if let Some(e) = j.get("last_error").and_then(Value::as_str) {
-            if j.get("state").and_then(Value::as_str) != Some("ok") {
-                out += &format!("    last error: {e}\n");
-            }
-        }
-    }
-    if let Some(u) = status.get("uplink") {
-        out += &format!(
-            "uplink   {}; {} uploaded, {} quarantined\n",
-            u.get("state").and_then(Value::as_str).unwrap_or("?"),
-            num(u, "uploaded_batches") as u64,
-            num(u, "quarantined_batches") as u64
-        );
-        if let Some(e) = u.get("last_error").and_then(Value::as_str) {
-            out += &format!("    last error: {e}\n");
-        }
-    }
-    if let Some(c) = status.get("clock") {
-        let steps = c.get("steps").and_then(Value::as_array).map_or(0, Vec::len);
-        let off = num(c, "wall_offset_s");
-        if steps > 0 || off.abs() > 1.0 {
+        if !d.quality.is_empty() {
+            let prefix = "    quality  ";
             out += &format!(
-                "clock    {steps} wall-clock step(s) seen; wall clock - timestamps = {off:+.1} s\n"
+                "{prefix}{}\n",
+                compact_quality(&d.quality, width.saturating_sub(prefix.len()).max(40))
             );
         }
+        if d.effective_rate.is_finite() && d.sample_rate > 0.0 {
+            out += &format!(
+                "    measured rate {:.3} Hz ({:+.0} ppm)\n",
+                d.effective_rate,
+                (d.effective_rate / d.sample_rate - 1.0) * 1e6
+            );
+        }
+        if let Some(e) = &d.last_error {
+            out += &format!("    last error: {e}\n");
+        }
+    }
+    let j = &status.journal;
+    let oldest = j
+        .oldest_pending_age_s
+        .map_or("-".into(), |a| format!("{a:.0} s"));
+    let state = match j.state {
+        JournalState::Ok => "ok",
+        JournalState::Degraded => "degraded",
+    };
+    out += &format!(
+        "\njournal  {} pending ({}), oldest {}; {} of {} used; {} evicted; {state}\n",
+        j.pending_batches,
+        human_bytes(j.pending_bytes),
+        oldest,
+        human_bytes(j.total_bytes),
+        human_bytes(j.max_bytes),
+        j.evicted_batches,
+    );
+    if let (Some(e), JournalState::Degraded) = (&j.last_error, j.state) {
+        out += &format!("    last error: {e}\n");
+    }
+    let u = &status.uplink;
+    out += &format!(
+        "uplink   {}; {} uploaded, {} quarantined\n",
+        u.state.as_str(),
+        u.uploaded_batches,
+        u.quarantined_batches
+    );
+    if let Some(e) = &u.last_error {
+        out += &format!("    last error: {e}\n");
+    }
+    let steps = status.clock.steps.len();
+    let off = status.clock.wall_offset_s;
+    if steps > 0 || off.abs() > 1.0 {
+        out += &format!(
+            "clock    {steps} wall-clock step(s) seen; wall clock - timestamps = {off:+.1} s\n"
+        );
     }
     out
+}
+
+/// The terminal's width (`COLUMNS`, else the tty's, else 100).
+pub fn terminal_width() -> usize {
+    if let Some(c) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|c| *c >= 20)
+    {
+        return c;
+    }
+    crossterm::terminal::size()
+        .ok()
+        .map(|(w, _)| w as usize)
+        .filter(|w| *w >= 20)
+        .unwrap_or(100)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::control::report::{ClockReport, DeviceReport, UplinkReport, UplinkState};
+    use crate::telemetry::DeviceState;
 
-    #[test]
-    fn quality_line_is_compact() {
-        let q: Vec<Value> = (1..=10)
-            .map(|i| json!({"channel": format!("ch{i}"), "state": if i == 3 { "flat" } else { "ok" }}))
-            .collect();
-        let line = compact_quality(&q);
-        assert!(line.starts_with("oofooooo oo  ch3 flat"), "{line}");
-        let all_ok: Vec<Value> = (1..=4)
-            .map(|i| json!({"channel": format!("c{i}"), "state": "ok"}))
-            .collect();
-        assert_eq!(compact_quality(&all_ok), "oooo  all ok");
+    fn q(states: &[QualityStatus]) -> Vec<QualityReport> {
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| QualityReport {
+                channel: format!("ch{}", i + 1),
+                state: *s,
+                rms_uv: 1.0,
+                line_noise_ratio: 0.0,
+            })
+            .collect()
+    }
+
+    fn device(id: &str, state: DeviceState, rate: f64) -> DeviceReport {
+        DeviceReport {
+            id: id.into(),
+            driver: "synthetic".into(),
+            state,
+            sample_rate: rate,
+            effective_rate: f64::NAN,
+            channels: 0,
+            channel_names: vec![],
+            samples_total: 0,
+            samples_per_s: f64::NAN,
+            dropped_samples: 0,
+            gaps: 0,
+            last_sample_age_s: None,
+            last_sample_t: 0.0,
+            quality: vec![],
+            band_power: Default::default(),
+            last_error: None,
+        }
+    }
+
+    fn report(devices: Vec<DeviceReport>) -> StatusReport {
+        StatusReport {
+            version: "1".into(),
+            uptime_s: 1.0,
+            node_id: "n".into(),
+            site_id: "s".into(),
+            devices,
+            journal: Default::default(),
+            uplink: UplinkReport {
+                state: UplinkState::Disabled,
+                uploaded_batches: 0,
+                quarantined_batches: 0,
+                failed_attempts: 0,
+                last_success_age_s: None,
+                last_error: None,
+                in_flight: 0,
+                buffered_batches: 0,
+                endpoint: None,
+            },
+            clock: ClockReport {
+                wall_offset_s: 0.0,
+                steps: vec![],
+            },
+        }
     }
 
     #[test]
-    fn render_survives_missing_fields() {
-        let text = render(&json!({"devices": [{"id": "x"}], "journal": {}, "uplink": {}}));
-        assert!(text.contains("x"));
+    fn quality_line_is_compact() {
+        use QualityStatus::*;
+        let mut s = vec![Ok; 10];
+        s[2] = Flat;
+        let line = compact_quality(&q(&s), 100);
+        assert!(line.starts_with("oofooooo oo  ch3 flat"), "{line}");
+        assert_eq!(compact_quality(&q(&[Ok; 4]), 100), "oooo  all ok");
+    }
+
+    #[test]
+    fn many_channels_are_summarised_to_fit_the_width() {
+        use QualityStatus::*;
+        let mut s = vec![Ok; 384];
+        for i in [16, 210, 211] {
+            s[i] = Flat;
+        }
+        s[299] = Railed;
+        let line = compact_quality(&q(&s), 100);
+        assert_eq!(
+            line,
+            "384 ch: 380 ok, 3 flat, 1 railed (ch 17, 211, 212 flat; ch 300 railed)"
+        );
+        let mut noisy = vec![Noisy; 384];
+        noisy[0] = Ok;
+        let line = compact_quality(&q(&noisy), 60);
+        assert!(line.chars().count() <= 60, "{line}");
+        assert!(
+            line.starts_with("384 ch: 1 ok, 383 noisy (ch 2, 3"),
+            "{line}"
+        );
+        assert!(line.ends_with("…)"), "{line}");
     }
 
     #[test]
     fn columns_stay_aligned_with_long_ids() {
-        let text = render(&json!({"devices": [
-            {"id": "brainflow-synthetic-board", "driver": "brainflow", "state": "disabled"},
-            {"id": "eeg", "driver": "synthetic", "state": "streaming", "sample_rate": 250.0},
-        ]}));
+        let text = render(
+            &report(vec![
+                device("brainflow-synthetic-board", DeviceState::Disabled, 0.0),
+                device("eeg", DeviceState::Streaming, 250.0),
+            ]),
+            100,
+        );
         let rows: Vec<&str> = text
             .lines()
             .filter(|l| {

@@ -1,19 +1,20 @@
 //! Prometheus endpoint (`[metrics] listen`): `GET /metrics` in the text
 //! exposition format 0.0.4 and `GET /health` (the socket's `health` reply).
 //!
-//! Every figure comes from the same JSON the status socket answers
-//! (`DaemonState::status_json` / `health_json`), so `neuroedge status` and a
-//! scrape never disagree. Building it only reads atomics and takes the short
+//! Every figure comes from the same typed report the status socket answers
+//! (`DaemonState::report` / `health`), read field by field (no string
+//! keys), so `neuroedge status` and a scrape never disagree. Building it only reads atomics and takes the short
 //! locks the socket takes too: a scrape never waits on the data path.
 
+use super::report::{DeviceReport, HealthLevel, StatusReport, UplinkReport};
 use super::DaemonState;
-use crate::state::DeviceState;
+use crate::journal::JournalStatus;
+use crate::telemetry::DeviceState;
 use crate::uplink::UplinkState;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::Value;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,8 +124,8 @@ fn respond(state: &DaemonState, method: &Method, path: &str) -> Response<Full<By
     match path {
         "/metrics" => reply(StatusCode::OK, CONTENT_TYPE_METRICS, exposition(state)),
         "/health" => {
-            let health = state.health_json();
-            let code = if health["status"] == "failing" {
+            let health = state.health();
+            let code = if health.status == HealthLevel::Failing {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
                 StatusCode::OK
@@ -164,9 +165,9 @@ impl Exposition {
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
 
-    /// One sample; a value that is absent (null) or not finite is left out.
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: &Value) {
-        let Some(v) = format_value(value) else {
+    /// One sample; a value that is absent or not finite is left out.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: Option<Figure>) {
+        let Some(v) = value.and_then(format_value) else {
             return;
         };
         self.out.push_str(name);
@@ -201,96 +202,178 @@ fn escape_label_into(out: &mut String, s: &str) {
     }
 }
 
-fn format_value(v: &Value) -> Option<String> {
-    match v {
-        Value::Bool(b) => Some(if *b { "1" } else { "0" }.into()),
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                Some(u.to_string())
-            } else if let Some(i) = n.as_i64() {
-                Some(i.to_string())
-            } else {
-                let f = n.as_f64()?;
-                if !f.is_finite() {
-                    None
-                } else if f == 0.0 {
-                    // Also -0.0, which would print as "-0".
-                    Some("0".into())
-                } else if f != 0.0 && !(1e-6..1e15).contains(&f.abs()) {
-                    Some(format!("{f:e}"))
-                } else {
-                    Some(format!("{f}"))
-                }
-            }
-        }
-        _ => None,
+/// A sample's value: counters stay exact integers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Figure {
+    Int(u64),
+    Real(f64),
+}
+
+impl From<u64> for Figure {
+    fn from(v: u64) -> Self {
+        Figure::Int(v)
     }
 }
 
-fn str_of(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
+impl From<usize> for Figure {
+    fn from(v: usize) -> Self {
+        Figure::Int(v as u64)
+    }
 }
 
-/// The whole `/metrics` body.
+impl From<f64> for Figure {
+    fn from(v: f64) -> Self {
+        Figure::Real(v)
+    }
+}
+
+fn format_value(v: Figure) -> Option<String> {
+    let f = match v {
+        Figure::Int(u) => return Some(u.to_string()),
+        Figure::Real(f) => f,
+    };
+    if !f.is_finite() {
+        None
+    } else if f == 0.0 {
+        // Also -0.0, which would print as "-0".
+        Some("0".into())
+    } else if !(1e-6..1e15).contains(&f.abs()) {
+        Some(format!("{f:e}"))
+    } else {
+        Some(format!("{f}"))
+    }
+}
+
+type DeviceFigure = fn(&DeviceReport) -> Option<Figure>;
+type JournalFigure = fn(&JournalStatus) -> Option<Figure>;
+type UplinkFigure = fn(&UplinkReport) -> Option<Figure>;
+
+/// Per-device families: (name, type, help, the figure).
+const DEVICE_FAMILIES: [(&str, &str, &str, DeviceFigure); 7] = [
+    (
+        "neuroedge_device_samples_total",
+        "counter",
+        "Samples received from the device since the daemon started.",
+        |d| Some(d.samples_total.into()),
+    ),
+    (
+        "neuroedge_device_dropped_samples_total",
+        "counter",
+        "Samples lost inside neuroedge (ring overflow, journal refusal).",
+        |d| Some(d.dropped_samples.into()),
+    ),
+    (
+        "neuroedge_device_gaps_total",
+        "counter",
+        "Gap events: losses the device revealed or neuroedge counted.",
+        |d| Some(d.gaps.into()),
+    ),
+    (
+        "neuroedge_device_sample_rate_hz",
+        "gauge",
+        "Nominal sample rate of the device.",
+        |d| Some(d.sample_rate.into()),
+    ),
+    (
+        "neuroedge_device_channels",
+        "gauge",
+        "Channels the device delivers.",
+        |d| Some(d.channels.into()),
+    ),
+    (
+        "neuroedge_device_samples_per_second",
+        "gauge",
+        "Measured rate of samples arriving.",
+        |d| Some(d.samples_per_s.into()),
+    ),
+    (
+        "neuroedge_device_last_sample_age_seconds",
+        "gauge",
+        "Seconds since the newest sample was processed (absent before the first).",
+        |d| d.last_sample_age_s.map(Figure::Real),
+    ),
+];
+
+const JOURNAL_FAMILIES: [(&str, &str, &str, JournalFigure); 6] = [
+    (
+        "neuroedge_journal_pending_batches",
+        "gauge",
+        "Sealed batches in the journal not yet uploaded.",
+        |j| Some(j.pending_batches.into()),
+    ),
+    (
+        "neuroedge_journal_pending_bytes",
+        "gauge",
+        "Bytes of the batches not yet uploaded.",
+        |j| Some(j.pending_bytes.into()),
+    ),
+    (
+        "neuroedge_journal_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest batch not yet uploaded (absent when none is pending).",
+        |j| j.oldest_pending_age_s.map(Figure::Real),
+    ),
+    (
+        "neuroedge_journal_total_bytes",
+        "gauge",
+        "Bytes of all batches stored in the journal.",
+        |j| Some(j.total_bytes.into()),
+    ),
+    (
+        "neuroedge_journal_max_bytes",
+        "gauge",
+        "The journal quota ([journal] max_bytes).",
+        |j| Some(j.max_bytes.into()),
+    ),
+    (
+        "neuroedge_journal_evicted_batches_total",
+        "counter",
+        "Batches given up under [journal] when_full since the daemon started.",
+        |j| Some(j.evicted_batches.into()),
+    ),
+];
+
+const UPLINK_FAMILIES: [(&str, &str, &str, UplinkFigure); 4] = [
+    (
+        "neuroedge_uplink_uploaded_batches_total",
+        "counter",
+        "Batches the backend acknowledged since the daemon started.",
+        |u| Some(u.uploaded_batches.into()),
+    ),
+    (
+        "neuroedge_uplink_quarantined_batches_total",
+        "counter",
+        "Batches the backend refused (kept in the journal) since the daemon started.",
+        |u| Some(u.quarantined_batches.into()),
+    ),
+    (
+        "neuroedge_uplink_failed_attempts_total",
+        "counter",
+        "Upload attempts that failed and will be retried.",
+        |u| Some(u.failed_attempts.into()),
+    ),
+    (
+        "neuroedge_uplink_last_success_age_seconds",
+        "gauge",
+        "Seconds since the last acknowledged upload (absent before the first).",
+        |u| u.last_success_age_s.map(Figure::Real),
+    ),
+];
+
+/// The whole `/metrics` body, from the typed status report.
 pub fn exposition(state: &DaemonState) -> String {
-    let status = state.status_json();
+    render(&state.report())
+}
+
+/// The exposition of a status report.
+pub fn render(status: &StatusReport) -> String {
     let mut e = Exposition {
         out: String::with_capacity(8192),
     };
-    let devices = status["devices"].as_array().cloned().unwrap_or_default();
-
-    let per_device = [
-        (
-            "neuroedge_device_samples_total",
-            "counter",
-            "samples_total",
-            "Samples received from the device since the daemon started.",
-        ),
-        (
-            "neuroedge_device_dropped_samples_total",
-            "counter",
-            "dropped_samples",
-            "Samples lost inside neuroedge (ring overflow, journal refusal).",
-        ),
-        (
-            "neuroedge_device_gaps_total",
-            "counter",
-            "gaps",
-            "Gap events: losses the device revealed or neuroedge counted.",
-        ),
-        (
-            "neuroedge_device_sample_rate_hz",
-            "gauge",
-            "sample_rate",
-            "Nominal sample rate of the device.",
-        ),
-        (
-            "neuroedge_device_channels",
-            "gauge",
-            "channels",
-            "Channels the device delivers.",
-        ),
-        (
-            "neuroedge_device_samples_per_second",
-            "gauge",
-            "samples_per_s",
-            "Measured rate of samples arriving.",
-        ),
-        (
-            "neuroedge_device_last_sample_age_seconds",
-            "gauge",
-            "last_sample_age_s",
-            "Seconds since the newest sample was processed (absent before the first).",
-        ),
-    ];
-    for (name, kind, key, help) in per_device {
+    for (name, kind, help, figure) in DEVICE_FAMILIES {
         e.family(name, kind, help);
-        for d in &devices {
-            let labels = [
-                ("device", str_of(&d["id"])),
-                ("driver", str_of(&d["driver"])),
-            ];
-            e.sample(name, &labels, &d[key]);
+        for d in &status.devices {
+            e.sample(name, &[("device", &d.id), ("driver", &d.driver)], figure(d));
         }
     }
     e.family(
@@ -298,131 +381,44 @@ pub fn exposition(state: &DaemonState) -> String {
         "gauge",
         "1 for the device's current state, 0 for the others.",
     );
-    for d in &devices {
-        let current = str_of(&d["state"]);
-        let id = str_of(&d["id"]);
-        for s in DEVICE_STATES.iter().map(|s| s.as_str()) {
+    for d in &status.devices {
+        for s in DEVICE_STATES {
             e.sample(
                 "neuroedge_device_state",
-                &[("device", id), ("state", s)],
-                &Value::from(u8::from(s == current)),
-            );
-        }
-        if !DEVICE_STATES.iter().any(|s| s.as_str() == current) {
-            e.sample(
-                "neuroedge_device_state",
-                &[("device", id), ("state", current)],
-                &Value::from(1),
+                &[("device", &d.id), ("state", s.as_str())],
+                Some(u64::from(s == d.state).into()),
             );
         }
     }
-
-    let j = &status["journal"];
-    for (name, kind, key, help) in [
-        (
-            "neuroedge_journal_pending_batches",
-            "gauge",
-            "pending_batches",
-            "Sealed batches in the journal not yet uploaded.",
-        ),
-        (
-            "neuroedge_journal_pending_bytes",
-            "gauge",
-            "pending_bytes",
-            "Bytes of the batches not yet uploaded.",
-        ),
-        (
-            "neuroedge_journal_oldest_pending_age_seconds",
-            "gauge",
-            "oldest_pending_age_s",
-            "Age of the oldest batch not yet uploaded (absent when none is pending).",
-        ),
-        (
-            "neuroedge_journal_total_bytes",
-            "gauge",
-            "total_bytes",
-            "Bytes of all batches stored in the journal.",
-        ),
-        (
-            "neuroedge_journal_max_bytes",
-            "gauge",
-            "max_bytes",
-            "The journal quota ([journal] max_bytes).",
-        ),
-        (
-            "neuroedge_journal_evicted_batches_total",
-            "counter",
-            "evicted_batches",
-            "Batches given up under [journal] when_full since the daemon started.",
-        ),
-    ] {
+    for (name, kind, help, figure) in JOURNAL_FAMILIES {
         e.family(name, kind, help);
-        e.sample(name, &[], &j[key]);
+        e.sample(name, &[], figure(&status.journal));
     }
-
-    let u = &status["uplink"];
-    for (name, kind, key, help) in [
-        (
-            "neuroedge_uplink_uploaded_batches_total",
-            "counter",
-            "uploaded_batches",
-            "Batches the backend acknowledged since the daemon started.",
-        ),
-        (
-            "neuroedge_uplink_quarantined_batches_total",
-            "counter",
-            "quarantined_batches",
-            "Batches the backend refused (kept in the journal) since the daemon started.",
-        ),
-        (
-            "neuroedge_uplink_failed_attempts_total",
-            "counter",
-            "failed_attempts",
-            "Upload attempts that failed and will be retried.",
-        ),
-        (
-            "neuroedge_uplink_last_success_age_seconds",
-            "gauge",
-            "last_success_age_s",
-            "Seconds since the last acknowledged upload (absent before the first).",
-        ),
-    ] {
+    for (name, kind, help, figure) in UPLINK_FAMILIES {
         e.family(name, kind, help);
-        e.sample(name, &[], &u[key]);
+        e.sample(name, &[], figure(&status.uplink));
     }
     e.family(
         "neuroedge_uplink_state",
         "gauge",
         "1 for the uplink's current state, 0 for the others.",
     );
-    let current = str_of(&u["state"]);
-    for s in UPLINK_STATES.iter().map(|s| s.as_str()) {
+    for s in UPLINK_STATES {
         e.sample(
             "neuroedge_uplink_state",
-            &[("state", s)],
-            &Value::from(u8::from(s == current)),
+            &[("state", s.as_str())],
+            Some(u64::from(s == status.uplink.state).into()),
         );
     }
-    if !current.is_empty() && !UPLINK_STATES.iter().any(|s| s.as_str() == current) {
-        e.sample(
-            "neuroedge_uplink_state",
-            &[("state", current)],
-            &Value::from(1),
-        );
-    }
-
-    // Present when the status carries the clock (wall-clock step watch).
-    let clock = &status["clock"];
     e.family(
         "neuroedge_clock_steps_total",
         "counter",
         "Wall-clock steps (e.g. NTP on a machine without RTC) seen since the daemon started.",
     );
-    let steps = clock["steps"].as_array().map(|a| Value::from(a.len()));
     e.sample(
         "neuroedge_clock_steps_total",
         &[],
-        steps.as_ref().unwrap_or(&Value::Null),
+        Some(status.clock.steps.len().into()),
     );
     e.family(
         "neuroedge_clock_wall_offset_seconds",
@@ -432,17 +428,20 @@ pub fn exposition(state: &DaemonState) -> String {
     e.sample(
         "neuroedge_clock_wall_offset_seconds",
         &[],
-        &clock["wall_offset_s"],
+        Some(status.clock.wall_offset_s.into()),
     );
-
     e.family("neuroedge_up", "gauge", "1 while the daemon answers.");
-    e.sample("neuroedge_up", &[], &Value::from(1));
+    e.sample("neuroedge_up", &[], Some(1u64.into()));
     e.family(
         "neuroedge_uptime_seconds",
         "gauge",
         "Seconds since the daemon started.",
     );
-    e.sample("neuroedge_uptime_seconds", &[], &status["uptime_s"]);
+    e.sample(
+        "neuroedge_uptime_seconds",
+        &[],
+        Some(status.uptime_s.into()),
+    );
     e.family(
         "neuroedge_build_info",
         "gauge",
@@ -450,8 +449,8 @@ pub fn exposition(state: &DaemonState) -> String {
     );
     e.sample(
         "neuroedge_build_info",
-        &[("version", str_of(&status["version"]))],
-        &Value::from(1),
+        &[("version", &status.version)],
+        Some(1u64.into()),
     );
     e.out
 }
@@ -460,11 +459,10 @@ pub fn exposition(state: &DaemonState) -> String {
 mod tests {
     use super::*;
     use crate::journal::JournalShared;
-    use crate::state::DeviceStats;
+    use crate::telemetry::DeviceStats;
     use crate::uplink::UplinkShared;
     use std::collections::BTreeMap;
     use std::sync::atomic::Ordering::Relaxed;
-    use std::sync::RwLock;
     use std::time::Instant;
 
     const ODD_ID: &str = "eeg \"lab\" \\ 1";
@@ -490,11 +488,14 @@ mod tests {
             started: Instant::now(),
             node_id: "n".into(),
             site_id: "s".into(),
-            devices: RwLock::new(vec![d, off]),
+            devices: {
+                let r = crate::telemetry::DeviceRegistry::default();
+                r.publish(vec![d, off], Default::default());
+                Arc::new(r)
+            },
             journal,
             uplink: Arc::new(UplinkShared::disabled()),
-            markers: Default::default(),
-            commands: None,
+            reload: None,
             control_uids: Vec::new(),
         })
     }
@@ -647,22 +648,15 @@ mod tests {
         let mut s = String::new();
         escape_label_into(&mut s, "a\"b\\c\nd");
         assert_eq!(s, "a\\\"b\\\\c\\nd");
-        assert_eq!(format_value(&Value::Null), None);
-        assert_eq!(format_value(&serde_json::json!(f64::NAN)), None);
+        assert_eq!(format_value(Figure::Real(f64::NAN)), None);
+        assert_eq!(format_value(Figure::Real(2.5)).as_deref(), Some("2.5"));
         assert_eq!(
-            format_value(&serde_json::json!(2.5)).as_deref(),
-            Some("2.5")
-        );
-        assert_eq!(
-            format_value(&serde_json::json!(u64::MAX)).as_deref(),
+            format_value(u64::MAX.into()).as_deref(),
             Some("18446744073709551615")
         );
-        assert_eq!(
-            format_value(&serde_json::json!(1e20)).as_deref(),
-            Some("1e20")
-        );
-        assert_eq!(format_value(&serde_json::json!(-3)).as_deref(), Some("-3"));
-        assert_eq!(format_value(&serde_json::json!(-0.0)).as_deref(), Some("0"));
+        assert_eq!(format_value(1e20.into()).as_deref(), Some("1e20"));
+        assert_eq!(format_value((-3.0).into()).as_deref(), Some("-3"));
+        assert_eq!(format_value((-0.0).into()).as_deref(), Some("0"));
     }
 
     #[test]
@@ -719,7 +713,7 @@ mod tests {
         let (code, _, body) = http(addr, "GET", "/health?x=1");
         // Both devices: the enabled one streams, so at most degraded.
         assert_eq!(code, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(v["status"].is_string() && v["checks"].is_object());
         assert_eq!(http(addr, "GET", "/").0, 404);
         assert_eq!(http(addr, "GET", "/metricsx").0, 404);

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod metrics;
 pub mod protocol;
+pub mod report;
 pub mod status;
 
 pub use status::DaemonState;

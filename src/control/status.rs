@@ -1,16 +1,21 @@
 //! Answers to socket requests, built from the live counters.
 
 use super::protocol::{error_reply, Request};
+use super::report::{
+    ClockReport, DeviceReport, Float, HealthLevel, HealthReport, StatusReport, UplinkReport,
+};
 use crate::batch::Marker;
-use crate::journal::JournalShared;
-use crate::state::{DeviceState, DeviceStats};
+use crate::journal::{JournalShared, JournalState};
+use crate::telemetry::{DeviceRegistry, DeviceState, DeviceStats};
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+
+use std::sync::Arc;
 use std::time::Instant;
 
-/// A device is `stalled` when streaming but silent this long (plus one chunk).
-pub const STALL_AFTER_S: f64 = 2.0;
+/// Starts a reload whose answer goes to the given sender; false when it
+/// cannot be asked (shutting down). The daemon wires it to the device
+/// supervisor, which the control plane does not know.
+pub type ReloadFn = Box<dyn Fn(tokio::sync::oneshot::Sender<Value>) -> bool + Send + Sync>;
 
 /// Everything the socket reads.
 pub struct DaemonState {
@@ -18,14 +23,14 @@ pub struct DaemonState {
     pub started: Instant,
     pub node_id: String,
     pub site_id: String,
-    pub devices: RwLock<Vec<Arc<DeviceStats>>>,
+    /// The devices, as the supervisor publishes them.
+    pub devices: Arc<DeviceRegistry>,
     pub journal: Arc<JournalShared>,
     /// The uplink's live figures (state `disabled` when not enabled).
     pub uplink: Arc<crate::uplink::UplinkShared>,
-    /// Where `mark` sends a device's markers (running devices only).
-    pub markers: RwLock<HashMap<String, crossbeam_channel::Sender<Marker>>>,
-    /// The supervisor thread (reload).
-    pub commands: Option<crossbeam_channel::Sender<crate::supervisor::Command>>,
+    /// Asks for a reload; the answer goes to the sender (`None`: reload
+    /// is not available, e.g. in tests).
+    pub reload: Option<ReloadFn>,
     /// Uids allowed to change things besides root and the daemon's own.
     pub control_uids: Vec<u32>,
 }
@@ -34,163 +39,88 @@ pub struct DaemonState {
 const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl DaemonState {
-    /// Seconds since the daemon started (the clock of `last_sample_mono`).
-    fn now_mono(&self) -> f64 {
+    /// Seconds since the daemon started.
+    fn uptime(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
 
-    fn device_state(&self, d: &DeviceStats) -> DeviceState {
-        let s = d.state();
-        if s == DeviceState::Streaming {
-            let age = self.last_sample_age(d);
-            let chunk = 1.0 / d.sample_rate.load().max(1.0);
-            if age.is_none_or(|a| a > STALL_AFTER_S + chunk)
-                && self.now_mono() > STALL_AFTER_S + chunk
-            {
-                return DeviceState::Stalled;
-            }
-        }
-        s
-    }
-
-    fn last_sample_age(&self, d: &DeviceStats) -> Option<f64> {
-        let m = d.last_sample_mono.load();
-        (!m.is_nan()).then(|| (self.now_mono() - m).max(0.0))
-    }
-
-    pub fn device_json(&self, d: &DeviceStats) -> Value {
+    /// One device's figures. The state is the runner's (the one stall
+    /// rule lives in `crate::device::runner`).
+    pub fn device_report(&self, d: &DeviceStats) -> DeviceReport {
         use std::sync::atomic::Ordering::Relaxed;
-        let names = d
-            .channel_names
-            .lock()
-            .map(|n| n.clone())
-            .unwrap_or_default();
-        let features = d.features.lock().map(|f| f.clone()).unwrap_or_default();
-        let band_power: serde_json::Map<String, Value> = features
-            .band_power
+        let features = crate::sync::lock(&d.features).clone();
+        let last = d.last_sample_mono.load();
+        DeviceReport {
+            id: d.id.clone(),
+            driver: d.driver.to_string(),
+            state: d.state(),
+            sample_rate: d.sample_rate.load(),
+            effective_rate: (d.effective_rate.load() * 1000.0).round() / 1000.0,
+            channels: d.channels.load(Relaxed),
+            channel_names: crate::sync::lock(&d.channel_names).clone(),
+            samples_total: d.samples_total.load(Relaxed),
+            samples_per_s: (d.samples_per_s.load() * 100.0).round() / 100.0,
+            dropped_samples: d.dropped_samples.load(Relaxed),
+            gaps: d.gaps.load(Relaxed),
+            last_sample_age_s: (!last.is_nan())
+                .then(|| (crate::clock::global().mono_now() - last).max(0.0)),
+            last_sample_t: d.last_sample_unix.load(),
+            quality: features.quality,
+            band_power: features
+                .band_power
+                .into_iter()
+                .map(|(band, v)| (band, v.into_iter().map(Float).collect()))
+                .collect(),
+            last_error: d.last_error(),
+        }
+    }
+
+    fn devices_report(&self) -> Vec<DeviceReport> {
+        self.devices
+            .devices()
             .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
-        json!({
-            "id": d.id,
-            "driver": d.driver,
-            "state": self.device_state(d).as_str(),
-            "sample_rate": d.sample_rate.load(),
-            "effective_rate": (d.effective_rate.load() * 1000.0).round() / 1000.0,
-            "channels": d.channels.load(Relaxed),
-            "channel_names": names,
-            "samples_total": d.samples_total.load(Relaxed),
-            "samples_per_s": (d.samples_per_s.load() * 100.0).round() / 100.0,
-            "dropped_samples": d.dropped_samples.load(Relaxed),
-            "gaps": d.gaps.load(Relaxed),
-            "last_sample_age_s": self.last_sample_age(d),
-            "last_sample_t": d.last_sample_unix.load(),
-            "quality": features.quality,
-            "band_power": band_power,
-            "last_error": d.last_error(),
-        })
+            .map(|d| self.device_report(d))
+            .collect()
     }
 
-    fn devices_json(&self) -> Value {
-        let devs = self.devices.read().map(|d| d.clone()).unwrap_or_default();
-        Value::Array(devs.iter().map(|d| self.device_json(d)).collect())
+    fn uplink_report(&self) -> UplinkReport {
+        let s = self.uplink.snapshot();
+        UplinkReport {
+            state: s.state,
+            uploaded_batches: s.uploaded_batches,
+            quarantined_batches: s.quarantined_batches,
+            failed_attempts: s.failed_attempts,
+            last_success_age_s: s
+                .last_success
+                .map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+            last_error: s.last_error,
+            in_flight: s.in_flight,
+            buffered_batches: s.buffered_batches,
+            endpoint: s.endpoint,
+        }
     }
 
-    fn journal_json(&self) -> Value {
-        serde_json::to_value(self.journal.snapshot()).unwrap_or(Value::Null)
-    }
-
-    fn uplink_json(&self) -> Value {
-        self.uplink.json()
-    }
-
-    pub fn status_json(&self) -> Value {
+    /// The `status` reply (contract §5): built here and nowhere else.
+    pub fn report(&self) -> StatusReport {
         let clock = crate::clock::global();
-        json!({
-            "version": self.version,
-            "uptime_s": (self.now_mono() * 10.0).round() / 10.0,
-            "node_id": self.node_id,
-            "site_id": self.site_id,
-            "devices": self.devices_json(),
-            "journal": self.journal_json(),
-            "uplink": self.uplink_json(),
-            "clock": {
-                "wall_offset_s": (clock.wall_offset() * 1000.0).round() / 1000.0,
-                "steps": clock.steps_from(0).0,
+        StatusReport {
+            version: self.version.to_string(),
+            uptime_s: (self.uptime() * 10.0).round() / 10.0,
+            node_id: self.node_id.clone(),
+            site_id: self.site_id.clone(),
+            devices: self.devices_report(),
+            journal: self.journal.snapshot(),
+            uplink: self.uplink_report(),
+            clock: ClockReport {
+                wall_offset_s: (clock.wall_offset() * 1000.0).round() / 1000.0,
+                steps: clock.steps_from(0).0,
             },
-        })
+        }
     }
 
     /// `ok` / `degraded` / `failing`, with one check per concern.
-    pub fn health_json(&self) -> Value {
-        let mut checks = serde_json::Map::new();
-        let mut worst = 0u8;
-        let mut put = |name: String, level: u8, detail: String| {
-            worst = worst.max(level);
-            let status = ["ok", "degraded", "failing"][level as usize];
-            checks.insert(name, json!({"status": status, "detail": detail}));
-        };
-        let j = self.journal.snapshot();
-        if j.state == crate::journal::JournalState::Ok {
-            put(
-                "journal".into(),
-                0,
-                format!("{} pending batches", j.pending_batches),
-            );
-        } else {
-            put(
-                "journal".into(),
-                1,
-                format!(
-                    "writes failing, {} batches held in memory: {}",
-                    j.queued_batches,
-                    j.last_error.unwrap_or_default()
-                ),
-            );
-        }
-        let devs = self.devices.read().map(|d| d.clone()).unwrap_or_default();
-        let enabled: Vec<_> = devs
-            .iter()
-            .filter(|d| d.state() != DeviceState::Disabled)
-            .collect();
-        let mut streaming = 0;
-        for d in &enabled {
-            let s = self.device_state(d);
-            let (level, detail) = match s {
-                DeviceState::Streaming => {
-                    streaming += 1;
-                    let quality = d
-                        .features
-                        .lock()
-                        .map(|f| f.quality.clone())
-                        .unwrap_or_default();
-                    let dead = quality
-                        .iter()
-                        .filter(|q| q.state == "flat" || q.state == "railed")
-                        .count();
-                    if !quality.is_empty() && dead == quality.len() {
-                        (1, format!("streaming, but all {dead} channels are flat or railed: check electrodes and cabling"))
-                    } else {
-                        (0, format!("{:.1} samples/s", d.samples_per_s.load()))
-                    }
-                }
-                DeviceState::Connecting => (1, "connecting".to_string()),
-                other => (
-                    1,
-                    format!("{}: {}", other.as_str(), d.last_error().unwrap_or_default()),
-                ),
-            };
-            put(format!("device:{}", d.id), level, detail);
-        }
-        if !enabled.is_empty() && streaming == 0 && self.now_mono() > 10.0 {
-            put(
-                "recording".into(),
-                2,
-                "no enabled device is streaming".into(),
-            );
-        }
-        let overall = ["ok", "degraded", "failing"][worst as usize];
-        json!({"status": overall, "checks": checks})
+    pub fn health(&self) -> HealthReport {
+        health_of(&self.report(), self.uptime())
     }
 
     /// May this peer change anything (`mark`, `flush`, `reload`)? Root,
@@ -215,14 +145,11 @@ impl DaemonState {
             if !self.authorized(peer_uid) {
                 return self.refused("reload", peer_uid);
             }
-            let Some(tx) = &self.commands else {
+            let Some(reload) = &self.reload else {
                 return error_reply("reload is not available here", "restart neuroedge");
             };
             let (rtx, rrx) = tokio::sync::oneshot::channel();
-            if tx
-                .send(crate::supervisor::Command::Reload(Some(rtx)))
-                .is_err()
-            {
+            if !reload(rtx) {
                 return error_reply("neuroedge is shutting down", "try again after it restarts");
             }
             return match tokio::time::timeout(RELOAD_TIMEOUT, rrx).await {
@@ -238,18 +165,18 @@ impl DaemonState {
 
     pub fn answer(&self, req: &Request, peer_uid: Option<u32>) -> Value {
         match req {
-            Request::Status => self.status_json(),
-            Request::Health => self.health_json(),
-            Request::Devices => json!({"devices": self.devices_json()}),
-            Request::Journal => self.journal_json(),
-            Request::Uplink => self.uplink_json(),
+            Request::Status => to_json(&self.report()),
+            Request::Health => to_json(&self.health()),
+            Request::Devices => json!({"devices": self.devices_report()}),
+            Request::Journal => to_json(&self.journal.snapshot()),
+            Request::Uplink => to_json(&self.uplink_report()),
             Request::Version => json!({"version": self.version}),
             Request::Flush => {
                 if !self.authorized(peer_uid) {
                     return self.refused("flush", peer_uid);
                 }
                 if self.uplink.request_flush() {
-                    json!({"ok": true, "uplink": self.uplink_json(), "journal": {"pending_batches": self.journal.snapshot().pending_batches}})
+                    json!({"ok": true, "uplink": self.uplink_report(), "journal": {"pending_batches": self.journal.snapshot().pending_batches}})
                 } else {
                     error_reply(
                         "the uplink is disabled: nothing to flush",
@@ -281,17 +208,14 @@ impl DaemonState {
                 "use a short label",
             );
         }
-        let tx = self
-            .markers
-            .read()
-            .ok()
-            .and_then(|m| m.get(device).cloned());
+        let tx = self.devices.markers(device);
         let Some(tx) = tx else {
             let known: Vec<String> = self
                 .devices
-                .read()
-                .map(|d| d.iter().map(|s| s.id.clone()).collect())
-                .unwrap_or_default();
+                .devices()
+                .iter()
+                .map(|s| s.id.clone())
+                .collect();
             return error_reply(
                 &format!("no running device {device:?}"),
                 &format!("devices: {}", known.join(", ")),
@@ -322,7 +246,7 @@ impl DaemonState {
         if now - w > max_age {
             return Err(format!("journal writer silent for {:.1} s", now - w));
         }
-        let devs = self.devices.read().map(|d| d.clone()).unwrap_or_default();
+        let devs = self.devices.devices();
         for d in devs {
             let h = d.heartbeat.load();
             if !h.is_nan() && d.state() != DeviceState::Disabled && now - h > max_age {
@@ -338,22 +262,190 @@ impl DaemonState {
 
     /// One line for systemd's STATUS=.
     pub fn status_line(&self) -> String {
-        let devs = self.devices.read().map(|d| d.clone()).unwrap_or_default();
+        let devs = self.devices.devices();
         let enabled = devs
             .iter()
             .filter(|d| d.state() != DeviceState::Disabled)
             .count();
         let streaming = devs
             .iter()
-            .filter(|d| self.device_state(d) == DeviceState::Streaming)
+            .filter(|d| d.state() == DeviceState::Streaming)
             .count();
         let j = self.journal.snapshot();
-        let up = self.uplink.json();
         format!(
             "{streaming}/{enabled} devices streaming; backlog {} batches ({}); uplink {}",
             j.pending_batches,
             bytesize::ByteSize(j.pending_bytes),
-            up.get("state").and_then(Value::as_str).unwrap_or("?")
+            self.uplink.snapshot().state.as_str()
         )
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v)
+        .unwrap_or_else(|e| error_reply(&format!("internal: {e}"), "report a bug"))
+}
+
+/// The health rules, over a status report (pure, unit-tested):
+/// - journal: degraded while writes fail;
+/// - each enabled device: ok while streaming (degraded if every channel is
+///   flat or railed), degraded otherwise;
+/// - recording: failing when no enabled device streams 10 s after start.
+pub fn health_of(r: &StatusReport, uptime_s: f64) -> HealthReport {
+    use crate::dsp::QualityStatus;
+    let mut h = HealthReport::new();
+    let j = &r.journal;
+    if j.state == JournalState::Ok {
+        h.put(
+            "journal",
+            HealthLevel::Ok,
+            format!("{} pending batches", j.pending_batches),
+        );
+    } else {
+        h.put(
+            "journal",
+            HealthLevel::Degraded,
+            format!(
+                "writes failing, {} batches held in memory: {}",
+                j.queued_batches,
+                j.last_error.clone().unwrap_or_default()
+            ),
+        );
+    }
+    let enabled: Vec<&DeviceReport> = r
+        .devices
+        .iter()
+        .filter(|d| d.state != DeviceState::Disabled)
+        .collect();
+    let mut streaming = 0;
+    for d in &enabled {
+        let (level, detail) = match d.state {
+            DeviceState::Streaming => {
+                streaming += 1;
+                let dead = d
+                    .quality
+                    .iter()
+                    .filter(|q| matches!(q.state, QualityStatus::Flat | QualityStatus::Railed))
+                    .count();
+                if !d.quality.is_empty() && dead == d.quality.len() {
+                    (HealthLevel::Degraded, format!("streaming, but all {dead} channels are flat or railed: check electrodes and cabling"))
+                } else {
+                    (HealthLevel::Ok, format!("{:.1} samples/s", d.samples_per_s))
+                }
+            }
+            DeviceState::Connecting => (HealthLevel::Degraded, "connecting".to_string()),
+            other => (
+                HealthLevel::Degraded,
+                format!(
+                    "{}: {}",
+                    other.as_str(),
+                    d.last_error.clone().unwrap_or_default()
+                ),
+            ),
+        };
+        h.put(format!("device:{}", d.id), level, detail);
+    }
+    if !enabled.is_empty() && streaming == 0 && uptime_s > 10.0 {
+        h.put(
+            "recording",
+            HealthLevel::Failing,
+            "no enabled device is streaming",
+        );
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::report::{ClockReport, QualityReport, UplinkState};
+    use crate::dsp::QualityStatus;
+
+    fn device(id: &str, state: DeviceState, quality: &[QualityStatus]) -> DeviceReport {
+        DeviceReport {
+            id: id.into(),
+            driver: "synthetic".into(),
+            state,
+            sample_rate: 250.0,
+            effective_rate: f64::NAN,
+            channels: quality.len(),
+            channel_names: vec![],
+            samples_total: 1,
+            samples_per_s: 250.0,
+            dropped_samples: 0,
+            gaps: 0,
+            last_sample_age_s: Some(0.1),
+            last_sample_t: 1.0,
+            quality: quality
+                .iter()
+                .map(|s| QualityReport {
+                    channel: "c".into(),
+                    state: *s,
+                    rms_uv: 1.0,
+                    line_noise_ratio: 0.0,
+                })
+                .collect(),
+            band_power: Default::default(),
+            last_error: Some("why".into()),
+        }
+    }
+
+    fn report(devices: Vec<DeviceReport>, journal: JournalState) -> StatusReport {
+        StatusReport {
+            version: "v".into(),
+            uptime_s: 0.0,
+            node_id: "n".into(),
+            site_id: "s".into(),
+            devices,
+            journal: crate::journal::JournalStatus {
+                state: journal,
+                ..Default::default()
+            },
+            uplink: UplinkReport {
+                state: UplinkState::Disabled,
+                uploaded_batches: 0,
+                quarantined_batches: 0,
+                failed_attempts: 0,
+                last_success_age_s: None,
+                last_error: None,
+                in_flight: 0,
+                buffered_batches: 0,
+                endpoint: None,
+            },
+            clock: ClockReport {
+                wall_offset_s: 0.0,
+                steps: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn health_rules() {
+        use QualityStatus::*;
+        let ok = device("a", DeviceState::Streaming, &[Ok, Flat]);
+        let h = health_of(&report(vec![ok.clone()], JournalState::Ok), 60.0);
+        assert_eq!(h.status, HealthLevel::Ok);
+        assert_eq!(h.checks["device:a"].status, HealthLevel::Ok);
+        // Every channel flat or railed: degraded, with the reason.
+        let dead = device("a", DeviceState::Streaming, &[Flat, Railed]);
+        let h = health_of(&report(vec![dead], JournalState::Ok), 60.0);
+        assert_eq!(h.status, HealthLevel::Degraded);
+        assert!(h.checks["device:a"].detail.contains("electrodes"));
+        // A failing journal: degraded.
+        let h = health_of(&report(vec![ok.clone()], JournalState::Degraded), 60.0);
+        assert_eq!(h.checks["journal"].status, HealthLevel::Degraded);
+        // Nothing streaming: failing after 10 s, only degraded before.
+        let lost = device("a", DeviceState::Disconnected, &[]);
+        let h = health_of(&report(vec![lost.clone()], JournalState::Ok), 5.0);
+        assert_eq!(h.status, HealthLevel::Degraded);
+        assert!(h.checks["device:a"].detail.contains("disconnected: why"));
+        let h = health_of(&report(vec![lost], JournalState::Ok), 11.0);
+        assert_eq!(h.status, HealthLevel::Failing);
+        assert!(h.checks.contains_key("recording"));
+        // A disabled device does not count.
+        let off = device("b", DeviceState::Disabled, &[]);
+        let h = health_of(&report(vec![ok, off], JournalState::Ok), 60.0);
+        assert_eq!(h.status, HealthLevel::Ok);
+        assert!(!h.checks.contains_key("device:b"));
     }
 }

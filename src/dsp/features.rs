@@ -84,7 +84,8 @@ impl Default for QualityThresholds {
 }
 
 /// Channel verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum QualityStatus {
     /// Usable signal.
     Ok,

@@ -167,7 +167,7 @@ impl RowState {
 }
 
 /// Journal figures for `status` and `health`, kept current by the writer.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JournalStatus {
     pub path: String,
     pub pending_batches: u64,
@@ -197,7 +197,7 @@ pub struct JournalShared {
     status: Mutex<JournalStatus>,
     /// Monotonic seconds ([`crate::clock`]) of the writer loop's latest
     /// turn: the watchdog's liveness check.
-    pub heartbeat: crate::state::AtomicF64,
+    pub heartbeat: crate::sync::AtomicF64,
 }
 
 impl JournalShared {

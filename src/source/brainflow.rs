@@ -17,10 +17,96 @@
 
 use super::brainflow_ffi::{self, BfError, BoardController, Session};
 use super::{default_names, Sink, Source, SourceError, StreamInfo};
-use crate::config::{BrainflowConnection, BrainflowParams};
+use super::{BuildContext, DriverConfig};
+use crate::validate::Findings;
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// BrainFlow input parameters (`BrainFlowInputParams`), all optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrainflowParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial_port: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address_aux: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address_anc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_port: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_port_aux: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_port_anc: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_protocol: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_info: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_aux: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_anc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_board: Option<i32>,
+}
+
+/// `[connection]` of the BrainFlow driver.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrainflowConnection {
+    /// BrainFlow board id; -1 is BrainFlow's synthetic board.
+    pub board_id: i32,
+    /// Path to libBoardController.so; default: next to the `brainflow` Python package.
+    #[serde(default)]
+    pub library: Option<PathBuf>,
+    /// Boxed: the params are large and rarely read.
+    #[serde(default)]
+    pub params: Box<BrainflowParams>,
+}
+
+impl DriverConfig for BrainflowConnection {
+    const NAME: &'static str = "brainflow";
+
+    fn validate(&self, out: &mut Findings) {
+        // BrainFlow's streaming (-2) and playback (-3) boards carry another
+        // board's data and need to know which.
+        if matches!(self.board_id, -2 | -3) && matches!(self.params.master_board, None | Some(-100))
+        {
+            out.bad(
+                "board_id",
+                format!(
+                    "board_id {} (BrainFlow's streaming / playback board) needs params.master_board",
+                    self.board_id
+                ),
+                "set master_board in [connection.params] to the board id whose data it carries",
+            );
+        }
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        if let Some(lib) = self.library.as_mut() {
+            if lib.is_relative() {
+                *lib = dir.join(&*lib);
+            }
+        }
+    }
+
+    fn build(&self, _ctx: &BuildContext<'_>) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(Brainflow::new(self.clone())))
+    }
+}
 
 /// Pause between polls of BrainFlow's ring when it has been emptied.
 const POLL: Duration = Duration::from_millis(20);

@@ -17,8 +17,10 @@
 //! there but silent is `stalled` (runner) until data resumes.
 
 use super::{default_names, Sink, Source, SourceError, StreamInfo};
-use crate::config::LslConnection;
+use super::{BuildContext, DriverConfig};
+use crate::validate::Findings;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde::Deserialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,6 +28,52 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ::lsl::Pullable;
+
+fn default_resolve_timeout() -> f64 {
+    5.0
+}
+
+/// `[connection]` of the LSL driver.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LslConnection {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "type")]
+    pub stream_type: Option<String>,
+    #[serde(default)]
+    pub source_id: Option<String>,
+    #[serde(default = "default_resolve_timeout")]
+    pub resolve_timeout_s: f64,
+    /// Name of an LSL string stream whose samples become batch markers.
+    #[serde(default)]
+    pub markers: Option<String>,
+}
+
+impl DriverConfig for LslConnection {
+    const NAME: &'static str = "lsl";
+
+    fn validate(&self, out: &mut Findings) {
+        if self.name.is_none() && self.stream_type.is_none() && self.source_id.is_none() {
+            out.bad(
+                "",
+                "no stream selector",
+                "set at least one of name, type, source_id",
+            );
+        }
+        if !(self.resolve_timeout_s > 0.0 && self.resolve_timeout_s <= 3600.0) {
+            out.bad(
+                "resolve_timeout_s",
+                format!("{} is out of range", self.resolve_timeout_s),
+                "use a number of seconds above 0 and at most 3600 (default 5.0)",
+            );
+        }
+    }
+
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(Lsl::new(self.clone(), ctx.stop.clone())))
+    }
+}
 
 /// The longest a pull blocks.
 const PULL_TIMEOUT: f64 = 0.1;

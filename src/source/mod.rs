@@ -1,13 +1,17 @@
 //! Device drivers. A driver only turns device bytes into frames
 //! `(timestamp, [f32; channels])`, markers and gap reports; it knows nothing
-//! of filters, disks or networks. Reconnects with backoff live in
-//! [`runner`], not in the drivers.
+//! of filters, disks, networks or sockets. Reconnects with backoff, stall
+//! detection and the processing stage live in [`crate::device`].
+//!
+//! Each driver is one file holding its `[connection]` config struct (with
+//! [`DriverConfig`]: name, defaults, `validate()`, `build()`) beside the
+//! driver itself; [`drivers!`] below is the registry — adding a driver is
+//! its file plus one line there.
 
 pub mod brainflow;
 pub mod brainflow_ffi;
 pub mod lsl;
 pub mod openbci_cyton;
-pub mod runner;
 pub mod serial;
 pub mod serial_ascii;
 pub mod synthetic;
@@ -15,19 +19,161 @@ pub mod timing;
 
 use crate::batch::Marker;
 use crate::clock::Clock;
-use crate::config::{Connection, DeviceConfig};
 use crate::ring::Producer;
+pub use crate::stream::StreamInfo;
+use crate::validate::Findings;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 pub use timing::Timing;
 
-/// What a device told us about its stream once connected.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamInfo {
-    pub sample_rate: f64,
-    pub channels: usize,
-    pub channel_names: Vec<String>,
-    /// How long the device normally goes between deliveries (seconds):
-    /// stall detection allows this on top of its 2 s.
-    pub chunk_s: f64,
+/// A driver's `[connection]` table: parsed (serde, unknown keys refused),
+/// checked, and turned into the driver.
+pub trait DriverConfig:
+    Sized + Clone + PartialEq + std::fmt::Debug + serde::de::DeserializeOwned
+{
+    /// The driver's name in device files (`driver = "..."`).
+    const NAME: &'static str;
+
+    /// The connection when the file has no `[connection]` table; `None`
+    /// when the table is required.
+    fn default_connection() -> Option<Self> {
+        None
+    }
+
+    /// Semantic checks, keys relative to `[connection]`.
+    fn validate(&self, out: &mut Findings);
+
+    /// Sample rate and channel count when the config states them (drivers
+    /// that learn them from the device say `None`).
+    fn declared_layout(&self) -> Option<(f64, usize)> {
+        None
+    }
+
+    /// Make relative paths relative to `dir`, the device file's folder.
+    fn resolve_paths(&mut self, _dir: &Path) {}
+
+    /// Whether the source can wait for the pipeline (only a source that
+    /// produces data on demand, such as the unpaced synthetic one); a real
+    /// device cannot, and its batches are dropped as counted gaps instead.
+    fn can_wait(&self) -> bool {
+        false
+    }
+
+    /// The driver, ready to `open()`.
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Source>, SourceError>;
+}
+
+/// What building a driver may need besides its config.
+pub struct BuildContext<'a> {
+    pub device_id: &'a str,
+    /// The runner's stop request, for drivers whose set-up takes long.
+    pub stop: &'a Arc<AtomicBool>,
+}
+
+/// Something that handles any driver's connection type (the config loader
+/// parses device files with it, so that errors inside `[connection]` carry
+/// line:column too).
+pub trait ConnectionVisitor {
+    type Output;
+    fn visit<C: DriverConfig>(self, wrap: fn(C) -> Connection) -> Self::Output;
+}
+
+/// The registry: one line per driver, `Variant => module::ConnectionType`.
+macro_rules! drivers {
+    ($($variant:ident => $conn:ty),* $(,)?) => {
+        /// Which driver reads a device (`driver = "..."` in its file).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum DriverKind {
+            $($variant),*
+        }
+
+        /// A device's typed `[connection]` table.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Connection {
+            $($variant($conn)),*
+        }
+
+        impl DriverKind {
+            /// Every driver's name, as written in device files.
+            pub const NAMES: &'static [&'static str] = &[$(<$conn as DriverConfig>::NAME),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(DriverKind::$variant => <$conn as DriverConfig>::NAME),*
+                }
+            }
+
+            pub fn from_name(name: &str) -> Option<Self> {
+                $(if name == <$conn as DriverConfig>::NAME {
+                    return Some(DriverKind::$variant);
+                })*
+                None
+            }
+
+            /// Let `v` handle this driver's connection type.
+            pub fn visit<V: ConnectionVisitor>(self, v: V) -> V::Output {
+                match self {
+                    $(DriverKind::$variant => v.visit::<$conn>(Connection::$variant)),*
+                }
+            }
+        }
+
+        impl Connection {
+            pub fn kind(&self) -> DriverKind {
+                match self {
+                    $(Connection::$variant(_) => DriverKind::$variant),*
+                }
+            }
+
+            pub fn validate(&self, out: &mut Findings) {
+                match self {
+                    $(Connection::$variant(c) => c.validate(out)),*
+                }
+            }
+
+            pub fn declared_layout(&self) -> Option<(f64, usize)> {
+                match self {
+                    $(Connection::$variant(c) => c.declared_layout()),*
+                }
+            }
+
+            pub fn resolve_paths(&mut self, dir: &Path) {
+                match self {
+                    $(Connection::$variant(c) => c.resolve_paths(dir)),*
+                }
+            }
+
+            pub fn can_wait(&self) -> bool {
+                match self {
+                    $(Connection::$variant(c) => c.can_wait()),*
+                }
+            }
+
+            /// The driver for this connection.
+            pub fn build(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Source>, SourceError> {
+                match self {
+                    $(Connection::$variant(c) => c.build(ctx)),*
+                }
+            }
+        }
+    };
+}
+
+drivers! {
+    Synthetic => synthetic::SyntheticConnection,
+    OpenbciCyton => openbci_cyton::CytonConnection,
+    SerialAscii => serial_ascii::SerialAsciiConnection,
+    Brainflow => brainflow::BrainflowConnection,
+    Lsl => lsl::LslConnection,
+}
+
+impl<'de> serde::Deserialize<'de> for DriverKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        DriverKind::from_name(&s)
+            .ok_or_else(|| serde::de::Error::unknown_variant(&s, DriverKind::NAMES))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,23 +285,6 @@ pub trait Source: Send {
     fn drain(&mut self, _sink: &mut Sink<'_>) {}
     /// Stop streaming and release the device.
     fn close(&mut self);
-}
-
-/// Build the driver for a device file. `stop` is the runner's stop
-/// request, for drivers whose connection set-up takes long.
-pub fn build(
-    cfg: &DeviceConfig,
-    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Result<Box<dyn Source>, SourceError> {
-    match &cfg.connection {
-        Connection::Synthetic(c) => Ok(Box::new(synthetic::Synthetic::new(c.clone()))),
-        Connection::Brainflow(c) => Ok(Box::new(brainflow::Brainflow::new((**c).clone()))),
-        Connection::Lsl(c) => Ok(Box::new(lsl::Lsl::new(c.clone(), stop.clone()))),
-        Connection::OpenbciCyton(c) => Ok(Box::new(openbci_cyton::Cyton::new(&cfg.id, c.clone()))),
-        Connection::SerialAscii(c) => {
-            Ok(Box::new(serial_ascii::SerialAscii::new(&cfg.id, c.clone())))
-        }
-    }
 }
 
 /// Default channel names: "ch1", "ch2", ...

@@ -36,10 +36,57 @@
 //! reported at most once a second; nothing here is fatal.
 
 use super::{default_names, serial, Sink, Source, SourceError, StreamInfo};
-use crate::config::CytonConnection;
+use super::{BuildContext, DriverConfig};
+use crate::validate::Findings;
+use serde::Deserialize;
 use serialport::{ClearBuffer, SerialPort};
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
+
+fn default_baud() -> u32 {
+    115_200
+}
+
+/// `[connection]` of the OpenBCI Cyton driver.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CytonConnection {
+    /// Serial port of the USB dongle, e.g. "/dev/ttyUSB0".
+    pub port: String,
+    /// Daisy module attached: 16 channels at half rate.
+    #[serde(default)]
+    pub daisy: bool,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+}
+
+/// Rate and channels: 250 Hz × 8, or 125 Hz × 16 with the Daisy module.
+pub const fn layout(daisy: bool) -> (f64, usize) {
+    if daisy {
+        (125.0, 16)
+    } else {
+        (250.0, 8)
+    }
+}
+
+impl DriverConfig for CytonConnection {
+    const NAME: &'static str = "openbci-cyton";
+
+    fn validate(&self, out: &mut Findings) {
+        super::serial::check_port(out, &self.port);
+        if self.baud == 0 {
+            out.bad("baud", "baud must be positive", "the Cyton uses 115200");
+        }
+    }
+
+    fn declared_layout(&self) -> Option<(f64, usize)> {
+        Some(layout(self.daisy))
+    }
+
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(Cyton::new(ctx.device_id, self.clone())))
+    }
+}
 
 /// Bytes per packet.
 pub const PACKET_LEN: usize = 33;

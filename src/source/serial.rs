@@ -78,6 +78,17 @@ pub fn ensure_present(got: usize, device: &str, path: &str) -> Result<(), Source
     Ok(())
 }
 
+/// A serial port setting must name a device.
+pub fn check_port(out: &mut crate::validate::Findings, port: &str) {
+    if port.trim().is_empty() {
+        out.bad(
+            "port",
+            "serial port is empty",
+            "set port = \"/dev/ttyUSB0\" (or the device's path)",
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

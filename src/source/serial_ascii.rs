@@ -11,9 +11,56 @@
 //! the dejitter fit from the time of the read that completed the line.
 
 use super::{default_names, serial, Sink, Source, SourceError, StreamInfo};
-use crate::config::SerialAsciiConnection;
+use super::{BuildContext, DriverConfig};
+use crate::validate::Findings;
+use serde::Deserialize;
 use serialport::SerialPort;
 use std::time::{Duration, Instant};
+
+fn default_baud() -> u32 {
+    115_200
+}
+
+fn default_separator() -> String {
+    ",".into()
+}
+
+/// `[connection]` of the ASCII serial driver.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialAsciiConnection {
+    pub port: String,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    pub sample_rate: f64,
+    pub channels: usize,
+    #[serde(default = "default_separator")]
+    pub separator: String,
+}
+
+impl DriverConfig for SerialAsciiConnection {
+    const NAME: &'static str = "serial-ascii";
+
+    fn validate(&self, out: &mut Findings) {
+        super::serial::check_port(out, &self.port);
+        out.check_rate("sample_rate", self.sample_rate);
+        out.check_channels("channels", self.channels);
+        if self.baud == 0 {
+            out.bad("baud", "baud must be positive", "e.g. 115200");
+        }
+        if self.separator.is_empty() {
+            out.bad("separator", "separator is empty", "e.g. \",\" or \" \"");
+        }
+    }
+
+    fn declared_layout(&self) -> Option<(f64, usize)> {
+        Some((self.sample_rate, self.channels))
+    }
+
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(SerialAscii::new(ctx.device_id, self.clone())))
+    }
+}
 
 /// Lines longer than this (bytes, without the line end) are malformed.
 pub const MAX_LINE: usize = 4096;

@@ -4,9 +4,61 @@
 //! depends only on (seed, c, n). `tests/decode_batches.py` re-implements it.
 
 use super::{default_names, Sink, Source, SourceError, StreamInfo};
-use crate::config::SyntheticConnection;
+use super::{BuildContext, DriverConfig};
+use crate::validate::Findings;
+use serde::Deserialize;
 use std::f64::consts::TAU;
 use std::time::{Duration, Instant};
+
+/// `[connection]` of the synthetic driver.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticConnection {
+    /// Samples per second per channel (default 250).
+    pub sample_rate: f64,
+    /// Number of channels (default 8).
+    pub channels: usize,
+    /// Seed of the noise generator; equal seeds give equal signals.
+    pub seed: u64,
+    /// true: real time; false: as fast as the pipeline takes it.
+    pub pace: bool,
+}
+
+impl Default for SyntheticConnection {
+    fn default() -> Self {
+        SyntheticConnection {
+            sample_rate: 250.0,
+            channels: 8,
+            seed: 1,
+            pace: true,
+        }
+    }
+}
+
+impl DriverConfig for SyntheticConnection {
+    const NAME: &'static str = "synthetic";
+
+    fn default_connection() -> Option<Self> {
+        Some(SyntheticConnection::default())
+    }
+
+    fn validate(&self, out: &mut Findings) {
+        out.check_rate("sample_rate", self.sample_rate);
+        out.check_channels("channels", self.channels);
+    }
+
+    fn declared_layout(&self) -> Option<(f64, usize)> {
+        Some((self.sample_rate, self.channels))
+    }
+
+    fn can_wait(&self) -> bool {
+        !self.pace
+    }
+
+    fn build(&self, _ctx: &BuildContext<'_>) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(Synthetic::new(self.clone())))
+    }
+}
 
 /// How often a paced source wakes up to emit the frames that became due.
 const TICK: Duration = Duration::from_millis(10);

@@ -17,11 +17,11 @@
 //! already queued) are skipped. A batch is sent again only as a retry of
 //! the same `Idempotency-Key`.
 
+use super::config::UplinkSection;
 use super::policy::{self, Backoff, Halt, Outcome, UplinkState, Verdict};
 use super::ratelimit::TokenBucket;
 use super::transport::Transport;
 use super::UplinkShared;
-use crate::config::UplinkSection;
 use crate::journal::{AuditEvent, Journal, JournalTx, PendingBatch, UploadMark};
 use rand::{Rng, SeedableRng};
 use serde_json::json;

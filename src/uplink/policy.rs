@@ -162,7 +162,8 @@ pub fn decide(o: &Outcome, backoff: &Backoff, attempt: u32, jitter: f64) -> Verd
 }
 
 /// The uplink's state in `status` (contract §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum UplinkState {
     Disabled,
     Idle,

@@ -3,8 +3,8 @@
 //! turned into a policy [`Outcome`]. Nothing here ever puts the token (or
 //! URL credentials) into an error message.
 
+use super::config::UplinkSection;
 use super::policy::{parse_retry_after, Outcome, TransportKind};
-use crate::config::UplinkSection;
 use reqwest::Url;
 use std::path::Path;
 use std::time::{Duration, SystemTime};

@@ -1,30 +1,12 @@
 //! Operations through the real binary: systemd notifications and the
 //! watchdog, live reload, and who may change things on the socket.
 
-use crate::util::{python, synthetic_device, Env, BIN};
+use crate::util::{device, python, synthetic_device, Env, BIN};
+use neuroedge::control::report::DeviceState;
 use serde_json::Value;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn device_total(status: &Value, id: &str) -> Option<u64> {
-    status["devices"]
-        .as_array()?
-        .iter()
-        .find(|d| d["id"] == id)?["samples_total"]
-        .as_u64()
-}
-
-fn device_state(status: &Value, id: &str) -> Option<String> {
-    Some(
-        status["devices"]
-            .as_array()?
-            .iter()
-            .find(|d| d["id"] == id)?["state"]
-            .as_str()?
-            .to_string(),
-    )
-}
 
 fn dump_batches(env: &Env) -> Vec<Value> {
     let out = Command::new(python())
@@ -169,8 +151,8 @@ fn longest_pause(d: &crate::util::Daemon, id: &str, during: impl FnOnce()) -> Du
         let mut last = (Instant::now(), 0u64);
         let mut worst = Duration::ZERO;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok(v) = neuroedge::control::client::request(&socket, "status") {
-                if let Some(n) = device_total(&v, &id) {
+            if let Ok(r) = neuroedge::control::client::status(&socket) {
+                if let Some(n) = r.device(&id).map(|d| d.samples_total) {
                     let now = Instant::now();
                     if n != last.1 {
                         worst = worst.max(now - last.0);
@@ -207,9 +189,9 @@ fn reload_adds_removes_and_refuses_broken_edits() {
     assert_eq!(reply["devices"]["unchanged"], serde_json::json!(["a"]));
     let t = Instant::now();
     let added_at = t;
-    d.wait_for(Duration::from_secs(2), "b streaming", |s| {
-        device_state(s, "b").as_deref() == Some("streaming")
-            && device_total(s, "b").unwrap_or(0) > 0
+    d.wait_report(Duration::from_secs(2), "b streaming", |s| {
+        s.device("b")
+            .is_some_and(|b| b.state == DeviceState::Streaming && b.samples_total > 0)
     });
     assert!(added_at.elapsed() <= Duration::from_secs(2));
     assert!(pause < Duration::from_millis(600), "a paused {pause:?}");
@@ -228,11 +210,11 @@ fn reload_adds_removes_and_refuses_broken_edits() {
         problems.contains("b.toml") && problems.contains("sample_rate"),
         "{problems}"
     );
-    let b_before = device_total(&d.status().expect("status"), "b").unwrap_or(0);
+    let b_before = device(&d.report().expect("status"), "b").samples_total;
     std::thread::sleep(Duration::from_millis(500));
-    let s = d.status().expect("status");
-    assert_eq!(device_state(&s, "b").as_deref(), Some("streaming"));
-    assert!(device_total(&s, "b").unwrap_or(0) > b_before);
+    let s = d.report().expect("status");
+    assert_eq!(device(&s, "b").state, DeviceState::Streaming);
+    assert!(device(&s, "b").samples_total > b_before);
     // The CLI says the same, exit 1.
     let out = Command::new(BIN)
         .args(["reload", "--socket"])
@@ -249,8 +231,8 @@ fn reload_adds_removes_and_refuses_broken_edits() {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
     });
     assert!(pause < Duration::from_millis(600), "a paused {pause:?}");
-    d.wait_for(Duration::from_secs(3), "b removed", |s| {
-        device_state(s, "b").is_none()
+    d.wait_report(Duration::from_secs(3), "b removed", |s| {
+        s.device("b").is_none()
     });
     // Change a (4 -> 3 channels): restarted, its sample index continues.
     env.write("devices/a.toml", &synthetic_device("a", 3, 250.0, ""));
@@ -260,8 +242,9 @@ fn reload_adds_removes_and_refuses_broken_edits() {
         serde_json::json!(["a"]),
         "{reply}"
     );
-    d.wait_for(Duration::from_secs(3), "a with 3 channels", |s| {
-        s["devices"][0]["channels"] == 3 && device_total(s, "a").unwrap_or(0) > 0
+    d.wait_report(Duration::from_secs(3), "a with 3 channels", |s| {
+        s.device("a")
+            .is_some_and(|a| a.channels == 3 && a.samples_total > 0)
     });
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(d.terminate(), 0);

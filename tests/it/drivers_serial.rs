@@ -3,7 +3,8 @@
 //! (tests/peers/cyton_emulator.py, tests/peers/ascii_emulator.py), and the
 //! journal is checked value by value in Python (tests/peers/check_*.py).
 
-use crate::util::{synthetic_device, Daemon, Env};
+use crate::util::{device, synthetic_device, Daemon, Env};
+use neuroedge::control::report::DeviceState;
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -127,13 +128,6 @@ fn check(env: &Env, script: &str, emulog: &Path, device: &str, d_log: &str) -> V
     serde_json::from_str(stdout.trim()).expect("checker summary")
 }
 
-fn device<'a>(status: &'a Value, id: &str) -> &'a Value {
-    status["devices"]
-        .as_array()
-        .and_then(|d| d.iter().find(|d| d["id"] == id))
-        .unwrap_or_else(|| panic!("device {id} in status: {status}"))
-}
-
 fn sleep_s(s: f64) {
     std::thread::sleep(Duration::from_secs_f64(s));
 }
@@ -178,9 +172,9 @@ fn cyton_values_gaps_resync_and_jitter() {
     );
     let d = env.spawn();
     d.wait_streaming(Duration::from_secs(15));
-    let s = d.status().expect("status");
-    assert_eq!(device(&s, "cyton")["channels"], 8);
-    assert_eq!(device(&s, "cyton")["sample_rate"], 250.0);
+    let s = d.report().expect("status");
+    assert_eq!(device(&s, "cyton").channels, 8);
+    assert_eq!(device(&s, "cyton").sample_rate, 250.0);
     // Let the timing fit settle, then script the faults.
     sleep_s(2.0);
     peer.send("drop 5");
@@ -199,11 +193,11 @@ fn cyton_values_gaps_resync_and_jitter() {
     peer.send("garbage 3");
     peer.send("fake");
     sleep_s(1.2);
-    let s = d.status().expect("status");
+    let s = d.report().expect("status");
     let dev = device(&s, "cyton");
-    assert_eq!(dev["state"], "streaming", "{dev}");
-    assert_eq!(dev["gaps"], 3, "{dev}");
-    assert_eq!(dev["dropped_samples"], 0, "{dev}");
+    assert_eq!(dev.state, DeviceState::Streaming, "{dev:?}");
+    assert_eq!(dev.gaps, 3, "{dev:?}");
+    assert_eq!(dev.dropped_samples, 0, "{dev:?}");
     let log = stop(d);
     let emulog = peer.log.clone();
     let emu = peer.finish();
@@ -250,10 +244,10 @@ fn cyton_daisy_16_channels() {
     );
     let d = env.spawn();
     d.wait_streaming(Duration::from_secs(15));
-    let s = d.status().expect("status");
+    let s = d.report().expect("status");
     let dev = device(&s, "cyton16");
-    assert_eq!(dev["channels"], 16, "{dev}");
-    assert_eq!(dev["sample_rate"], 125.0, "{dev}");
+    assert_eq!(dev.channels, 16, "{dev:?}");
+    assert_eq!(dev.sample_rate, 125.0, "{dev:?}");
     sleep_s(1.5);
     // An odd number of packets: one frame loses only one half.
     peer.send("drop 3");
@@ -304,31 +298,31 @@ fn cyton_unplug_and_replug_while_another_device_streams() {
     let mut cyton_back = false;
     let mut reconnected_total = None;
     while start.elapsed() < Duration::from_secs(15) {
-        let s = d.status().expect("status");
+        let s = d.report().expect("status");
         let syn = device(&s, "synthetic");
-        assert_eq!(syn["state"], "streaming", "{syn}");
-        let total = syn["samples_total"].as_u64().unwrap();
-        assert!(total >= last_synth, "samples_total went back: {syn}");
+        assert_eq!(syn.state, DeviceState::Streaming, "{syn:?}");
+        let total = syn.samples_total;
+        assert!(total >= last_synth, "samples_total went back: {syn:?}");
         last_synth = total;
-        let rate = syn["samples_per_s"].as_f64().unwrap();
+        let rate = syn.samples_per_s;
         assert!(
             (rate - 250.0).abs() <= 0.04 * 250.0,
-            "synthetic rate {rate} while the Cyton is away: {syn}"
+            "synthetic rate {rate} while the Cyton is away: {syn:?}"
         );
-        assert_eq!(syn["gaps"], 0, "{syn}");
-        assert_eq!(syn["dropped_samples"], 0, "{syn}");
+        assert_eq!(syn.gaps, 0, "{syn:?}");
+        assert_eq!(syn.dropped_samples, 0, "{syn:?}");
         let cy = device(&s, "cyton");
-        let st = cy["state"].as_str().unwrap_or("").to_string();
+        let st = cy.state.as_str().to_string();
         if states.last() != Some(&st) {
             states.push(st.clone());
         }
         if st == "disconnected" {
             assert!(
-                cy["last_error"].as_str().is_some_and(|e| !e.is_empty()),
-                "{cy}"
+                cy.last_error.as_deref().is_some_and(|e| !e.is_empty()),
+                "{cy:?}"
             );
         }
-        let cy_total = cy["samples_total"].as_u64().unwrap();
+        let cy_total = cy.samples_total;
         if states.iter().any(|s| s == "disconnected") && st == "streaming" {
             match reconnected_total {
                 None => reconnected_total = Some(cy_total),
@@ -348,9 +342,9 @@ fn cyton_unplug_and_replug_while_another_device_streams() {
         start.elapsed()
     );
     assert!(last_synth > 0);
-    let s = d.status().expect("status");
+    let s = d.report().expect("status");
     // The time away is a gap in the Cyton's journal (estimated from time).
-    assert!(device(&s, "cyton")["gaps"].as_u64() >= Some(1), "{s}");
+    assert!(device(&s, "cyton").gaps >= 1, "{s:?}");
     let log = stop(d);
     let emu = peer.finish();
     assert_eq!(emu["unplugs"].as_array().map(Vec::len), Some(1));
@@ -388,34 +382,35 @@ fn serial_ascii_values_and_malformed_lines() {
         &cyton_device("mute", &mute.link, false),
     );
     let d = env.spawn();
-    d.wait_for(Duration::from_secs(15), "ascii streaming", |s| {
-        let a = device(s, "ascii");
-        a["state"] == "streaming" && a["samples_total"].as_u64() > Some(0)
+    d.wait_report(Duration::from_secs(15), "ascii streaming", |s| {
+        s.device("ascii")
+            .is_some_and(|a| a.state == DeviceState::Streaming && a.samples_total > 0)
     });
     sleep_s(1.0);
     peer.send("malformed");
     sleep_s(1.0);
     peer.send("malformed");
     sleep_s(1.0);
-    let s = d.status().expect("status");
+    let s = d.report().expect("status");
     let a = device(&s, "ascii");
-    assert_eq!(a["state"], "streaming", "{a}");
-    assert_eq!(a["channels"], 4);
+    assert_eq!(a.state, DeviceState::Streaming, "{a:?}");
+    assert_eq!(a.channels, 4);
     let m = device(&s, "missing");
-    assert_eq!(m["state"], "connecting", "{m}");
-    let err = m["last_error"].as_str().unwrap_or("");
+    assert_eq!(m.state, DeviceState::Connecting, "{m:?}");
+    let err = m.last_error.as_deref().unwrap_or("");
     assert!(
         err.contains("cannot open serial port") && err.contains("no-such-tty"),
         "{err}"
     );
     // The mute board: no answer to the reset within 5 s.
-    let s = d.wait_for(Duration::from_secs(10), "mute board reported", |s| {
-        device(s, "mute")["last_error"]
-            .as_str()
+    let s = d.wait_report(Duration::from_secs(10), "mute board reported", |s| {
+        device(s, "mute")
+            .last_error
+            .as_deref()
             .is_some_and(|e| e.contains("no answer"))
     });
-    assert_eq!(device(&s, "mute")["state"], "connecting");
-    assert_eq!(device(&s, "ascii")["state"], "streaming");
+    assert_eq!(device(&s, "mute").state, DeviceState::Connecting);
+    assert_eq!(device(&s, "ascii").state, DeviceState::Streaming);
     let log = stop(d);
     drop(mute);
     let emulog = peer.log.clone();
@@ -464,8 +459,8 @@ fn serial_ascii_stall_detected_once_then_recovers_with_a_gap() {
     sleep_s(2.0);
     let paused = Instant::now();
     peer.send("pause 5");
-    let s = d.wait_for(Duration::from_secs(4), "ascii stalled", |s| {
-        device(s, "ascii")["state"] == "stalled"
+    let s = d.wait_report(Duration::from_secs(4), "ascii stalled", |s| {
+        device(s, "ascii").state == DeviceState::Stalled
     });
     let took = paused.elapsed();
     // 2 s plus a chunk, plus the status poll and the 100 ms read cadence.
@@ -475,13 +470,13 @@ fn serial_ascii_stall_detected_once_then_recovers_with_a_gap() {
     let h = d.request("health").expect("health");
     assert_eq!(h["status"], "degraded", "{h}");
     sleep_s(1.5);
-    let s = d.wait_for(Duration::from_secs(5), "ascii streaming again", |s| {
-        device(s, "ascii")["state"] == "streaming"
+    let s = d.wait_report(Duration::from_secs(5), "ascii streaming again", |s| {
+        device(s, "ascii").state == DeviceState::Streaming
     });
-    let resumed_total = device(&s, "ascii")["samples_total"].as_u64().unwrap_or(0);
+    let resumed_total = device(&s, "ascii").samples_total;
     sleep_s(2.0);
-    let s = d.status().expect("status");
-    assert!(device(&s, "ascii")["samples_total"].as_u64().unwrap_or(0) > resumed_total);
+    let s = d.report().expect("status");
+    assert!(device(&s, "ascii").samples_total > resumed_total);
     let h = d.request("health").expect("health");
     assert_eq!(h["status"], "ok", "{h}");
     let log = stop(d);

@@ -1,6 +1,7 @@
 //! Helpers: a temp folder with a config and device files, the real binary
 //! started on it, and a socket client.
 
+use neuroedge::control::report::{DeviceReport, DeviceState, StatusReport};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -205,20 +206,53 @@ impl Daemon {
         serde_json::from_str(&r).ok()
     }
 
+    /// The raw `status` reply (for checks of the wire format itself).
     pub fn status(&self) -> Option<Value> {
         self.request("status")
+    }
+
+    /// The `status` reply as the typed report the CLI and metrics read; a
+    /// reply that does not fit the type fails the test.
+    pub fn report(&self) -> Option<StatusReport> {
+        let v = self.status()?;
+        Some(
+            serde_json::from_value(v.clone())
+                .unwrap_or_else(|e| panic!("status reply does not fit StatusReport: {e}\n{v}")),
+        )
+    }
+
+    /// Wait until `cond` holds for the typed status report.
+    pub fn wait_report(
+        &self,
+        within: Duration,
+        what: &str,
+        mut cond: impl FnMut(&StatusReport) -> bool,
+    ) -> StatusReport {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(r) = self.report() {
+                if cond(&r) {
+                    return r;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out waiting for {what}; last status {:?}\nlog:\n{}",
+            self.status(),
+            self.log_text()
+        );
     }
 
     /// Wait until every device is streaming; returns the time it took.
     pub fn wait_streaming(&self, within: Duration) -> Duration {
         let start = Instant::now();
         while start.elapsed() < within {
-            if let Some(s) = self.status() {
-                let devs = s["devices"].as_array().cloned().unwrap_or_default();
-                if !devs.is_empty()
-                    && devs
+            if let Some(r) = self.report() {
+                if !r.devices.is_empty()
+                    && r.devices
                         .iter()
-                        .all(|d| d["state"] == "streaming" && d["samples_total"].as_u64() > Some(0))
+                        .all(|d| d.state == DeviceState::Streaming && d.samples_total > 0)
                 {
                     return start.elapsed();
                 }
@@ -288,6 +322,12 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A device of a status report (fails the test when absent).
+pub fn device<'a>(r: &'a StatusReport, id: &str) -> &'a DeviceReport {
+    r.device(id)
+        .unwrap_or_else(|| panic!("device {id} in status: {r:?}"))
 }
 
 /// Python with the decode test's packages, if present.

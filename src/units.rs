@@ -1,4 +1,4 @@
-//! Human-friendly config values: sizes ("2GiB") and durations ("24h", "500ms").
+//! Human-friendly config values (shared by every section): sizes ("2GiB") and durations ("24h", "500ms").
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::time::Duration;

@@ -2,14 +2,14 @@
 //! and backoff, and the processing thread it feeds. This is the one place
 //! where connection failures are retried; drivers just report them.
 
-use super::{Sink, Source, SourceError, StreamInfo, Timing};
 use crate::backoff::Backoff;
 use crate::batch::Marker;
 use crate::config::DeviceConfig;
 use crate::journal::{AuditEvent, JournalTx};
 use crate::pipeline::{FeatureStage, FilterStage, Processing};
 use crate::ring;
-use crate::state::{DeviceState, DeviceStats};
+use crate::source::{BuildContext, Sink, Source, SourceError, StreamInfo, Timing};
+use crate::telemetry::{DeviceState, DeviceStats};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -55,7 +55,6 @@ pub struct DeviceContext {
     pub batch_seconds: f64,
     /// Journal-wide index of this run's first sample.
     pub first_sample: u64,
-    pub epoch: Instant,
 }
 
 pub fn spawn(cfg: DeviceConfig, ctx: DeviceContext) -> std::io::Result<DeviceHandle> {
@@ -154,10 +153,9 @@ fn start_pipe(
         features: FeatureStage::new(&cfg.features, &cfg.quality, &cfg.filters, &info)
             .map_err(|e| format!("feature settings in {}: {e}", cfg.file.display()))?,
         journal: ctx.journal.clone(),
-        backpressure: matches!(&cfg.connection, crate::config::Connection::Synthetic(s) if !s.pace),
+        backpressure: cfg.connection.can_wait(),
         markers,
         stats: stats.clone(),
-        epoch: ctx.epoch,
     };
     let processing = std::thread::Builder::new()
         .name(format!("dsp-{}", cfg.id))
@@ -179,7 +177,11 @@ fn acquisition(
     markers_rx: crossbeam_channel::Receiver<Marker>,
 ) {
     let journal = ctx.journal.clone();
-    let mut source: Box<dyn Source> = match super::build(&cfg, &stop) {
+    let built = cfg.connection.build(&BuildContext {
+        device_id: &cfg.id,
+        stop: &stop,
+    });
+    let mut source: Box<dyn Source> = match built {
         Ok(s) => s,
         Err(e) => {
             stats.set_error(Some(e.to_string()));

@@ -7,17 +7,15 @@
 //! started, changed ones restarted; the others are not touched. Daemon
 //! settings (`neuroedge.toml` sections) need a restart; a reload says so.
 
+use super::runner::{self, DeviceContext, DeviceHandle};
 use crate::batch::Marker;
 use crate::config::{Config, DeviceConfig};
-use crate::control::DaemonState;
 use crate::journal::{AuditEvent, JournalTx};
-use crate::source::runner::{self, DeviceContext, DeviceHandle};
-use crate::state::DeviceStats;
+use crate::telemetry::{DeviceRegistry, DeviceStats};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// What the supervisor thread is asked to do.
 pub enum Command {
@@ -38,12 +36,12 @@ pub struct Supervisor {
     daemon: crate::config::DaemonConfig,
     journal: JournalTx,
     batch_seconds: f64,
-    epoch: Instant,
     /// Next journal-wide sample index per device id (continues across
     /// restarts of a device within the run and across runs).
     next_sample: HashMap<String, u64>,
     devices: Vec<Running>,
-    state: Arc<DaemonState>,
+    /// Where the running set is shown to the control plane.
+    registry: Arc<DeviceRegistry>,
 }
 
 impl Supervisor {
@@ -51,18 +49,16 @@ impl Supervisor {
         cfg: &Config,
         journal: JournalTx,
         next_sample: HashMap<String, u64>,
-        epoch: Instant,
-        state: Arc<DaemonState>,
+        registry: Arc<DeviceRegistry>,
     ) -> Self {
         Supervisor {
             config_path: cfg.path.clone(),
             daemon: cfg.daemon.clone(),
             journal,
             batch_seconds: cfg.daemon.journal.batch_seconds,
-            epoch,
             next_sample,
             devices: Vec::new(),
-            state,
+            registry,
         }
     }
 
@@ -103,7 +99,6 @@ impl Supervisor {
             journal: self.journal.clone(),
             batch_seconds: self.batch_seconds,
             first_sample: self.next_sample.get(&cfg.id).copied().unwrap_or(0),
-            epoch: self.epoch,
         };
         match runner::spawn(cfg.clone(), ctx) {
             Ok(h) => {
@@ -117,7 +112,7 @@ impl Supervisor {
             Err(e) => {
                 tracing::error!(device = %cfg.id, error = %e, "cannot start device thread");
                 let stats = Arc::new(DeviceStats::new(&cfg.id, cfg.driver.name(), true));
-                stats.set_state(crate::state::DeviceState::Error);
+                stats.set_state(crate::telemetry::DeviceState::Error);
                 stats.set_error(Some(format!("cannot start device thread: {e}")));
                 Running {
                     stats,
@@ -155,17 +150,15 @@ impl Supervisor {
 
     /// Show the current device list to the socket, metrics and `mark`.
     fn publish(&self) {
-        if let Ok(mut d) = self.state.devices.write() {
-            *d = self.devices.iter().map(|r| r.stats.clone()).collect();
-        }
         let markers: HashMap<String, crossbeam_channel::Sender<Marker>> = self
             .devices
             .iter()
             .filter_map(|r| Some((r.cfg.id.clone(), r.handle.as_ref()?.markers.clone())))
             .collect();
-        if let Ok(mut m) = self.state.markers.write() {
-            *m = markers;
-        }
+        self.registry.publish(
+            self.devices.iter().map(|r| r.stats.clone()).collect(),
+            markers,
+        );
     }
 
     fn reload(&mut self) -> Value {

@@ -1,11 +1,16 @@
-//! Live per-device counters shared between a device's threads and the
-//! status socket: atomics for numbers, small mutexes for rare text.
+//! Live per-device telemetry shared between a device's threads and the
+//! control plane (status socket, metrics, health, `mark`): atomics for
+//! numbers, small mutexes for rare text, and the [`DeviceRegistry`] the
+//! supervisor publishes the running devices in.
 
-use serde::Serialize;
+use crate::batch::Marker;
+use crate::sync::AtomicF64;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceState {
     Connecting,
@@ -51,28 +56,14 @@ impl DeviceState {
     }
 }
 
-/// An f64 stored in an `AtomicU64`.
-#[derive(Debug, Default)]
-pub struct AtomicF64(AtomicU64);
-
-impl AtomicF64 {
-    pub fn new(v: f64) -> Self {
-        AtomicF64(AtomicU64::new(v.to_bits()))
-    }
-    pub fn load(&self) -> f64 {
-        f64::from_bits(self.0.load(Ordering::Relaxed))
-    }
-    pub fn store(&self, v: f64) {
-        self.0.store(v.to_bits(), Ordering::Relaxed)
-    }
-}
-
-/// The latest features of a device, for `status`.
-#[derive(Debug, Clone, Default, Serialize)]
+/// The latest quality of one channel, for `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct QualitySnapshot {
     pub channel: String,
-    pub state: String,
+    pub state: crate::dsp::QualityStatus,
+    #[serde(with = "float")]
     pub rms_uv: f64,
+    #[serde(with = "float")]
     pub line_noise_ratio: f64,
 }
 
@@ -165,5 +156,59 @@ impl DeviceStats {
 
     pub fn last_error(&self) -> Option<String> {
         crate::sync::lock(&self.last_error).clone()
+    }
+}
+
+/// The running devices as the control plane sees them. The supervisor
+/// publishes; the socket, metrics, health and `mark` read. Neither side
+/// knows the other's types.
+#[derive(Default)]
+pub struct DeviceRegistry {
+    devices: RwLock<Vec<Arc<DeviceStats>>>,
+    /// Where `mark` sends a running device's markers.
+    markers: RwLock<HashMap<String, crossbeam_channel::Sender<Marker>>>,
+}
+
+impl DeviceRegistry {
+    /// Replace the published set (the supervisor, after a start, stop or
+    /// reload).
+    pub fn publish(
+        &self,
+        devices: Vec<Arc<DeviceStats>>,
+        markers: HashMap<String, crossbeam_channel::Sender<Marker>>,
+    ) {
+        *crate::sync::write(&self.devices) = devices;
+        *crate::sync::write(&self.markers) = markers;
+    }
+
+    /// Every device of the config, running or not, in file order.
+    pub fn devices(&self) -> Vec<Arc<DeviceStats>> {
+        crate::sync::read(&self.devices).clone()
+    }
+
+    /// The marker queue of a running device.
+    pub fn markers(&self, id: &str) -> Option<crossbeam_channel::Sender<Marker>> {
+        crate::sync::read(&self.markers).get(id).cloned()
+    }
+}
+
+/// An f64 that is `null` on the wire when not finite (JSON has no NaN).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Float(#[serde(with = "float")] pub f64);
+
+/// `#[serde(with = "float")]`: non-finite as `null`, `null` as NaN.
+pub mod float {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }
