@@ -7,6 +7,7 @@
 mod device;
 mod problem;
 
+pub use crate::journal::config::{JournalSection, SyncMode, WhenFull};
 pub use crate::units::{ByteCount, HumanDuration};
 pub use crate::uplink::config::UplinkSection;
 pub use device::*;
@@ -15,7 +16,6 @@ pub use problem::{ConfigError, Problem, SourceText};
 use crate::validate::Findings;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Where `--config` points when neither the flag nor `$NEUROEDGE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/neuroedge/neuroedge.toml";
@@ -52,55 +52,6 @@ impl Default for DaemonSection {
             site_id: "default-site".into(),
             node_id: None,
             devices_dir: "devices".into(),
-        }
-    }
-}
-
-/// SQLite durability level for each commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// fsync on every commit: survives power loss (default).
-    Full,
-    /// fsync at WAL checkpoints: survives a crash of the daemon, may lose the
-    /// last commits on power loss; less disk wear on SD cards.
-    Normal,
-}
-
-/// What the journal does when `max_bytes` would be exceeded and no uploaded
-/// batch is left to delete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Delete the oldest pending batches to make room: recording continues,
-    /// old unsent data is lost (counted, logged, audited).
-    DropOldest,
-    /// Refuse new batches: the backlog is kept, new data is lost (counted,
-    /// logged, audited, and reported as gaps).
-    DropNewest,
-}
-
-/// `[journal]`: the local SQLite store of sealed batches.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JournalSection {
-    pub path: PathBuf,
-    pub max_bytes: ByteCount,
-    pub batch_seconds: f64,
-    pub sync: SyncMode,
-    pub when_full: WhenFull,
-    pub retain_uploaded: HumanDuration,
-}
-
-impl Default for JournalSection {
-    fn default() -> Self {
-        JournalSection {
-            path: "var/journal.db".into(),
-            max_bytes: ByteCount(2 * 1024 * 1024 * 1024),
-            batch_seconds: 1.0,
-            sync: SyncMode::Full,
-            when_full: WhenFull::DropOldest,
-            retain_uploaded: HumanDuration(Duration::from_secs(24 * 3600)),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - WAL mode; one writer thread ([`writer`]); readers (CLI, uplink) use their
 //!   own connections.
 
+pub mod config;
 pub mod inspect;
 pub mod reader;
 pub mod writer;
@@ -17,7 +18,7 @@ pub mod writer;
 pub use reader::{BatchRow, ReadBatch, RowKey, Selection, Unreadable};
 pub use writer::{spawn_writer, JournalTx, UploadMark, WriterHandle};
 
-use crate::config::SyncMode;
+use config::SyncMode;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

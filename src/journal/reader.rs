@@ -362,8 +362,8 @@ pub enum RowKey<'a> {
 mod tests {
     use super::*;
     use crate::batch::{seal, Gap, GapCause, Marker, SealParams};
-    use crate::config::SyncMode;
     use crate::crypto::BatchKey;
+    use crate::journal::config::SyncMode;
 
     fn batch(device: &str, first: u64, n: usize, t0: f64) -> BatchData {
         BatchData {

@@ -9,12 +9,12 @@
 //! the writer stops taking batches, and the processing threads drop new ones
 //! as counted gaps rather than block.
 
+use super::config::WhenFull;
 use super::{
     insert_audit, AuditEvent, DeviceCursor, Journal, JournalShared, JournalState, RowState,
 };
 use crate::backoff::Backoff;
 use crate::batch::{seal, BatchData, Gap, GapCause, SealParams};
-use crate::config::WhenFull;
 use crate::crypto::Keyring;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{params, OptionalExtension};
@@ -786,8 +786,8 @@ fn log_evictions(evicted: &[Evicted]) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SyncMode;
     use crate::crypto::BatchKey;
+    use crate::journal::config::SyncMode;
 
     fn batch(device: &str, first: u64, n: usize) -> BatchData {
         BatchData {
