@@ -334,6 +334,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
                 journal: tx.clone(),
                 batch_seconds: 1.0,
                 first_sample: 0,
+                timing: Default::default(),
             },
         )
         .map_err(|e| format!("cannot start the device thread: {e}"))?;

@@ -221,7 +221,10 @@ impl Processing {
             markers: Vec::new(),
             clock_steps_seen: 0,
         };
-        let mut expected: Option<u64> = None;
+        // Ring index 0 is this run's first sample: anything missing before
+        // the first block read (dropped while the stage was starting) is a
+        // gap like any other.
+        let mut expected = self.index_offset;
         let mut rate_window = (Instant::now(), 0u64);
         loop {
             match ring.pop() {
@@ -280,12 +283,12 @@ impl Processing {
         block: &Block,
         filtered: &mut [f32],
         batcher: &mut Batcher,
-        expected: &mut Option<u64>,
+        expected: &mut u64,
         ch: usize,
     ) {
         use std::sync::atomic::Ordering::Relaxed;
         let first = block.first_index + self.index_offset;
-        let exp = expected.unwrap_or(first - block.device_gap_before.min(block.first_index));
+        let exp = *expected;
         if first > exp {
             let jump = first - exp;
             let device = block.device_gap_before.min(jump);
@@ -309,7 +312,7 @@ impl Processing {
             }
         }
         let n = block.len();
-        *expected = Some(first + n as u64);
+        *expected = first + n as u64;
         self.stats.set_next_sample(first + n as u64);
         let raw = block.samples();
         let out = &mut filtered[..raw.len()];
@@ -379,5 +382,260 @@ impl Processing {
             batcher.carry_gap = Some(gap);
             tracing::warn!(device = %self.device_id, samples = n, "journal queue full: batch dropped, recorded as a gap");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FeaturesSection, FiltersSection, QualitySection};
+    use crate::journal::JournalTx;
+    use crate::ring;
+
+    const CH: usize = 2;
+    const RATE: f64 = 100.0;
+
+    /// A processing stage on a ring of `capacity` frames in blocks of 10,
+    /// batches of 25 frames, journal queue of `queue` batches.
+    type Stage = (
+        ring::Producer,
+        std::thread::JoinHandle<()>,
+        crate::journal::writer::TestJournal,
+        crossbeam_channel::Sender<Marker>,
+        Arc<DeviceStats>,
+    );
+
+    fn stage(capacity: usize, queue: usize) -> Stage {
+        stage_after(capacity, queue, |_| {})
+    }
+
+    /// As [`stage`], calling `before` on the producer before the stage's
+    /// thread starts reading.
+    fn stage_after(
+        capacity: usize,
+        queue: usize,
+        before: impl FnOnce(&mut ring::Producer),
+    ) -> Stage {
+        let info = StreamInfo {
+            sample_rate: RATE,
+            channels: CH,
+            channel_names: vec!["a".into(), "b".into()],
+            chunk_s: 0.0,
+        };
+        let (mut producer, consumer, _) = ring::ring(CH, capacity, 10);
+        before(&mut producer);
+        let (journal, rx) = JournalTx::for_tests(queue);
+        let (mtx, mrx) = crossbeam_channel::bounded(16);
+        let stats = Arc::new(DeviceStats::new("d", "synthetic", true));
+        let p = Processing {
+            device_id: "d".into(),
+            info: info.clone(),
+            units: "uV".into(),
+            batch_frames: 25,
+            index_offset: 1000,
+            filters: FilterStage::new(&FiltersSection::default(), &info).unwrap(),
+            features: FeatureStage::new(
+                &FeaturesSection::default(),
+                &QualitySection::default(),
+                &FiltersSection::default(),
+                &info,
+            )
+            .unwrap(),
+            journal,
+            backpressure: false,
+            markers: mrx,
+            stats: stats.clone(),
+        };
+        let h = std::thread::spawn(move || p.run(consumer));
+        (producer, h, rx, mtx, stats)
+    }
+
+    fn push(p: &mut ring::Producer, n: usize) {
+        for _ in 0..n {
+            let i = p.next_index();
+            p.push(i as f64 / RATE, &[i as f32, -(i as f32)]);
+        }
+        p.flush();
+    }
+
+    fn collect(rx: &crate::journal::writer::TestJournal) -> Vec<BatchData> {
+        rx.batches.try_iter().collect()
+    }
+
+    #[test]
+    fn batches_split_by_count_with_contiguous_indices_and_a_partial_last() {
+        let (mut p, h, rx, _m, stats) = stage(1000, 64);
+        push(&mut p, 60);
+        drop(p);
+        h.join().unwrap();
+        let b = collect(&rx);
+        let sizes: Vec<usize> = b.iter().map(BatchData::n_samples).collect();
+        assert_eq!(sizes, [25, 25, 10], "the partial batch is sent at the end");
+        let firsts: Vec<u64> = b.iter().map(|b| b.first_sample).collect();
+        assert_eq!(
+            firsts,
+            [1000, 1025, 1050],
+            "indices continue from index_offset"
+        );
+        assert!(b.iter().all(|b| b.gaps.is_empty()));
+        assert_eq!(b[1].raw[0], 25.0);
+        assert_eq!(b[1].raw[1], -25.0);
+        assert_eq!(b[1].filtered, b[1].raw, "no filter: filtered equals raw");
+        assert_eq!(
+            stats
+                .samples_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            60
+        );
+        assert_eq!(stats.next_sample(), Some(1060));
+    }
+
+    #[test]
+    fn device_and_overflow_gaps_are_told_apart() {
+        // A device gap of 7 after 20 frames: indices 20..27 are missing.
+        let (mut p, h, rx, _m, stats) = stage(1000, 64);
+        push(&mut p, 20);
+        p.skip(7);
+        push(&mut p, 30);
+        drop(p);
+        h.join().unwrap();
+        let b = collect(&rx);
+        let gaps: Vec<&Gap> = b.iter().flat_map(|b| &b.gaps).collect();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(
+            (gaps[0].before_sample, gaps[0].missing, gaps[0].cause),
+            (1027, 7, GapCause::Device)
+        );
+        assert_eq!(
+            stats
+                .dropped_samples
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        let total: usize = b.iter().map(BatchData::n_samples).sum();
+        assert_eq!(total, 50);
+        let last = b.last().unwrap();
+        assert_eq!(last.end_sample(), 1057, "indices count the missing ones");
+
+        // A ring of 40 frames filled with 100 before the stage reads: the
+        // oldest are dropped and reported as one overflow gap.
+        let (p, h, rx, _m, stats) = stage_after(40, 64, |p| push(p, 100));
+        drop(p);
+        h.join().unwrap();
+        let b = collect(&rx);
+        let kept: usize = b.iter().map(BatchData::n_samples).sum();
+        let dropped = stats
+            .dropped_samples
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            kept < 100 && dropped == 100 - kept as u64,
+            "{kept} kept, {dropped} dropped"
+        );
+        let gaps: Vec<&Gap> = b.iter().flat_map(|b| &b.gaps).collect();
+        assert!(
+            gaps.iter().all(|g| g.cause == GapCause::Overflow),
+            "{gaps:?}"
+        );
+        assert_eq!(gaps.iter().map(|g| g.missing).sum::<u64>(), dropped);
+        assert_eq!(b.last().unwrap().end_sample(), 1100);
+    }
+
+    #[test]
+    fn a_full_journal_queue_drops_the_batch_as_a_gap_carried_into_the_next() {
+        // Queue of one batch, nobody reading: the second batch is refused.
+        let (mut p, h, rx, _m, stats) = stage(1000, 1);
+        push(&mut p, 50);
+        // Let the stage send both full batches before anyone reads.
+        while stats
+            .samples_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 50
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let first = rx.batches.recv().unwrap();
+        push(&mut p, 25);
+        drop(p);
+        let mut rest = Vec::new();
+        while let Ok(b) = rx.batches.recv() {
+            rest.push(b);
+        }
+        h.join().unwrap();
+        assert_eq!(first.first_sample, 1000);
+        assert_eq!(rest.len(), 1, "batch 1025..1050 was refused");
+        let next = &rest[0];
+        assert_eq!(next.first_sample, 1050);
+        assert_eq!(
+            next.gaps,
+            vec![Gap {
+                before_sample: 1050,
+                missing: 25,
+                cause: GapCause::Journal
+            }]
+        );
+        assert_eq!(
+            next.start_sample(),
+            first.end_sample(),
+            "spans stay contiguous"
+        );
+        assert_eq!(
+            stats
+                .dropped_samples
+                .load(std::sync::atomic::Ordering::Relaxed),
+            25
+        );
+    }
+
+    #[test]
+    fn markers_go_into_the_batch_that_covers_them() {
+        let (mut p, h, rx, m, stats) = stage(1000, 64);
+        // Batch 0 covers t 10.00..10.24, batch 1 10.25..10.49 (index 1000 = t 10.0).
+        m.send(Marker {
+            t: 10.10,
+            value: "in0".into(),
+        })
+        .unwrap();
+        m.send(Marker {
+            t: 10.245,
+            value: "between".into(),
+        })
+        .unwrap();
+        m.send(Marker {
+            t: 10.30,
+            value: "in1".into(),
+        })
+        .unwrap();
+        m.send(Marker {
+            t: 99.0,
+            value: "after the end".into(),
+        })
+        .unwrap();
+        push_from(&mut p, 1000, 60);
+        drop(p);
+        h.join().unwrap();
+        let b = collect(&rx);
+        let names = |b: &BatchData| {
+            b.markers
+                .iter()
+                .map(|m| m.value.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&b[0]), ["in0"]);
+        assert_eq!(names(&b[1]), ["between", "in1"]);
+        assert_eq!(
+            names(&b[2]),
+            ["after the end"],
+            "the run's last batch takes the rest"
+        );
+        let _ = stats;
+    }
+
+    fn push_from(p: &mut ring::Producer, offset: u64, n: usize) {
+        for _ in 0..n {
+            let i = p.next_index() + offset;
+            p.push(i as f64 / RATE, &[0.0, 0.0]);
+        }
+        p.flush();
     }
 }

@@ -15,14 +15,28 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Reopening a device that failed to open or went away.
-const REOPEN: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-/// A connected device silent this long (plus one of its chunks) is
-/// `stalled`.
-const STALL_AFTER: Duration = Duration::from_secs(2);
-/// A stalled device is closed and reopened after this long (a wedged
-/// dongle or a silently dead inlet often comes back that way).
-const REOPEN_STALLED_AFTER: Duration = Duration::from_secs(10);
+/// The runner's rules in time: reconnecting and the one stall rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunnerTiming {
+    /// Reopening a device that failed to open or went away.
+    pub reopen: Backoff,
+    /// A connected device silent this long (plus one of its chunks) is
+    /// `stalled` (the only place a device is called stalled).
+    pub stall_after: Duration,
+    /// A stalled device is closed and reopened after this long more (a
+    /// wedged dongle or a silently dead inlet often comes back that way).
+    pub reopen_stalled_after: Duration,
+}
+
+impl Default for RunnerTiming {
+    fn default() -> Self {
+        RunnerTiming {
+            reopen: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            stall_after: Duration::from_secs(2),
+            reopen_stalled_after: Duration::from_secs(10),
+        }
+    }
+}
 
 /// A running device.
 pub struct DeviceHandle {
@@ -55,9 +69,21 @@ pub struct DeviceContext {
     pub batch_seconds: f64,
     /// Journal-wide index of this run's first sample.
     pub first_sample: u64,
+    pub timing: RunnerTiming,
 }
 
+/// Start a device: its driver is built from its `[connection]`.
 pub fn spawn(cfg: DeviceConfig, ctx: DeviceContext) -> std::io::Result<DeviceHandle> {
+    spawn_with(cfg, ctx, None)
+}
+
+/// Start a device with a given driver instead of the one its config names
+/// (tests drive the runner's rules with a scripted source).
+pub fn spawn_with(
+    cfg: DeviceConfig,
+    ctx: DeviceContext,
+    source: Option<Box<dyn Source>>,
+) -> std::io::Result<DeviceHandle> {
     let stats = Arc::new(DeviceStats::new(&cfg.id, cfg.driver.name(), true));
     let (marker_tx, marker_rx) = crossbeam_channel::bounded(1024);
     let stop = Arc::new(AtomicBool::new(false));
@@ -67,7 +93,7 @@ pub fn spawn(cfg: DeviceConfig, ctx: DeviceContext) -> std::io::Result<DeviceHan
         let driver_markers = marker_tx.clone();
         std::thread::Builder::new()
             .name(format!("acq-{}", cfg.id))
-            .spawn(move || acquisition(cfg, ctx, stats, stop, driver_markers, marker_rx))?
+            .spawn(move || acquisition(cfg, ctx, source, stats, stop, driver_markers, marker_rx))?
     };
     Ok(DeviceHandle {
         stats,
@@ -171,16 +197,21 @@ fn start_pipe(
 fn acquisition(
     cfg: DeviceConfig,
     ctx: DeviceContext,
+    given: Option<Box<dyn Source>>,
     stats: Arc<DeviceStats>,
     stop: Arc<AtomicBool>,
     marker_tx: crossbeam_channel::Sender<Marker>,
     markers_rx: crossbeam_channel::Receiver<Marker>,
 ) {
     let journal = ctx.journal.clone();
-    let built = cfg.connection.build(&BuildContext {
-        device_id: &cfg.id,
-        stop: &stop,
-    });
+    let built = match given {
+        Some(s) => Ok(s),
+        None => cfg.connection.build(&BuildContext {
+            device_id: &cfg.id,
+            stop: &stop,
+        }),
+    };
+    let t = ctx.timing;
     let mut source: Box<dyn Source> = match built {
         Ok(s) => s,
         Err(e) => {
@@ -215,7 +246,7 @@ fn acquisition(
                 };
                 set_state(&stats, &journal, s, Some(&m));
                 failed_opens += 1;
-                sleep_unless_stopped(&stop, REOPEN.delay(failed_opens, 1.0));
+                sleep_unless_stopped(&stop, t.reopen.delay(failed_opens, 1.0));
                 continue;
             }
         };
@@ -258,7 +289,7 @@ fn acquisition(
         set_state(&stats, &journal, DeviceState::Streaming, None);
         stats.set_error(None);
         failed_opens = 0;
-        let stall_after = STALL_AFTER + Duration::from_secs_f64(p.info.chunk_s.clamp(0.0, 10.0));
+        let stall_after = t.stall_after + Duration::from_secs_f64(p.info.chunk_s.clamp(0.0, 10.0));
         let mut last_progress = Instant::now();
         let mut next_index = p.producer.next_index();
         let mut reopen = false;
@@ -303,7 +334,7 @@ fn acquisition(
                     stats.set_error(Some(m.clone()));
                     set_state(&stats, &journal, DeviceState::Stalled, Some(&m));
                 }
-                if silent >= stall_after + REOPEN_STALLED_AFTER {
+                if silent >= stall_after + t.reopen_stalled_after {
                     tracing::warn!(device = %stats.id, "stalled device: closing and reopening it");
                     reopen = true;
                     break;
@@ -318,7 +349,7 @@ fn acquisition(
         }
         if !reopen {
             // A device that opens and fails at once must not spin.
-            sleep_unless_stopped(&stop, REOPEN.initial);
+            sleep_unless_stopped(&stop, t.reopen.initial);
         }
     }
     // Closing the producer lets the processing thread drain and send the
@@ -329,5 +360,271 @@ fn acquisition(
     }
     if stop.load(Ordering::Relaxed) && stats.state() != DeviceState::Error {
         stats.set_state(DeviceState::Disconnected);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::writer::TestJournal;
+    use std::sync::Mutex;
+
+    const RATE: f64 = 200.0;
+
+    /// What the scripted source does on each call.
+    #[derive(Clone)]
+    enum Step {
+        /// `open` fails this way.
+        OpenFails(fn(String) -> SourceError),
+        /// `open` succeeds; then `read` delivers frames for this long, then
+        /// is silent for `silent` (returning with nothing), then fails with
+        /// `then` (or keeps delivering when `None`).
+        Stream {
+            for_ms: u64,
+            silent_ms: u64,
+            then: Option<fn(String) -> SourceError>,
+        },
+    }
+
+    struct Scripted {
+        steps: Vec<Step>,
+        at: usize,
+        opened: Option<Instant>,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Scripted {
+        fn step(&self) -> Step {
+            self.steps[self.at.min(self.steps.len() - 1)].clone()
+        }
+    }
+
+    impl Source for Scripted {
+        fn open(&mut self) -> Result<StreamInfo, SourceError> {
+            self.log.lock().unwrap().push("open".into());
+            let step = self.step();
+            self.at += 1;
+            match step {
+                Step::OpenFails(e) => Err(e("no device".into())),
+                Step::Stream { .. } => {
+                    self.opened = Some(Instant::now());
+                    Ok(StreamInfo {
+                        sample_rate: RATE,
+                        channels: 1,
+                        channel_names: vec!["c".into()],
+                        chunk_s: 0.0,
+                    })
+                }
+            }
+        }
+
+        fn read(&mut self, sink: &mut Sink<'_>) -> Result<(), SourceError> {
+            let Step::Stream {
+                for_ms,
+                silent_ms,
+                then,
+            } = self.steps[(self.at - 1).min(self.steps.len() - 1)].clone()
+            else {
+                return Ok(());
+            };
+            let since = self.opened.map_or(0, |t| t.elapsed().as_millis() as u64);
+            std::thread::sleep(Duration::from_millis(10));
+            if since < for_ms || then.is_none() && silent_ms == 0 {
+                let now = sink.mono_now();
+                for _ in 0..2 {
+                    sink.push_received(now, &[1.0]);
+                }
+                Ok(())
+            } else if since < for_ms + silent_ms {
+                Ok(())
+            } else {
+                match then {
+                    Some(e) => Err(e("gone".into())),
+                    None => {
+                        let now = sink.mono_now();
+                        sink.push_received(now, &[1.0]);
+                        Ok(())
+                    }
+                }
+            }
+        }
+
+        fn close(&mut self) {
+            self.log.lock().unwrap().push("close".into());
+        }
+    }
+
+    fn run(steps: Vec<Step>) -> (DeviceHandle, TestJournal, Arc<Mutex<Vec<String>>>) {
+        let cfg = crate::config::parse_device(
+            std::path::Path::new("fake.toml"),
+            "id = \"fake\"\ndriver = \"synthetic\"\nenabled = true\n".into(),
+        )
+        .unwrap();
+        let (journal, rx) = JournalTx::for_tests(64);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let ctx = DeviceContext {
+            journal,
+            batch_seconds: 0.1,
+            first_sample: 0,
+            timing: RunnerTiming {
+                reopen: Backoff::new(Duration::from_millis(20), Duration::from_millis(80)),
+                stall_after: Duration::from_millis(300),
+                reopen_stalled_after: Duration::from_millis(300),
+            },
+        };
+        let source = Scripted {
+            steps,
+            at: 0,
+            opened: None,
+            log: log.clone(),
+        };
+        let h = spawn_with(cfg, ctx, Some(Box::new(source))).unwrap();
+        (h, rx, log)
+    }
+
+    /// The device_state transitions audited so far, as "from>to".
+    fn transitions(rx: &TestJournal) -> Vec<String> {
+        rx.audits
+            .try_iter()
+            .filter(|a| a.event == "device_state")
+            .map(|a| {
+                format!(
+                    "{}>{}",
+                    a.detail["from"].as_str().unwrap(),
+                    a.detail["to"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    fn wait(what: &str, within_ms: u64, mut cond: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !cond() {
+            assert!(
+                t.elapsed() < Duration::from_millis(within_ms),
+                "timed out: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn failed_opens_are_retried_with_backoff_then_streaming() {
+        let unavailable: fn(String) -> SourceError = SourceError::Unavailable;
+        let (h, rx, log) = run(vec![
+            Step::OpenFails(unavailable),
+            Step::OpenFails(unavailable),
+            Step::Stream {
+                for_ms: 10_000,
+                silent_ms: 0,
+                then: None,
+            },
+        ]);
+        let t = Instant::now();
+        wait("streaming", 3000, || {
+            h.stats.state() == DeviceState::Streaming
+        });
+        // Backoff 20 ms then 40 ms before the third open.
+        assert!(
+            t.elapsed() >= Duration::from_millis(55),
+            "{:?}",
+            t.elapsed()
+        );
+        let stats = h.stats.clone();
+        wait("samples", 3000, || {
+            stats.samples_total.load(Ordering::Relaxed) > 0
+        });
+        h.join();
+        assert_eq!(log.lock().unwrap()[..3], ["open", "open", "open"]);
+        // Never connected yet: `connecting`, not `disconnected`.
+        assert_eq!(transitions(&rx), ["connecting>streaming"]);
+        assert!(stats.last_error().is_none());
+    }
+
+    #[test]
+    fn a_silent_device_is_stalled_once_then_reopened_with_a_gap() {
+        let (h, rx, log) = run(vec![
+            Step::Stream {
+                for_ms: 200,
+                silent_ms: 10_000,
+                then: None,
+            },
+            Step::Stream {
+                for_ms: 10_000,
+                silent_ms: 0,
+                then: None,
+            },
+        ]);
+        wait("streaming", 3000, || {
+            h.stats.state() == DeviceState::Streaming
+        });
+        let t = Instant::now();
+        wait("stalled", 3000, || h.stats.state() == DeviceState::Stalled);
+        // Silent from ~200 ms; stalled after 300 ms of silence.
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+        wait("reopened", 3000, || {
+            log.lock().unwrap().iter().filter(|l| *l == "open").count() == 2
+        });
+        wait("streaming again", 3000, || {
+            h.stats.state() == DeviceState::Streaming
+        });
+        let stats = h.stats.clone();
+        let gaps_before = stats.gaps.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(300));
+        h.join();
+        assert_eq!(
+            transitions(&rx),
+            [
+                "connecting>streaming",
+                "streaming>stalled",
+                "stalled>streaming"
+            ],
+            "stalled exactly once"
+        );
+        // The time away became a device gap (estimated from time).
+        let batches: Vec<_> = rx.batches.try_iter().collect();
+        let device_gaps: u64 = batches
+            .iter()
+            .flat_map(|b| &b.gaps)
+            .filter(|g| g.cause == crate::batch::GapCause::Device)
+            .map(|g| g.missing)
+            .sum();
+        assert!(
+            device_gaps as f64 >= 0.5 * RATE,
+            "at least ~0.6 s of samples missing, got {device_gaps} (gaps counted {gaps_before})"
+        );
+        let l = log.lock().unwrap();
+        assert_eq!(l.iter().filter(|x| *x == "close").count(), 2, "{l:?}");
+    }
+
+    #[test]
+    fn a_lost_device_is_disconnected_and_a_fatal_error_stops_retrying() {
+        let (h, rx, log) = run(vec![
+            Step::Stream {
+                for_ms: 100,
+                silent_ms: 0,
+                then: Some(SourceError::Disconnected),
+            },
+            Step::OpenFails(SourceError::Fatal),
+        ]);
+        wait("error", 3000, || h.stats.state() == DeviceState::Error);
+        std::thread::sleep(Duration::from_millis(200));
+        let stats = h.stats.clone();
+        h.join();
+        assert_eq!(
+            transitions(&rx),
+            [
+                "connecting>streaming",
+                "streaming>disconnected",
+                "disconnected>error"
+            ]
+        );
+        assert_eq!(stats.last_error().as_deref(), Some("no device"));
+        let opens = log.lock().unwrap().iter().filter(|l| *l == "open").count();
+        assert_eq!(opens, 2, "no retry after a fatal error");
     }
 }

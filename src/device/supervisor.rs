@@ -17,6 +17,35 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// What a reload changes, by device id (each list in file order).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadPlan {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Same id, different settings: restarted (its sample index continues).
+    pub changed: Vec<String>,
+    /// Not touched at all.
+    pub unchanged: Vec<String>,
+}
+
+/// Compare the running device files with the new ones, by id.
+pub fn plan(old: &[DeviceConfig], new: &[DeviceConfig]) -> ReloadPlan {
+    let mut p = ReloadPlan::default();
+    for d in new {
+        match old.iter().find(|o| o.id == d.id) {
+            Some(o) if o == d => p.unchanged.push(d.id.clone()),
+            Some(_) => p.changed.push(d.id.clone()),
+            None => p.added.push(d.id.clone()),
+        }
+    }
+    p.removed = old
+        .iter()
+        .filter(|o| !new.iter().any(|d| d.id == o.id))
+        .map(|o| o.id.clone())
+        .collect();
+    p
+}
+
 /// What the supervisor thread is asked to do.
 pub enum Command {
     /// Reload the config; the answer goes to `reply` when given.
@@ -99,6 +128,7 @@ impl Supervisor {
             journal: self.journal.clone(),
             batch_seconds: self.batch_seconds,
             first_sample: self.next_sample.get(&cfg.id).copied().unwrap_or(0),
+            timing: Default::default(),
         };
         match runner::spawn(cfg.clone(), ctx) {
             Ok(h) => {
@@ -191,47 +221,30 @@ impl Supervisor {
                     .to_string(),
             );
         }
+        let old_cfgs: Vec<DeviceConfig> = self.devices.iter().map(|r| r.cfg.clone()).collect();
+        let plan = plan(&old_cfgs, &new.devices);
         let mut old: HashMap<String, Running> = std::mem::take(&mut self.devices)
             .into_iter()
             .map(|r| (r.cfg.id.clone(), r))
             .collect();
-        let (mut added, mut removed, mut changed, mut unchanged) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        // Stop what goes away or changes first (in parallel), then start.
-        let mut to_stop = Vec::new();
-        let mut keep = Vec::new();
-        for d in &new.devices {
-            match old.remove(&d.id) {
-                Some(r) if r.cfg == *d => {
-                    unchanged.push(d.id.clone());
-                    keep.push(Some(r));
-                }
-                Some(r) => {
-                    changed.push(d.id.clone());
-                    if let Some(h) = &r.handle {
-                        h.request_stop();
-                    }
-                    to_stop.push(r);
-                    keep.push(None);
-                }
-                None => {
-                    added.push(d.id.clone());
-                    keep.push(None);
-                }
-            }
-        }
-        for (id, r) in old {
-            removed.push(id);
+        // Stop what goes away or changes first (all asked at once, then
+        // joined), then start what is new or changed.
+        let to_stop: Vec<Running> = plan
+            .removed
+            .iter()
+            .chain(&plan.changed)
+            .filter_map(|id| old.remove(id))
+            .collect();
+        for r in &to_stop {
             if let Some(h) = &r.handle {
                 h.request_stop();
             }
-            to_stop.push(r);
         }
         for r in to_stop {
             self.stop(r);
         }
-        for (d, k) in new.devices.iter().zip(keep) {
-            let r = match k {
+        for d in &new.devices {
+            let r = match old.remove(&d.id) {
                 Some(r) => r,
                 None => self.launch(d.clone()),
             };
@@ -239,7 +252,7 @@ impl Supervisor {
         }
         self.publish();
         let summary = json!({
-            "added": added, "removed": removed, "changed": changed, "unchanged": unchanged,
+            "added": plan.added, "removed": plan.removed, "changed": plan.changed, "unchanged": plan.unchanged,
         });
         tracing::info!(added = ?summary["added"], removed = ?summary["removed"], changed = ?summary["changed"], "configuration reloaded");
         for r in &restart_needed {
@@ -248,5 +261,34 @@ impl Supervisor {
         self.journal
             .audit(AuditEvent::new("reload", None, summary.clone()));
         json!({"ok": true, "devices": summary, "restart_needed": restart_needed})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(id: &str, channels: usize) -> DeviceConfig {
+        crate::config::parse_device(
+            std::path::Path::new(&format!("{id}.toml")),
+            format!("id = \"{id}\"\ndriver = \"synthetic\"\nenabled = true\n[connection]\nchannels = {channels}\n"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn reload_plan_by_id() {
+        let old = vec![dev("a", 4), dev("b", 2), dev("c", 8)];
+        let new = vec![dev("c", 8), dev("a", 3), dev("d", 1)];
+        let p = plan(&old, &new);
+        assert_eq!(p.added, ["d"]);
+        assert_eq!(p.removed, ["b"]);
+        assert_eq!(p.changed, ["a"], "3 channels instead of 4");
+        assert_eq!(p.unchanged, ["c"], "reordering files changes nothing");
+        assert_eq!(plan(&new, &new).unchanged, ["c", "a", "d"]);
+        // Disabling a device is a change (it stops).
+        let mut off = dev("c", 8);
+        off.enabled = false;
+        assert_eq!(plan(&old, &[off]).changed, ["c"]);
     }
 }

@@ -108,6 +108,42 @@ impl JournalTx {
     }
 }
 
+#[cfg(test)]
+impl JournalTx {
+    /// A sender whose batches land in the returned receiver instead of a
+    /// journal (unit tests of the processing stage); `capacity` bounds the
+    /// batch queue as the real one is bounded.
+    pub(crate) fn for_tests(capacity: usize) -> (JournalTx, TestJournal) {
+        let (btx, brx) = crossbeam_channel::bounded(capacity);
+        let (atx, arx) = crossbeam_channel::bounded(4096);
+        let (mtx, mrx) = crossbeam_channel::bounded(16);
+        let (_, commits) = watch::channel(0);
+        let tx = JournalTx {
+            batches: btx,
+            audits: atx,
+            marks: mtx,
+            shared: Arc::new(JournalShared::default()),
+            commits,
+        };
+        (
+            tx,
+            TestJournal {
+                batches: brx,
+                audits: arx,
+                _marks: mrx,
+            },
+        )
+    }
+}
+
+/// The receiving ends of [`JournalTx::for_tests`].
+#[cfg(test)]
+pub(crate) struct TestJournal {
+    pub batches: Receiver<BatchData>,
+    pub audits: Receiver<AuditEvent>,
+    _marks: Receiver<UploadMark>,
+}
+
 /// The running writer.
 pub struct WriterHandle {
     tx: JournalTx,
