@@ -84,8 +84,17 @@ fn progress(msg: &str) {
     eprintln!("bench: {msg}");
 }
 
-/// Run the benchmark; errors are messages for the technician.
-pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
+/// The device settings a bench run uses.
+struct Settings {
+    filters: FiltersSection,
+    features: FeaturesSection,
+    quality: QualitySection,
+    info: StreamInfo,
+}
+
+/// The device file's settings (or the defaults), and the layout: flags,
+/// else the file's, else 8 × 250 Hz.
+fn settings(args: &BenchArgs) -> Result<Settings, String> {
     let (filters, features, quality, declared) = match args.device {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -108,28 +117,48 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     };
     let channels = args.channels.or(declared.map(|l| l.1)).unwrap_or(8);
     let rate = args.rate.or(declared.map(|l| l.0)).unwrap_or(250.0);
-    if !((1..=1024).contains(&channels) && rate > 0.0 && rate <= 100_000.0) {
-        return Err(format!(
-            "--channels {channels} / --rate {rate} out of range (1-1024 channels, up to 100000 Hz)"
-        ));
+    let mut check = crate::validate::Findings::new("");
+    check.check_channels("--channels", channels);
+    check.check_rate("--rate", rate);
+    if let Some(f) = check.into_vec().first() {
+        return Err(format!("{} {}: {}", f.key, f.message, f.hint));
     }
-    let seconds = args.seconds;
-    if !(seconds > 0.0 && seconds <= 3600.0) {
+    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
         return Err("--seconds must be between 0 and 3600".into());
     }
-    let info = StreamInfo {
-        sample_rate: rate,
-        channels,
-        channel_names: crate::source::default_names(channels),
-        chunk_s: 0.0,
-    };
-    let synth = SyntheticConnection {
-        sample_rate: rate,
-        channels,
+    Ok(Settings {
+        filters,
+        features,
+        quality,
+        info: StreamInfo {
+            sample_rate: rate,
+            channels,
+            channel_names: crate::source::default_names(channels),
+            chunk_s: 0.0,
+        },
+    })
+}
+
+/// The bench's input: timestamps and frame-major raw samples.
+struct Input {
+    frames: usize,
+    ts: Vec<f64>,
+    raw: Vec<f32>,
+}
+
+fn synthetic(info: &StreamInfo) -> SyntheticConnection {
+    SyntheticConnection {
+        sample_rate: info.sample_rate,
+        channels: info.channels,
         seed: 1,
         pace: false,
-    };
-    let (frames, ts, raw) = match args.input {
+    }
+}
+
+/// `--input` (little-endian f64, frame-major) or synthetic data.
+fn input(args: &BenchArgs, info: &StreamInfo) -> Result<Input, String> {
+    let (channels, rate) = (info.channels, info.sample_rate);
+    match args.input {
         Some(p) => {
             let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
             let raw: Vec<f32> = bytes
@@ -152,215 +181,275 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
             ));
             let t0 = crate::clock::wall_unix();
             let ts = (0..frames).map(|n| t0 + n as f64 / rate).collect();
-            (frames, ts, raw)
+            Ok(Input { frames, ts, raw })
         }
         None => {
-            let frames = ((seconds * rate).round() as usize).max(1);
+            let frames = ((args.seconds * rate).round() as usize).max(1);
             progress(&format!(
-                "generating {seconds} s of {channels}-channel {rate} Hz synthetic data"
+                "generating {} s of {channels}-channel {rate} Hz synthetic data",
+                args.seconds
             ));
-            let (ts, raw) =
-                crate::source::synthetic::generate(&synth, frames, crate::clock::wall_unix());
-            (frames, ts, raw)
+            let (ts, raw) = crate::source::synthetic::generate(
+                &synthetic(info),
+                frames,
+                crate::clock::wall_unix(),
+            );
+            Ok(Input { frames, ts, raw })
         }
+    }
+}
+
+/// The filter chain over the input in ring-sized blocks: the best of a few
+/// passes, each from a fresh filter state, as the reference tools are timed
+/// (scripts/bench_dsp_compare.py). Returns the seconds and the output.
+fn bench_dsp(s: &Settings, inp: &Input, block: usize) -> Result<(f64, Vec<f32>), String> {
+    let ch = s.info.channels;
+    let mut filtered = vec![0.0f32; inp.raw.len()];
+    let mut best = f64::INFINITY;
+    for _ in 0..PASSES {
+        let mut f = FilterStage::new(&s.filters, &s.info).map_err(|e| format!("filters: {e}"))?;
+        let t = Instant::now();
+        for (i, o) in inp
+            .raw
+            .chunks(block * ch)
+            .zip(filtered.chunks_mut(block * ch))
+        {
+            f.process(i, o);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok((best, filtered))
+}
+
+/// Welch features and quality over the input: the best of a few passes.
+fn bench_features(
+    s: &Settings,
+    inp: &Input,
+    filtered: &[f32],
+    block: usize,
+) -> Result<f64, String> {
+    let ch = s.info.channels;
+    let stats = DeviceStats::new("bench", "synthetic", true);
+    let mut best = f64::INFINITY;
+    for _ in 0..PASSES {
+        let mut fs = FeatureStage::new(&s.features, &s.quality, &s.filters, &s.info)
+            .map_err(|e| format!("features: {e}"))?;
+        let t = Instant::now();
+        for ((r, f), t_) in inp
+            .raw
+            .chunks(block * ch)
+            .zip(filtered.chunks(block * ch))
+            .zip(inp.ts.chunks(block))
+        {
+            fs.push(r, f, t_, &stats);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// One-second batches of the input, built one at a time (so the input is
+/// not held twice).
+fn batches<'a>(
+    s: &'a Settings,
+    inp: &'a Input,
+    filtered: &'a [f32],
+    filter: &'a crate::batch::FilterDescription,
+) -> impl Iterator<Item = BatchData> + 'a {
+    let (ch, rate) = (s.info.channels, s.info.sample_rate);
+    let batch_frames = (rate.round() as usize).max(1);
+    (0..inp.frames).step_by(batch_frames).map(move |start| {
+        let end = (start + batch_frames).min(inp.frames);
+        BatchData {
+            device_id: "bench".into(),
+            sample_rate: rate,
+            channels: s.info.channel_names.clone(),
+            units: "uV".into(),
+            first_sample: start as u64,
+            timestamps: inp.ts[start..end].to_vec(),
+            raw: inp.raw[start * ch..end * ch].to_vec(),
+            filtered: filtered[start * ch..end * ch].to_vec(),
+            filter: filter.clone(),
+            ..Default::default()
+        }
+    })
+}
+
+/// Sealing alone (encode, zstd, AES-GCM): seconds.
+fn bench_seal(key: &BatchKey, batches: impl Iterator<Item = BatchData>) -> Result<f64, String> {
+    let mut spent = 0.0;
+    for (i, b) in batches.enumerate() {
+        let p = SealParams {
+            batch_id: uuid::Uuid::now_v7().to_string(),
+            site_id: "bench",
+            node_id: "bench",
+            seq: i as u64,
+            created_at: 0.0,
+            compress: true,
+        };
+        let t = Instant::now();
+        seal(key, &p, &b).map_err(|e| format!("seal: {e}"))?;
+        spent += t.elapsed().as_secs_f64();
+    }
+    Ok(spent)
+}
+
+/// A journal writer on a temporary file (sync full, as the default config).
+fn open_writer(dir: &Path, name: &str, key: &BatchKey) -> Result<journal::WriterHandle, String> {
+    let j =
+        Journal::open(&dir.join(name), crate::config::SyncMode::Full).map_err(|e| e.to_string())?;
+    journal::spawn_writer(
+        j,
+        Arc::new(Keyring::new(key.clone())),
+        WriterConfig {
+            site_id: "bench".into(),
+            node_id: "bench".into(),
+            max_bytes: u64::MAX / 4,
+            when_full: WhenFull::DropOldest,
+            retain_uploaded: Duration::from_secs(3600),
+            max_queue_bytes: 256 * 1024 * 1024,
+            compress: true,
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The journal writer (seal + commit): seconds until every batch committed.
+fn bench_journal(
+    dir: &Path,
+    key: &BatchKey,
+    batches: impl Iterator<Item = BatchData>,
+) -> Result<f64, String> {
+    let w = open_writer(dir, "stage.db", key)?;
+    let tx = w.sender();
+    let t = Instant::now();
+    let mut n = 0u64;
+    for b in batches {
+        n += 1;
+        let mut b = Some(b);
+        while let Some(x) = b.take() {
+            if !tx.try_send_batch(x.clone()) {
+                b = Some(x);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+    while tx.shared().snapshot().committed_batches < n {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let el = t.elapsed().as_secs_f64();
+    w.shutdown();
+    Ok(el)
+}
+
+/// The real runner with an unpaced synthetic source for `seconds`:
+/// (ch-samples/s, dropped samples).
+fn bench_end_to_end(
+    s: &Settings,
+    dir: &Path,
+    key: &BatchKey,
+    seconds: f64,
+) -> Result<(f64, u64), String> {
+    progress(&format!(
+        "end to end: the real runner for {seconds} s, unpaced"
+    ));
+    let w = open_writer(dir, "e2e.db", key)?;
+    let tx = w.sender();
+    let cfg = DeviceConfig {
+        file: "bench".into(),
+        id: "bench".into(),
+        driver: crate::config::DriverKind::Synthetic,
+        enabled: true,
+        connection: Connection::Synthetic(synthetic(&s.info)),
+        channels: Default::default(),
+        filters: s.filters.clone(),
+        features: s.features.clone(),
+        quality: s.quality.clone(),
+        buffer: crate::config::BufferSection { ring_seconds: 10.0 },
     };
+    let start = Instant::now();
+    let h = runner::spawn(
+        cfg,
+        runner::DeviceContext {
+            journal: tx.clone(),
+            batch_seconds: 1.0,
+            first_sample: 0,
+            timing: Default::default(),
+        },
+    )
+    .map_err(|e| format!("cannot start the device thread: {e}"))?;
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let stats = h.stats.clone();
+    h.join();
+    // Everything the device produced must be committed before the clock stops.
+    while tx.shared().snapshot().queued_batches > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    w.shutdown();
+    let el = start.elapsed().as_secs_f64();
+    use std::sync::atomic::Ordering::Relaxed;
+    let samples = stats.samples_total.load(Relaxed);
+    Ok((
+        samples as f64 * s.info.channels as f64 / el,
+        stats.dropped_samples.load(Relaxed),
+    ))
+}
+
+/// Run the benchmark; errors are messages for the technician.
+pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
+    let s = settings(args)?;
+    let inp = input(args, &s.info)?;
+    let (channels, rate) = (s.info.channels, s.info.sample_rate);
     // Same block size as the runner's ring.
     let block = runner::block_frames(rate);
     let mut stages = BTreeMap::new();
-    let want = |s: Stage| args.stage == Stage::All || args.stage == s;
-    let ch_samples = (frames * channels) as f64;
-
-    let filter = FilterStage::new(&filters, &info).map_err(|e| format!("filters: {e}"))?;
-    let filter_desc = filter.description().clone();
-    let filter_sections = filter.sections();
-    let mut filtered = vec![0.0f32; raw.len()];
-    if want(Stage::Dsp) || want(Stage::Features) || want(Stage::Seal) || want(Stage::Journal) {
-        // Best of a few passes, each from a fresh filter state, as the
-        // reference tools are timed (scripts/bench_dsp_compare.py).
-        let mut best = f64::INFINITY;
-        for _ in 0..PASSES {
-            let mut f = FilterStage::new(&filters, &info).map_err(|e| format!("filters: {e}"))?;
-            let t = Instant::now();
-            for (i, o) in raw
-                .chunks(block * channels)
-                .zip(filtered.chunks_mut(block * channels))
-            {
-                f.process(i, o);
-            }
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        if want(Stage::Dsp) {
-            stages.insert("dsp".to_string(), ch_samples / best);
-            progress(&format!(
-                "dsp: {:.1} M ch-samples/s",
-                ch_samples / best / 1e6
-            ));
-        }
+    let want = |st: Stage| args.stage == Stage::All || args.stage == st;
+    let ch_samples = (inp.frames * channels) as f64;
+    let mut record = |name: &str, what: &str, seconds: f64| {
+        progress(&format!(
+            "{what}: {:.1} M ch-samples/s",
+            ch_samples / seconds / 1e6
+        ));
+        stages.insert(name.to_string(), ch_samples / seconds);
+    };
+    let filter = FilterStage::new(&s.filters, &s.info).map_err(|e| format!("filters: {e}"))?;
+    let (filter_desc, filter_sections) = (filter.description().clone(), filter.sections());
+    let (dsp_s, filtered) = bench_dsp(&s, &inp, block)?;
+    if want(Stage::Dsp) {
+        record("dsp", "dsp", dsp_s);
     }
     if want(Stage::Features) {
-        let stats = DeviceStats::new("bench", "synthetic", true);
-        let mut best = f64::INFINITY;
-        for _ in 0..PASSES {
-            let mut fs = FeatureStage::new(&features, &quality, &filters, &info)
-                .map_err(|e| format!("features: {e}"))?;
-            let t = Instant::now();
-            for ((r, f), t_) in raw
-                .chunks(block * channels)
-                .zip(filtered.chunks(block * channels))
-                .zip(ts.chunks(block))
-            {
-                fs.push(r, f, t_, &stats);
-            }
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        stages.insert("features".to_string(), ch_samples / best);
-        progress(&format!(
-            "features: {:.1} M ch-samples/s",
-            ch_samples / best / 1e6
-        ));
+        record(
+            "features",
+            "features",
+            bench_features(&s, &inp, &filtered, block)?,
+        );
     }
-    // One-second batches of the generated data.
-    let batch_frames = (rate.round() as usize).max(1);
-    let batches: Vec<BatchData> = (0..frames)
-        .step_by(batch_frames)
-        .map(|start| {
-            let end = (start + batch_frames).min(frames);
-            BatchData {
-                device_id: "bench".into(),
-                sample_rate: rate,
-                channels: info.channel_names.clone(),
-                units: "uV".into(),
-                first_sample: start as u64,
-                timestamps: ts[start..end].to_vec(),
-                raw: raw[start * channels..end * channels].to_vec(),
-                filtered: filtered[start * channels..end * channels].to_vec(),
-                filter: filter_desc.clone(),
-                ..Default::default()
-            }
-        })
-        .collect();
-    let key_bytes: [u8; 32] = rand::random();
+    let key = BatchKey::random();
     if want(Stage::Seal) {
-        let key = BatchKey::from_bytes(&key_bytes);
-        let t = Instant::now();
-        for (i, b) in batches.iter().enumerate() {
-            let p = SealParams {
-                batch_id: uuid::Uuid::now_v7().to_string(),
-                site_id: "bench",
-                node_id: "bench",
-                seq: i as u64,
-                created_at: 0.0,
-                compress: true,
-            };
-            seal(&key, &p, b).map_err(|e| format!("seal: {e}"))?;
-        }
-        let el = t.elapsed().as_secs_f64();
-        stages.insert("seal".to_string(), ch_samples / el);
-        progress(&format!(
-            "seal: {:.1} M ch-samples/s",
-            ch_samples / el / 1e6
-        ));
+        let spent = bench_seal(&key, batches(&s, &inp, &filtered, &filter_desc))?;
+        record("seal", "seal", spent);
     }
     let tmp = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
-    let writer_cfg = WriterConfig {
-        site_id: "bench".into(),
-        node_id: "bench".into(),
-        max_bytes: u64::MAX / 4,
-        when_full: WhenFull::DropOldest,
-        retain_uploaded: Duration::from_secs(3600),
-        max_queue_bytes: 256 * 1024 * 1024,
-        compress: true,
-    };
-    let open_writer = |name: &str| -> Result<journal::WriterHandle, String> {
-        let j = Journal::open(&tmp.path().join(name), crate::config::SyncMode::Full)
-            .map_err(|e| e.to_string())?;
-        journal::spawn_writer(
-            j,
-            Arc::new(Keyring::new(BatchKey::from_bytes(&key_bytes))),
-            writer_cfg.clone(),
-        )
-        .map_err(|e| e.to_string())
-    };
     if want(Stage::Journal) {
-        let w = open_writer("stage.db")?;
-        let tx = w.sender();
-        let n = batches.len() as u64;
-        let t = Instant::now();
-        for b in batches {
-            let mut b = Some(b);
-            while let Some(x) = b.take() {
-                if !tx.try_send_batch(x.clone()) {
-                    b = Some(x);
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            }
-        }
-        while tx.shared().snapshot().committed_batches < n {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let el = t.elapsed().as_secs_f64();
-        w.shutdown();
-        stages.insert("journal".to_string(), ch_samples / el);
-        progress(&format!(
-            "journal (seal + commit, sync full): {:.1} M ch-samples/s",
-            ch_samples / el / 1e6
-        ));
+        let spent = bench_journal(tmp.path(), &key, batches(&s, &inp, &filtered, &filter_desc))?;
+        record("journal", "journal (seal + commit, sync full)", spent);
     }
-
-    let mut end_to_end = None;
-    let mut dropped = 0;
-    if args.stage == Stage::All {
-        progress(&format!(
-            "end to end: the real runner for {seconds} s, unpaced"
-        ));
-        let w = open_writer("e2e.db")?;
-        let tx = w.sender();
-        let cfg = DeviceConfig {
-            file: "bench".into(),
-            id: "bench".into(),
-            driver: crate::config::DriverKind::Synthetic,
-            enabled: true,
-            connection: Connection::Synthetic(synth.clone()),
-            channels: Default::default(),
-            filters: filters.clone(),
-            features: features.clone(),
-            quality: quality.clone(),
-            buffer: crate::config::BufferSection { ring_seconds: 10.0 },
-        };
-        let start = Instant::now();
-        let h = runner::spawn(
-            cfg,
-            runner::DeviceContext {
-                journal: tx.clone(),
-                batch_seconds: 1.0,
-                first_sample: 0,
-                timing: Default::default(),
-            },
-        )
-        .map_err(|e| format!("cannot start the device thread: {e}"))?;
-        std::thread::sleep(Duration::from_secs_f64(seconds));
-        let stats = h.stats.clone();
-        h.join();
-        // Everything the device produced must be committed before the clock stops.
-        while tx.shared().snapshot().queued_batches > 0 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        w.shutdown();
-        let el = start.elapsed().as_secs_f64();
-        use std::sync::atomic::Ordering::Relaxed;
-        let samples = stats.samples_total.load(Relaxed);
-        dropped = stats.dropped_samples.load(Relaxed);
-        let rate_e2e = samples as f64 * channels as f64 / el;
-        end_to_end = Some(rate_e2e);
+    drop((inp, filtered));
+    let (end_to_end, dropped) = if args.stage == Stage::All {
+        let (r, dropped) = bench_end_to_end(&s, tmp.path(), &key, args.seconds)?;
         progress(&format!(
             "end to end: {:.1} M ch-samples/s, {dropped} dropped",
-            rate_e2e / 1e6
+            r / 1e6
         ));
-    }
+        (Some(r), dropped)
+    } else {
+        (None, 0)
+    };
     Ok(BenchReport {
         channels,
         rate,
-        seconds,
+        seconds: args.seconds,
         filter: filter_desc,
         filter_sections,
         end_to_end_ch_samples_per_s: end_to_end,

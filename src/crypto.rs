@@ -41,6 +41,7 @@ pub enum SealError {
 }
 
 /// One 256-bit batch key and its id.
+#[derive(Clone)]
 pub struct BatchKey {
     id: String,
     cipher: Aes256Gcm,
@@ -62,6 +63,13 @@ impl BatchKey {
             id,
             cipher: Aes256Gcm::new(bytes.into()),
         }
+    }
+
+    /// A fresh random key that never leaves memory (`neuroedge bench`).
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        BatchKey::from_bytes(&bytes)
     }
 
     /// First 8 bytes of SHA-256(key), lowercase hex.
