@@ -20,6 +20,7 @@ pub use crate::source::{Connection, DriverKind};
 pub struct ChannelsSection {
     /// Channel names; overrides what the device states.
     pub names: Option<Vec<String>>,
+    /// Units of the values (default "uV").
     pub units: String,
 }
 
@@ -36,11 +37,17 @@ impl Default for ChannelsSection {
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FiltersSection {
+    /// High-pass corner in Hz (with `lowpass_hz`: one band-pass).
     pub highpass_hz: Option<f64>,
+    /// Low-pass corner in Hz.
     pub lowpass_hz: Option<f64>,
+    /// Butterworth order, 1 to 8 (default 4).
     pub order: u32,
+    /// Mains frequency to notch out (50 or 60 Hz), and its quality's line.
     pub notch_hz: Option<f64>,
+    /// Notches at k × `notch_hz` for k = 1..=this, below Nyquist (default 1).
     pub notch_harmonics: u32,
+    /// Quality factor of each notch (default 30).
     pub notch_q: f64,
 }
 
@@ -61,7 +68,9 @@ impl Default for FiltersSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeaturesSection {
+    /// Welch window length in seconds (default 1.0).
     pub window_s: f64,
+    /// A feature record every this many seconds (default 0.5).
     pub step_s: f64,
     /// Band name -> [lo, hi) in Hz.
     pub bands: BTreeMap<String, [f64; 2]>,
@@ -96,10 +105,15 @@ impl Default for FeaturesSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QualitySection {
+    /// Raw peak-to-peak below this is `flat` (µV).
     pub flat_ptp_uv: f64,
+    /// Raw samples at or beyond ± this count towards `railed` (µV).
     pub railed_abs_uv: f64,
+    /// The fraction of the window that must be railed.
     pub railed_min_fraction: f64,
+    /// Filtered RMS above this is `noisy` (µV).
     pub noisy_rms_uv: f64,
+    /// A mains share of the raw power above this is `noisy`.
     pub noisy_line_ratio: f64,
 }
 
@@ -160,10 +174,14 @@ struct DriverOnly {
 /// One device, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {
+    /// The device file this came from.
     pub file: PathBuf,
+    /// Unique id (1-64 of letters, digits, `-_.`); in every batch.
     pub id: String,
     pub driver: DriverKind,
+    /// Only enabled devices run (a technician enables one by editing its file).
     pub enabled: bool,
+    /// The driver's `[connection]` (each driver's struct documents its keys).
     pub connection: Connection,
     pub channels: ChannelsSection,
     pub filters: FiltersSection,

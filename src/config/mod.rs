@@ -60,7 +60,9 @@ impl Default for DaemonSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CryptoSection {
+    /// The current batch key (one line of base64, mode 0600).
     pub key_file: PathBuf,
+    /// Create `key_file` at start if it does not exist (default false).
     pub generate_if_missing: bool,
     /// Older keys kept for reading batches sealed before a rotation.
     pub previous_key_files: Vec<PathBuf>,
@@ -80,6 +82,7 @@ impl Default for CryptoSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StatusSection {
+    /// The Unix socket `neuroedge status` and friends talk to.
     pub socket: PathBuf,
     /// Octal permission bits of the socket file, as a string ("0660").
     pub socket_mode: String,
@@ -101,6 +104,8 @@ impl Default for StatusSection {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
+    /// Address of the Prometheus `/metrics` and `/health` endpoint, e.g.
+    /// "127.0.0.1:9273"; absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
 }
@@ -118,6 +123,7 @@ pub enum LogFormat {
 pub struct LogSection {
     /// error | warn | info | debug | trace, or a tracing filter directive.
     pub level: String,
+    /// `text` (default) or `json` lines.
     pub format: LogFormat,
 }
 

@@ -34,11 +34,18 @@ pub enum WhenFull {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JournalSection {
+    /// The SQLite file (relative to the config file's folder); default
+    /// `var/journal.db`.
     pub path: PathBuf,
+    /// Quota for the sealed batches ("2GiB"); see `when_full`.
     pub max_bytes: ByteCount,
+    /// Seconds of samples per batch (0.1 to 60; default 1.0).
     pub batch_seconds: f64,
+    /// fsync on every commit (`full`, default) or at checkpoints (`normal`).
     pub sync: SyncMode,
+    /// What the quota does when no uploaded batch is left to delete.
     pub when_full: WhenFull,
+    /// How long uploaded batches are kept before deletion ("24h").
     pub retain_uploaded: HumanDuration,
 }
 
