@@ -659,14 +659,19 @@ fn export(
         self as ex, bids, edf, output::OutFile, timefmt, DeviceInfo, Progress, Request, Signal,
     };
     let fmt = a.format;
-    let bids_flags = a.subject.is_some() || a.session.is_some() || a.task.is_some() || a.run.is_some();
+    let bids_flags =
+        a.subject.is_some() || a.session.is_some() || a.task.is_some() || a.run.is_some();
     if fmt != ExportFormat::Bids && bids_flags {
-        return Err(usage("--subject, --session, --task and --run are for --format bids"));
+        return Err(usage(
+            "--subject, --session, --task and --run are for --format bids",
+        ));
     }
     if matches!(fmt, ExportFormat::Csv | ExportFormat::Xdf)
         && (a.patient.is_some() || a.recording.is_some())
     {
-        return Err(usage("--patient and --recording are for --format edf, bdf and bids"));
+        return Err(usage(
+            "--patient and --recording are for --format edf, bdf and bids",
+        ));
     }
     if fmt == ExportFormat::Bids && (a.subject.is_none() || a.task.is_none()) {
         return Err(usage(
@@ -716,7 +721,11 @@ fn export(
                 return Err(usage(format!(
                     "--format {} exports one device: pass --device ID (the journal has: {})",
                     fmt.name(),
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
                 )))
             }
         }
@@ -728,7 +737,12 @@ fn export(
     if devices.is_empty() {
         return Err(Fail(1, "the journal has no batches yet".into()));
     }
-    if devices.len() > 1 && matches!(fmt, ExportFormat::Csv | ExportFormat::Edf | ExportFormat::Bdf) {
+    if devices.len() > 1
+        && matches!(
+            fmt,
+            ExportFormat::Csv | ExportFormat::Edf | ExportFormat::Bdf
+        )
+    {
         return Err(usage(format!(
             "--format {} exports one device at a time; you gave {} (use --format xdf or bids for several)",
             fmt.name(),
@@ -748,7 +762,11 @@ fn export(
         devices: devices.clone(),
         seqs: from_seq..=to_seq,
         time,
-        signal: if a.filtered { Signal::Filtered } else { Signal::Raw },
+        signal: if a.filtered {
+            Signal::Filtered
+        } else {
+            Signal::Raw
+        },
     };
     let total: u64 = devices
         .iter()
@@ -815,14 +833,16 @@ fn export(
             let summary = match &target {
                 Some(path) => {
                     let mut f = OutFile::create(path).map_err(xf)?;
-                    let s = ex::csv::export_csv(j, &keys, &req, device, &mut f, &mut progress).map_err(xf)?;
+                    let s = ex::csv::export_csv(j, &keys, &req, device, &mut f, &mut progress)
+                        .map_err(xf)?;
                     f.commit().map_err(xf)?;
                     s
                 }
                 None => {
                     let stdout = std::io::stdout();
                     let mut w = std::io::BufWriter::new(stdout.lock());
-                    ex::csv::export_csv(j, &keys, &req, device, &mut w, &mut Progress::silent()).map_err(xf)?
+                    ex::csv::export_csv(j, &keys, &req, device, &mut w, &mut Progress::silent())
+                        .map_err(xf)?
                 }
             };
             report(&summary);
@@ -830,7 +850,8 @@ fn export(
         ExportFormat::Xdf => {
             let path = target.as_ref().ok_or_else(|| usage("--out is required"))?;
             let mut f = OutFile::create(path).map_err(xf)?;
-            let s = ex::xdf::export_xdf(j, &keys, &req, &infos, &mut f, &mut progress).map_err(xf)?;
+            let s =
+                ex::xdf::export_xdf(j, &keys, &req, &infos, &mut f, &mut progress).map_err(xf)?;
             f.commit().map_err(xf)?;
             for d in &s.devices {
                 report(d);
@@ -848,7 +869,15 @@ fn export(
             let info = infos.get(device).cloned().unwrap_or_default();
             let mut f = OutFile::create(path).map_err(xf)?;
             let r = edf::export_edf(
-                j, &keys, &req, device, &info, flavour, &edf_opts, &mut f, &mut progress,
+                j,
+                &keys,
+                &req,
+                device,
+                &info,
+                flavour,
+                &edf_opts,
+                &mut f,
+                &mut progress,
             )?;
             f.commit().map_err(xf)?;
             report(&r.timeline.summary);
@@ -863,7 +892,8 @@ fn export(
                 run: a.run,
                 edf: edf_opts.clone(),
             };
-            let s = bids::export_bids(j, &keys, &req, &infos, root, &opts, &mut progress).map_err(xf)?;
+            let s = bids::export_bids(j, &keys, &req, &infos, root, &opts, &mut progress)
+                .map_err(xf)?;
             for r in &s.recordings {
                 report(&r.result.timeline.summary);
                 describe_edf(&r.result);

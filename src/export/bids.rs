@@ -329,7 +329,8 @@ fn dataset_description(old: Option<&Value>, site: &str) -> Value {
             format!("neuroedge recordings ({site})")
         })
     });
-    d.entry("BIDSVersion").or_insert_with(|| json!(BIDS_VERSION));
+    d.entry("BIDSVersion")
+        .or_insert_with(|| json!(BIDS_VERSION));
     d.entry("DatasetType").or_insert_with(|| json!("raw"));
     let gen = d.entry("GeneratedBy").or_insert_with(|| json!([]));
     if let Value::Array(a) = gen {
@@ -416,11 +417,15 @@ fn channel_status(result: &EdfResult, info: &DeviceInfo) -> Vec<(bool, String)> 
 }
 
 fn channels_tsv(result: &EdfResult, info: &DeviceInfo) -> (String, Vec<(String, String)>) {
-    let layout = result.timeline.layout.clone().unwrap_or_else(|| super::Layout {
-        channels: Vec::new(),
-        rate: 0.0,
-        units: "uV".into(),
-    });
+    let layout = result
+        .timeline
+        .layout
+        .clone()
+        .unwrap_or_else(|| super::Layout {
+            channels: Vec::new(),
+            rate: 0.0,
+            units: "uV".into(),
+        });
     let names = labels(&layout.channels);
     let units = if layout.units == "µV" {
         "uV".to_string()

@@ -239,7 +239,13 @@ fn tal_number(x: f64) -> String {
 fn tal_text(s: &str) -> String {
     let mut t: String = s
         .chars()
-        .map(|c| if matches!(c, '\x14' | '\x15' | '\0') { ' ' } else { c })
+        .map(|c| {
+            if matches!(c, '\x14' | '\x15' | '\0') {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     if t.len() > MAX_TAL_TEXT {
         let mut cut = MAX_TAL_TEXT - 3;
@@ -315,14 +321,12 @@ pub fn export_edf(
         channels: 0,
         path: spool_dir.join("(export spool)"),
     };
-    let adc = if flavour == Flavour::Bdf { info.adc } else { None };
-    let mut tb = TimelineBuilder::new(
-        req,
-        flavour.name(),
-        device,
-        adc,
-        info.quality.railed_abs_uv,
-    );
+    let adc = if flavour == Flavour::Bdf {
+        info.adc
+    } else {
+        None
+    };
+    let mut tb = TimelineBuilder::new(req, flavour.name(), device, adc, info.quality.railed_abs_uv);
     let mut done = 0u64;
     for item in j.read_batches(keys, req.selection(device)) {
         let item = item?;
@@ -331,14 +335,13 @@ pub fn export_edf(
                 spool.channels = data.channels.len();
             }
         }
-        tb.push(item, &mut spool)
-            .map_err(|e| match e {
-                ExportError::Io(source) => ExportError::Write {
-                    path: spool.path.clone(),
-                    source,
-                },
-                e => e,
-            })?;
+        tb.push(item, &mut spool).map_err(|e| match e {
+            ExportError::Io(source) => ExportError::Write {
+                path: spool.path.clone(),
+                source,
+            },
+            e => e,
+        })?;
         done += 1;
         progress.tick(done);
     }
@@ -487,7 +490,11 @@ pub fn export_edf(
         }
         let start = outbuf.len();
         outbuf.extend_from_slice(
-            format!("{}\x14\x14\0", tal_number(frac + (r * u64::from(record_s)) as f64)).as_bytes(),
+            format!(
+                "{}\x14\x14\0",
+                tal_number(frac + (r * u64::from(record_s)) as f64)
+            )
+            .as_bytes(),
         );
         while next_tal < assigned.len() && assigned[next_tal].0 == r {
             outbuf.extend_from_slice(&tals[assigned[next_tal].1].1);
@@ -700,7 +707,15 @@ fn build_header(
     for l in &labels {
         field(&mut h, l, 16);
     }
-    field(&mut h, "EDF Annotations", 16);
+    // BDF+ names its annotation signal "BDF Annotations" (edflib insists).
+    field(
+        &mut h,
+        match flavour {
+            Flavour::Edf => "EDF Annotations",
+            Flavour::Bdf => "BDF Annotations",
+        },
+        16,
+    );
     for _ in 0..ns {
         field(&mut h, "", 80);
     }
@@ -757,7 +772,10 @@ mod tests {
         for v in [-3.25f32, 0.0, 1.2345, 7.5] {
             let d = q.q(v);
             let back = s.phys_min + f64::from(d - s.dig_min) * s.step();
-            assert!((back - f64::from(v)).abs() <= s.step() / 2.0 + 1e-12, "{v} {back}");
+            assert!(
+                (back - f64::from(v)).abs() <= s.step() / 2.0 + 1e-12,
+                "{v} {back}"
+            );
         }
     }
 

@@ -196,7 +196,11 @@ impl<'r> TimelineBuilder<'r> {
         let lead: u64 = leading.iter().map(|l| l.0).sum();
         let unexplained = (step - 1).saturating_sub(lead);
         if unexplained > 0 {
-            self.gap(pos, unexplained, "index jump: samples not in the journal".into());
+            self.gap(
+                pos,
+                unexplained,
+                "index jump: samples not in the journal".into(),
+            );
             pos += unexplained;
         }
         if extra > 0 {
@@ -267,9 +271,13 @@ impl<'r> TimelineBuilder<'r> {
                 self.tl.layout = Some(layout.clone());
             }
             Some(l) if n > 0 && *l != layout => {
-                return Err(self
-                    .req
-                    .layout_error(self.format, &self.device, header.seq, &layout, l));
+                return Err(self.req.layout_error(
+                    self.format,
+                    &self.device,
+                    header.seq,
+                    &layout,
+                    l,
+                ));
             }
             _ => {}
         }
@@ -531,7 +539,9 @@ mod tests {
             .find(|a| a.kind == AnnotationKind::Marker)
             .unwrap();
         assert!((m.onset - 48.5).abs() < 1e-9, "{}", m.onset);
-        assert!(tl.annotations[2].text.starts_with("BAD_ACQ_SKIP 5 samples (batch seq 3"));
+        assert!(tl.annotations[2]
+            .text
+            .starts_with("BAD_ACQ_SKIP 5 samples (batch seq 3"));
         assert_eq!(tl.stats[0].min, 0.0);
         assert_eq!(tl.stats[0].max, 29.0);
     }

@@ -34,8 +34,8 @@
 //! `<id>.seq<N>` (N = the first seq of the part).
 
 use super::{
-    gap_cause_text, gap_onset, gap_text, unreadable_text, DeviceInfos, ExportError,
-    ExportSummary, Layout, Progress, Request, Signal,
+    gap_cause_text, gap_onset, gap_text, unreadable_text, DeviceInfos, ExportError, ExportSummary,
+    Layout, Progress, Request, Signal,
 };
 use crate::batch::{BatchData, BatchHeader, FilterDescription};
 use crate::crypto::Keyring;
@@ -584,8 +584,11 @@ fn write_batch(
                     run.part = Some(EegPart { layout, stats });
                 }
             }
-            let mut marks: Vec<(f64, String)> =
-                data.markers.iter().map(|m| (m.t, m.value.clone())).collect();
+            let mut marks: Vec<(f64, String)> = data
+                .markers
+                .iter()
+                .map(|m| (m.t, m.value.clone()))
+                .collect();
             if let Some(p) = run.part.as_mut() {
                 let idx = data.sample_indices();
                 for g in data.gaps.iter().filter(|g| g.missing > 0) {
