@@ -820,6 +820,19 @@ fn export(
                 format!("quantised: largest step {worst:.6} uV (values within half a step)")
             }
         );
+        let rail: u64 = r
+            .scaling
+            .iter()
+            .zip(&r.timeline.stats)
+            .filter(|(s, _)| s.counts.is_some())
+            .map(|(_, st)| st.rail_counts)
+            .sum();
+        if rail > 0 {
+            eprintln!(
+                "note: {rail} samples at the ADC's negative rail (-8388608 counts) are written as -8388607 \
+                 (the symmetric range a BDF header states exactly); every other value is exact"
+            );
+        }
         if r.spilled > 0 {
             eprintln!(
                 "note: {} annotations did not fit their data record and are stored in a later one (their onsets are exact)",

@@ -61,6 +61,9 @@ pub struct ChannelStats {
     pub max: f32,
     /// Every exported value is an ADC count times the device's scale.
     pub counts: bool,
+    /// Values at the ADC's negative rail (-2^23 counts), one count beyond
+    /// the symmetric range a BDF header can state exactly.
+    pub rail_counts: u64,
     /// Range of the raw signal (quality).
     pub raw_min: f32,
     pub raw_max: f32,
@@ -78,6 +81,7 @@ impl Default for ChannelStats {
             min: f32::INFINITY,
             max: f32::NEG_INFINITY,
             counts: true,
+            rail_counts: 0,
             raw_min: f32::INFINITY,
             raw_max: f32::NEG_INFINITY,
             railed: 0,
@@ -358,10 +362,18 @@ impl<'r> TimelineBuilder<'r> {
                 }
             }
             if let (Some(adc), true) = (self.adc, st.counts) {
+                let mut rail = 0;
                 st.counts = values[c..].iter().step_by(ch).all(|&v| {
                     let x = f64::from(v) / adc.uv_per_count;
-                    (x - x.round()).abs() < 1e-3 && x.abs() <= f64::from(adc.counts_max)
+                    let r = x.round();
+                    if r == -f64::from(adc.counts_max) - 1.0 {
+                        rail += 1;
+                    }
+                    // A count when the device's own conversion of the
+                    // nearest count gives this very f32.
+                    (r * adc.uv_per_count) as f32 == v && r.abs() <= f64::from(adc.counts_max) + 1.0
                 });
+                st.rail_counts += rail;
             }
             st.min = lo;
             st.max = hi;

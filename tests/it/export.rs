@@ -63,7 +63,7 @@ fn exports_read_back_exactly_by_pyxdf_pyedflib_mne_and_the_bids_validator() {
         &synthetic_device(
             "aux",
             2,
-            100.0,
+            125.0,
             "[filters]\nhighpass_hz = 1.0\nlowpass_hz = 40.0\nnotch_hz = 50.0\n",
         ),
     );
@@ -80,6 +80,8 @@ fn exports_read_back_exactly_by_pyxdf_pyedflib_mne_and_the_bids_validator() {
         s["journal"]["committed_batches"].as_u64() >= Some(6)
     });
     d.kill9();
+    // Down for a second (the timestamps show it; the indices do not).
+    std::thread::sleep(Duration::from_secs(1));
     // Key rotation: a new current key, the old one kept for reading.
     let out = env.cmd(&[
         "keygen",
@@ -205,10 +207,9 @@ fn exports_read_back_exactly_by_pyxdf_pyedflib_mne_and_the_bids_validator() {
         ]
         .concat(),
     );
-    assert!(
-        s["devices"]["cyton"]["unreadable"].as_u64() >= Some(6),
-        "{s}"
-    );
+    for dev in ["cyton", "aux"] {
+        assert!(s["devices"][dev]["unreadable"].as_u64() >= Some(1), "{s}");
+    }
     let bdf2 = path("newkey.bdf");
     let o = export(&[
         "--format", "bdf", "--device", "cyton", "--key", k2s, "--out", &bdf2,

@@ -264,6 +264,7 @@ def check_edf_file(path, batches, filtered, exact, expect_restart):
     n_file = f.getNSamples()[0]
     check(n_file >= total and n_file - total < fs * f.datarecord_duration + 1, f"{path}: {n_file} samples for {total} positions")
     data = np.array([f.readSignal(c) for c in range(ch)])  # physical, µV
+    digital = np.array([f.readSignal(c, digital=True) for c in range(ch)]).astype(np.int64)
     steps = []
     for c in range(ch):
         pmin, pmax = f.getPhysicalMinimum(c), f.getPhysicalMaximum(c)
@@ -277,13 +278,26 @@ def check_edf_file(path, batches, filtered, exact, expect_restart):
         covered[pos] = True
         got = data[:, pos]
         if exact:
-            same = got.astype(np.float32) == want
-            check(same.all(), f"{path}: not exact at positions {pos[~same.all(axis=0)][:5]}")
+            # The file holds the ADC counts themselves: each digital value
+            # is the count of the journal's value (the negative rail,
+            # -2^23, is written one count up: docs/export.md), and the
+            # physical value is count x scale up to f64 rounding (edflib's
+            # offset arithmetic gives -2e-11 uV for count 0).
+            scale = 4.5 / 24 / 8388607 * 1e6
+            counts = np.rint(want.astype(np.float64) / scale).astype(np.int64)
+            check(((counts * scale).astype(np.float32) == want).all(), f"{path}: journal values are not counts")
+            counts = np.maximum(counts, -8388607)
+            dig = digital[:, pos]
+            same = dig == counts
+            check(same.all(), f"{path}: counts differ at positions {pos[~same.all(axis=0)][:5]}: {dig[~same][:5]} vs {counts[~same][:5]}")
+            check((np.abs(got - counts * scale) < 1e-9).all(), f"{path}: physical values not count x scale")
         err = np.abs(got - want.astype(np.float64))
         lim = steps[:, None] / 2 * (1 + 1e-6) + 1e-9
         bad = err > lim
+        if exact:
+            bad &= want != np.float32(-8388608 * 4.5 / 24 / 8388607 * 1e6)  # the rail, above
         check(not bad.any(), f"{path}: {bad.sum()} values off by more than half a step (max {err.max()} > {lim.max()})")
-        worst = max(worst, float((err / steps[:, None]).max()))
+        worst = max(worst, float((np.where(bad | (err <= lim), err, 0) / steps[:, None]).max()))
     # Annotations (pyedflib: onsets from the first sample).
     onsets, durations, texts = f.readAnnotations()
     start = f.getStartdatetime()
@@ -328,6 +342,8 @@ def check_edf_file(path, batches, filtered, exact, expect_restart):
         want = (b.filtered if filtered else b.raw).T.astype(np.float64)
         err = np.abs(md[:, pos] - want)
         lim = steps[:, None] / 2 * (1 + 1e-6) + 1e-6
+        if exact:
+            err[want == np.float64(np.float32(-8388608 * 4.5 / 24 / 8388607 * 1e6))] = 0
         check((err <= lim).all(), f"{path}: MNE values off by {err.max()}")
     mne_ann = [(a["onset"], a["description"]) for a in raw.annotations]
     for on, _, tx in ann:
@@ -403,8 +419,14 @@ def check_bids(args):
                     any(r[3] == "BAD_ACQ_SKIP" and r[4].startswith(f"BAD_ACQ_SKIP {g['missing']} samples") for r in rows[1:]),
                     f"{ev}: gap {g} missing",
                 )
+        # A device whose values are Cyton counts is written as counts (BDF).
+        scale = 4.5 / 24 / 8388607 * 1e6
+        counts = ext == "bdf" and all(
+            ((np.rint(b.raw.astype(np.float64) / scale) * scale).astype(np.float32) == b.raw).all()
+            for b in ok
+        )
         summary["recordings"][dev] = check_edf_file(
-            str(bp.fpath), batches, args.filtered, False, False
+            str(bp.fpath), batches, args.filtered, counts, False
         )
         summary["recordings"][dev]["annotations_mne_bids"] = len(descs)
     return summary
