@@ -371,7 +371,8 @@ def check_bids(args):
     import mne_bids
 
     out = subprocess.run(
-        ["bids-validator-deno", args.file, "--format", "json"],
+        # The validator's own entry point, through this Python (no PATH lookup).
+        [sys.executable, "-c", "from bids_validator_deno import cli; cli()", args.file, "--format", "json"],
         capture_output=True,
         text=True,
     )
