@@ -32,11 +32,13 @@ fn build(seconds: u64) -> (tempfile::TempDir, PathBuf, Keyring) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let path = dir.path().join("journal.db");
     let key = BatchKey::from_bytes(&[7u8; 32]);
-    std::fs::write(
+    std::fs::write(dir.path().join("bench.key"), base64_key(&[7u8; 32]) + "\n").expect("key file");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
         dir.path().join("bench.key"),
-        base64_key(&[7u8; 32]) + "\n",
+        std::fs::Permissions::from_mode(0o600),
     )
-    .expect("key file");
+    .expect("key mode");
     let j = Journal::open(&path, neuroedge::config::SyncMode::Normal).expect("journal");
     let w = journal::spawn_writer(
         j,
@@ -142,8 +144,15 @@ fn run_edf16(j: &Journal, keys: &Keyring, dir: &Path) -> u64 {
 
 fn run_csv(j: &Journal, keys: &Keyring, dir: &Path) -> u64 {
     let mut f = out_file(dir, "b.csv");
-    let s = csv::export_csv(j, keys, &request(), "bench", &mut f, &mut Progress::silent())
-        .expect("csv");
+    let s = csv::export_csv(
+        j,
+        keys,
+        &request(),
+        "bench",
+        &mut f,
+        &mut Progress::silent(),
+    )
+    .expect("csv");
     s.samples * 8
 }
 
@@ -221,7 +230,7 @@ fn peak_memory() {
                 .arg(dir.path().join("bench.key"))
                 .args(["export", "--format", fmt, "--out"])
                 .arg(&out)
-                .stderr(std::process::Stdio::null());
+                .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr"));
             if let Some(to) = to {
                 cmd.args(["--to-seq", to]);
             }
@@ -233,18 +242,18 @@ fn peak_memory() {
                 if let Ok(s) = std::fs::read_to_string(&status_path) {
                     for l in s.lines() {
                         if let Some(v) = l.strip_prefix("VmHWM:") {
-                            let kib: u64 = v
-                                .trim()
-                                .trim_end_matches("kB")
-                                .trim()
-                                .parse()
-                                .unwrap_or(0);
+                            let kib: u64 =
+                                v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
                             hwm_kib = hwm_kib.max(kib);
                         }
                     }
                 }
                 if let Ok(Some(st)) = child.try_wait() {
-                    assert!(st.success(), "export {fmt} {label} failed");
+                    assert!(
+                        st.success(),
+                        "export {fmt} {label} failed: {}",
+                        std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
+                    );
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
