@@ -142,7 +142,7 @@ enum JournalCommand {
         json: bool,
     },
     /// Export recordings: CSV, XDF, EDF+/BDF+ or a BIDS dataset (see docs/export.md).
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// Decrypt one batch and print it as JSON.
     Decrypt {
         #[arg(long, conflicts_with_all = ["device", "seq"])]
@@ -601,7 +601,7 @@ fn journal_cmd(
                 ))
             }
         }
-        JournalCommand::Export(args) => export(&j, cfg.as_ref(), &keys, args),
+        JournalCommand::Export(args) => export(&j, cfg.as_ref(), &keys, *args),
         JournalCommand::Decrypt {
             batch_id,
             device,

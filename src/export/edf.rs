@@ -419,7 +419,7 @@ pub fn export_edf(
             let mut t = tal_number(frac + a.onset / rate).into_bytes();
             if a.duration > 0 {
                 t.push(0x15);
-                t.extend_from_slice(tal_number(a.duration as f64 / rate)[1..].as_bytes());
+                t.extend_from_slice(&tal_number(a.duration as f64 / rate).as_bytes()[1..]);
             }
             t.push(0x14);
             t.extend_from_slice(tal_text(&a.text).as_bytes());

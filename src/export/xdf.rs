@@ -383,17 +383,16 @@ pub fn export_xdf(
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut last_boundary = f64::NEG_INFINITY;
     let mut done: u64 = 0;
-    loop {
-        // The device whose pending batch starts first.
-        let Some(k) = (0..runs.len())
+    // The device whose pending batch starts first, until none has one.
+    let earliest = |runs: &[DeviceRun<'_>]| {
+        (0..runs.len())
             .filter(|&i| runs[i].next.is_some())
             .min_by(|&a, &b| {
                 let (ta, tb) = (runs[a].next_time(), runs[b].next_time());
                 ta.partial_cmp(&tb).unwrap_or(std::cmp::Ordering::Equal)
             })
-        else {
-            break;
-        };
+    };
+    while let Some(k) = earliest(&runs) {
         let run = &mut runs[k];
         let Some(item) = run.next.take() else {
             break;
