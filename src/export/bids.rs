@@ -581,6 +581,44 @@ mod tests {
     }
 
     #[test]
+    fn railed_flat_and_noisy_channels_are_bad() {
+        use super::super::timeline::{ChannelStats, Timeline};
+        let st = |lo: f32, hi: f32, railed: u64, rms: f64| ChannelStats {
+            raw_min: lo,
+            raw_max: hi,
+            railed,
+            n: 1000,
+            rms_sum: rms * 10.0,
+            rms_n: 10,
+            ..Default::default()
+        };
+        let r = EdfResult {
+            timeline: Timeline {
+                stats: vec![
+                    st(-50.0, 50.0, 0, 10.0),
+                    st(180_000.0, 187_500.0, 900, 10.0),
+                    st(3.0, 3.1, 0, 0.0),
+                    st(-500.0, 500.0, 0, 250.0),
+                    st(-50.0, 50.0, 10, 10.0),
+                ],
+                ..Default::default()
+            },
+            flavour: Flavour::Bdf,
+            record_s: 1,
+            samples_per_record: 250,
+            records: 4,
+            scaling: Vec::new(),
+            spilled: 0,
+        };
+        let s = channel_status(&r, &DeviceInfo::default());
+        let good: Vec<bool> = s.iter().map(|x| x.0).collect();
+        assert_eq!(good, [true, false, false, false, true], "{s:?}");
+        assert!(s[1].1.starts_with("railed"));
+        assert!(s[2].1.starts_with("flat"));
+        assert!(s[3].1.starts_with("noisy"));
+    }
+
+    #[test]
     fn labels_and_entities() {
         assert!(check_label("--subject", "01").is_ok());
         assert!(check_label("--subject", "0-1").is_err());

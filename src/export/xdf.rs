@@ -665,3 +665,97 @@ mod tests {
         assert_eq!(out[4..], BOUNDARY_UUID);
     }
 }
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use crate::batch::{seal, BatchData, SealParams};
+    use crate::config::SyncMode;
+    use crate::crypto::BatchKey;
+
+    fn batch(ch: usize, first: u64, t0: f64) -> BatchData {
+        BatchData {
+            device_id: "d".into(),
+            sample_rate: 10.0,
+            channels: (0..ch).map(|c| format!("c{c}")).collect(),
+            units: "uV".into(),
+            first_sample: first,
+            timestamps: (0..10).map(|i| t0 + f64::from(i) / 10.0).collect(),
+            raw: vec![1.5; 10 * ch],
+            filtered: vec![0.0; 10 * ch],
+            ..Default::default()
+        }
+    }
+
+    /// (tag, stream id, XML or content) of every chunk.
+    fn chunks(b: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        assert_eq!(&b[..4], b"XDF:");
+        let mut i = 4;
+        let mut out = Vec::new();
+        while i < b.len() {
+            let nb = b[i] as usize;
+            let len = match nb {
+                1 => b[i + 1] as usize,
+                4 => u32::from_le_bytes(b[i + 1..i + 5].try_into().unwrap()) as usize,
+                _ => u64::from_le_bytes(b[i + 1..i + 9].try_into().unwrap()) as usize,
+            };
+            i += 1 + nb;
+            let tag = u16::from_le_bytes([b[i], b[i + 1]]);
+            out.push((tag, b[i + 2..i + len].to_vec()));
+            i += len;
+        }
+        out
+    }
+
+    #[test]
+    fn a_changed_layout_starts_a_second_stream_and_all_get_footers() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(&d.path().join("j.db"), SyncMode::Normal).unwrap();
+        let key = BatchKey::from_bytes(&[3; 32]);
+        for (seq, b) in [(0, batch(2, 0, 100.0)), (1, batch(3, 10, 101.0))] {
+            let p = SealParams {
+                batch_id: format!("b{seq}"),
+                site_id: "s",
+                node_id: "n",
+                seq,
+                created_at: 0.0,
+                compress: true,
+            };
+            let (env, h) = seal(&key, &p, &b).unwrap();
+            j.insert_row_for_tests(&h, &env);
+        }
+        let keys = Keyring::new(BatchKey::from_bytes(&[3; 32]));
+        let req = Request {
+            devices: vec!["d".into()],
+            seqs: 0..=u64::MAX,
+            time: None,
+            signal: Signal::Raw,
+        };
+        let mut out = Vec::new();
+        let s = export_xdf(
+            &j,
+            &keys,
+            &req,
+            &DeviceInfos::new(),
+            &mut out,
+            &mut Progress::silent(),
+        )
+        .unwrap();
+        assert_eq!(s.streams, 3, "markers, d, d.seq1");
+        assert!(s.devices[0].notes[0].contains("from seq 1 on"));
+        let c = chunks(&out);
+        let headers: Vec<String> = c
+            .iter()
+            .filter(|x| x.0 == TAG_STREAM_HEADER)
+            .map(|x| String::from_utf8_lossy(&x.1[4..]).into_owned())
+            .collect();
+        assert!(headers[1].contains("<name>d</name>") && headers[1].contains("<channel_count>2<"));
+        assert!(
+            headers[2].contains("<name>d.seq1</name>") && headers[2].contains("<channel_count>3<")
+        );
+        assert_eq!(c.iter().filter(|x| x.0 == TAG_STREAM_FOOTER).count(), 3);
+        assert_eq!(c.iter().filter(|x| x.0 == TAG_CLOCK_OFFSET).count(), 3);
+        assert_eq!(c.iter().filter(|x| x.0 == TAG_SAMPLES).count(), 2);
+        assert_eq!(c[1].0, TAG_BOUNDARY);
+    }
+}
