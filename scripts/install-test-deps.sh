@@ -30,11 +30,18 @@ fi
 # cryptography), the SciPy reference of the DSP checks (numpy, scipy), the
 # Prometheus text parser (prometheus-client), BrainFlow's library with its
 # synthetic board (brainflow) and a real LSL outlet (pylsl, which bundles
-# liblsl).
+# liblsl); the readers the export tests check our files with: pyxdf (XDF),
+# pyedflib (EDF+/BDF+, edflib), mne and mne-bids, and the BIDS validator
+# (bids-validator-deno: the maintained schema validator, shipped on PyPI as
+# JavaScript run by the `deno` wheel; about 100 MB on disk, 10 s to
+# install, runs offline; the legacy npm `bids-validator` 1.x pulls ~700 MB of unused
+# dependencies and takes minutes).
 PY=${NEUROEDGE_TEST_PYTHON:-python3}
 need_py=()
 for spec in cbor2:cbor2 zstandard:zstandard cryptography:cryptography numpy:numpy \
-            scipy:scipy prometheus_client:prometheus-client brainflow:brainflow pylsl:pylsl; do
+            scipy:scipy prometheus_client:prometheus-client brainflow:brainflow pylsl:pylsl \
+            pyxdf:pyxdf pyedflib:pyedflib mne:mne mne_bids:mne-bids \
+            bids_validator_deno:bids-validator-deno; do
   mod=${spec%%:*}
   pkg=${spec#*:}
   "$PY" -c "import $mod" 2>/dev/null || need_py+=("$pkg")

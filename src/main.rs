@@ -141,24 +141,8 @@ enum JournalCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write one device's samples as CSV (sample index, unix time, one
-    /// column per channel, markers), batches in seq order.
-    Export {
-        #[arg(long)]
-        device: String,
-        /// First seq to export (default: the oldest kept).
-        #[arg(long, default_value_t = 0)]
-        from_seq: u64,
-        /// Last seq to export (default: the newest).
-        #[arg(long)]
-        to_seq: Option<u64>,
-        /// Export the filtered signal instead of the raw one.
-        #[arg(long)]
-        filtered: bool,
-        /// Write here instead of standard output (refuses to overwrite).
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
-    },
+    /// Export recordings: CSV, XDF, EDF+/BDF+ or a BIDS dataset (see docs/export.md).
+    Export(Box<ExportArgs>),
     /// Decrypt one batch and print it as JSON.
     Decrypt {
         #[arg(long, conflicts_with_all = ["device", "seq"])]
@@ -168,6 +152,75 @@ enum JournalCommand {
         #[arg(long, requires = "device")]
         seq: Option<u64>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Xdf,
+    Edf,
+    Bdf,
+    Bids,
+}
+
+impl ExportFormat {
+    fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Xdf => "xdf",
+            ExportFormat::Edf => "edf",
+            ExportFormat::Bdf => "bdf",
+            ExportFormat::Bids => "bids",
+        }
+    }
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "csv")]
+    format: ExportFormat,
+    /// Device id; repeatable [default: every device for xdf and bids; for
+    /// csv, edf and bdf the journal's only device]
+    #[arg(long = "device", value_name = "ID")]
+    devices: Vec<String>,
+    /// First seq to export (default: the oldest kept).
+    #[arg(long, value_name = "N", conflicts_with_all = ["from", "to"])]
+    from_seq: Option<u64>,
+    /// Last seq to export (default: the newest).
+    #[arg(long, value_name = "N", conflicts_with_all = ["from", "to"])]
+    to_seq: Option<u64>,
+    /// Export samples from this time on: RFC 3339 (2026-03-01T10:00:00Z) or unix seconds.
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// Export samples up to this time: RFC 3339 or unix seconds.
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+    /// Export the filtered signal instead of the raw one.
+    #[arg(long)]
+    filtered: bool,
+    /// Output file (the dataset root for bids); csv without it writes to
+    /// standard output. Never overwritten.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// BIDS subject label (bids only; letters and digits).
+    #[arg(long, value_name = "LABEL")]
+    subject: Option<String>,
+    /// BIDS session label (bids only).
+    #[arg(long, value_name = "LABEL")]
+    session: Option<String>,
+    /// BIDS task label (bids only).
+    #[arg(long, value_name = "LABEL")]
+    task: Option<String>,
+    /// BIDS run index (bids only).
+    #[arg(long, value_name = "N")]
+    run: Option<u32>,
+    /// EDF+ patient field, "code sex birthdate name" [default: X X X X] (edf, bdf, bids).
+    #[arg(long, value_name = "TEXT")]
+    patient: Option<String>,
+    /// EDF+ recording field after the start date, "admincode technician equipment" [default: X X X].
+    #[arg(long, value_name = "TEXT")]
+    recording: Option<String>,
 }
 
 /// An error with its exit code.
@@ -436,9 +489,12 @@ fn journal_cmd(
                 cmd,
                 JournalCommand::Verify { .. }
                     | JournalCommand::Decrypt { .. }
-                    | JournalCommand::Export { .. }
+                    | JournalCommand::Export(..)
             ));
-    let cfg = if needs_cfg {
+    // An export also reads the device files when --config is given (a
+    // Cyton's documented range, its manufacturer).
+    let wants_cfg = matches!(cmd, JournalCommand::Export(..)) && config.config.is_some();
+    let cfg = if needs_cfg || wants_cfg {
         Some(load_config(config)?)
     } else {
         None
@@ -545,86 +601,7 @@ fn journal_cmd(
                 ))
             }
         }
-        JournalCommand::Export {
-            device,
-            from_seq,
-            to_seq,
-            filtered,
-            out,
-        } => {
-            use neuroedge::export::csv::{export_csv, ExportSpec};
-            use neuroedge::export::Signal;
-            let keys = open_keyring(cfg.as_ref(), &keys)?;
-            let signal = if filtered {
-                Signal::Filtered
-            } else {
-                Signal::Raw
-            };
-            let to_seq = to_seq.unwrap_or(u64::MAX);
-            if to_seq < from_seq {
-                return Err(usage("--to-seq is before --from-seq"));
-            }
-            let spec = ExportSpec {
-                device: &device,
-                seqs: from_seq..=to_seq,
-                time: None,
-                signal,
-            };
-            let summary = match &out {
-                Some(path) => {
-                    // Never overwrite a researcher's earlier export.
-                    let file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(path)
-                        .map_err(|e| Fail(1, format!("cannot create {}: {e}", path.display())))?;
-                    let mut w = std::io::BufWriter::new(file);
-                    export_csv(&j, &keys, &spec, &mut w, |n| {
-                        eprintln!("exported {n} batches")
-                    })?
-                }
-                None => {
-                    let stdout = std::io::stdout();
-                    let mut w = std::io::BufWriter::new(stdout.lock());
-                    export_csv(&j, &keys, &spec, &mut w, |_| {})?
-                }
-            };
-            if summary.batches == 0 {
-                if let Some(path) = &out {
-                    let _ = std::fs::remove_file(path);
-                }
-                return Err(Fail(
-                    1,
-                    format!(
-                        "no batches of device {device:?} with seq {from_seq}..={} in the journal \
-                         (see `neuroedge journal stats`)",
-                        if to_seq == u64::MAX {
-                            "newest".to_string()
-                        } else {
-                            to_seq.to_string()
-                        }
-                    ),
-                ));
-            }
-            eprintln!(
-                "exported {} samples of {device} from {} batches (seq {}..={}); {} gaps ({} samples missing), {} markers{}",
-                summary.samples,
-                summary.batches,
-                summary.first_seq.unwrap_or(0),
-                summary.last_seq.unwrap_or(0),
-                summary.gaps,
-                summary.missing_samples,
-                summary.markers,
-                out.as_ref().map(|p| format!(" -> {}", p.display())).unwrap_or_default()
-            );
-            for u in &summary.unreadable {
-                eprintln!(
-                    "warning: batch seq {} of {} ({} samples) could not be opened and is exported as a marked gap: {}",
-                    u.seq, u.device, u.n_samples, u.reason
-                );
-            }
-            Ok(())
-        }
+        JournalCommand::Export(args) => export(&j, cfg.as_ref(), &keys, *args),
         JournalCommand::Decrypt {
             batch_id,
             device,
@@ -665,4 +642,285 @@ fn journal_cmd(
             Ok(())
         }
     }
+}
+
+/// An export error with its exit code (2 usage, 1 runtime).
+fn xf(e: neuroedge::export::ExportError) -> Fail {
+    Fail(e.exit_code(), e.to_string())
+}
+
+fn export(
+    j: &Journal,
+    cfg: Option<&Config>,
+    key_files: &[PathBuf],
+    a: ExportArgs,
+) -> Result<(), Fail> {
+    use neuroedge::export::{
+        self as ex, bids, edf, output::OutFile, timefmt, DeviceInfo, Progress, Request, Signal,
+    };
+    let fmt = a.format;
+    let bids_flags =
+        a.subject.is_some() || a.session.is_some() || a.task.is_some() || a.run.is_some();
+    if fmt != ExportFormat::Bids && bids_flags {
+        return Err(usage(
+            "--subject, --session, --task and --run are for --format bids",
+        ));
+    }
+    if matches!(fmt, ExportFormat::Csv | ExportFormat::Xdf)
+        && (a.patient.is_some() || a.recording.is_some())
+    {
+        return Err(usage(
+            "--patient and --recording are for --format edf, bdf and bids",
+        ));
+    }
+    if fmt == ExportFormat::Bids && (a.subject.is_none() || a.task.is_none()) {
+        return Err(usage(
+            "--format bids needs --subject S and --task T (and optionally --session, --run)",
+        ));
+    }
+    if fmt != ExportFormat::Csv && a.out.is_none() {
+        return Err(usage(format!("--format {} needs --out PATH", fmt.name())));
+    }
+    if let Some(p) = &a.patient {
+        edf::check_header_field("--patient", p, 80).map_err(xf)?;
+    }
+    if let Some(r) = &a.recording {
+        edf::check_header_field("--recording", r, 58).map_err(xf)?;
+    }
+    let (from_seq, to_seq) = (a.from_seq.unwrap_or(0), a.to_seq.unwrap_or(u64::MAX));
+    if to_seq < from_seq {
+        return Err(usage("--to-seq is before --from-seq"));
+    }
+    let time = match (&a.from, &a.to) {
+        (None, None) => None,
+        (f, t) => {
+            let parse = |flag: &str, v: &Option<String>, dflt: f64| -> Result<f64, Fail> {
+                v.as_deref()
+                    .map(|s| timefmt::parse_time_arg(s).map_err(|e| usage(format!("{flag}: {e}"))))
+                    .unwrap_or(Ok(dflt))
+            };
+            let from = parse("--from", f, f64::NEG_INFINITY)?;
+            let to = parse("--to", t, f64::INFINITY)?;
+            if to < from {
+                return Err(usage("--to is before --from"));
+            }
+            Some((from, to))
+        }
+    };
+    // Never overwrite (bids extends a dataset instead).
+    if let (Some(out), true) = (&a.out, fmt != ExportFormat::Bids) {
+        ex::output::refuse_existing(out).map_err(xf)?;
+    }
+    let keys = open_keyring(cfg, key_files)?;
+    let known = j.device_ids()?;
+    let devices = if a.devices.is_empty() {
+        match fmt {
+            ExportFormat::Xdf | ExportFormat::Bids => known.clone(),
+            _ if known.len() == 1 => known.clone(),
+            _ => {
+                return Err(usage(format!(
+                    "--format {} exports one device: pass --device ID (the journal has: {})",
+                    fmt.name(),
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                )))
+            }
+        }
+    } else {
+        let mut d = a.devices.clone();
+        d.dedup();
+        d
+    };
+    if devices.is_empty() {
+        return Err(Fail(1, "the journal has no batches yet".into()));
+    }
+    if devices.len() > 1
+        && matches!(
+            fmt,
+            ExportFormat::Csv | ExportFormat::Edf | ExportFormat::Bdf
+        )
+    {
+        return Err(usage(format!(
+            "--format {} exports one device at a time; you gave {} (use --format xdf or bids for several)",
+            fmt.name(),
+            devices.join(", ")
+        )));
+    }
+    ex::check_devices(j, &devices).map_err(xf)?;
+    let infos: ex::DeviceInfos = cfg
+        .map(|c| {
+            c.devices
+                .iter()
+                .map(|d| (d.id.clone(), DeviceInfo::from_config(d)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let req = Request {
+        devices: devices.clone(),
+        seqs: from_seq..=to_seq,
+        time,
+        signal: if a.filtered {
+            Signal::Filtered
+        } else {
+            Signal::Raw
+        },
+    };
+    let total: u64 = devices
+        .iter()
+        .map(|d| j.count_rows(&req.selection(d)).unwrap_or(0))
+        .sum();
+    let target = a.out.clone();
+    let shown = target
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "standard output".into());
+    let mut progress = Progress::new(&format!("exporting to {shown}"), total);
+    let report = |s: &ex::ExportSummary| {
+        eprintln!(
+            "exported {} samples of {} from {} batches (seq {}..={}); {} gaps ({} samples missing), {} markers -> {shown}",
+            s.samples,
+            s.device,
+            s.batches,
+            s.first_seq.unwrap_or(0),
+            s.last_seq.unwrap_or(0),
+            s.gaps,
+            s.missing_samples,
+            s.markers,
+        );
+        for u in &s.unreadable {
+            eprintln!(
+                "warning: batch seq {} of {} ({} samples) could not be opened and is exported as a marked gap: {}",
+                u.seq, u.device, u.n_samples, u.reason
+            );
+        }
+        for n in &s.notes {
+            eprintln!("note: {n}");
+        }
+    };
+    let edf_opts = edf::EdfOptions {
+        patient: a.patient.clone(),
+        recording: a.recording.clone(),
+    };
+    let describe_edf = |r: &edf::EdfResult| {
+        let exact = r.scaling.iter().all(|s| s.counts.is_some());
+        let worst = r.scaling.iter().map(|s| s.step()).fold(0.0, f64::max);
+        eprintln!(
+            "{} records of {} s ({} samples each), start {} UTC; {} padded samples; {}",
+            r.records,
+            r.record_s,
+            r.samples_per_record,
+            timefmt::rfc3339(r.timeline.t0),
+            r.timeline.padded,
+            if exact {
+                "values are the device's ADC counts (exact)".to_string()
+            } else {
+                format!("quantised: largest step {worst:.6} uV (values within half a step)")
+            }
+        );
+        let rail: u64 = r
+            .scaling
+            .iter()
+            .zip(&r.timeline.stats)
+            .filter(|(s, _)| s.counts.is_some())
+            .map(|(_, st)| st.rail_counts)
+            .sum();
+        if rail > 0 {
+            eprintln!(
+                "note: {rail} samples at the ADC's negative rail (-8388608 counts) are written as -8388607 \
+                 (the symmetric range a BDF header states exactly); every other value is exact"
+            );
+        }
+        if r.spilled > 0 {
+            eprintln!(
+                "note: {} annotations did not fit their data record and are stored in a later one (their onsets are exact)",
+                r.spilled
+            );
+        }
+    };
+    match fmt {
+        ExportFormat::Csv => {
+            let device = &devices[0];
+            let summary = match &target {
+                Some(path) => {
+                    let mut f = OutFile::create(path).map_err(xf)?;
+                    let s = ex::csv::export_csv(j, &keys, &req, device, &mut f, &mut progress)
+                        .map_err(xf)?;
+                    f.commit().map_err(xf)?;
+                    s
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::new(stdout.lock());
+                    ex::csv::export_csv(j, &keys, &req, device, &mut w, &mut Progress::silent())
+                        .map_err(xf)?
+                }
+            };
+            report(&summary);
+        }
+        ExportFormat::Xdf => {
+            let path = target.as_ref().ok_or_else(|| usage("--out is required"))?;
+            let mut f = OutFile::create(path).map_err(xf)?;
+            let s =
+                ex::xdf::export_xdf(j, &keys, &req, &infos, &mut f, &mut progress).map_err(xf)?;
+            f.commit().map_err(xf)?;
+            for d in &s.devices {
+                report(d);
+            }
+            eprintln!("{} streams in {}", s.streams, path.display());
+        }
+        ExportFormat::Edf | ExportFormat::Bdf => {
+            let path = target.as_ref().ok_or_else(|| usage("--out is required"))?;
+            let flavour = if fmt == ExportFormat::Edf {
+                edf::Flavour::Edf
+            } else {
+                edf::Flavour::Bdf
+            };
+            let device = &devices[0];
+            let info = infos.get(device).cloned().unwrap_or_default();
+            let mut f = OutFile::create(path).map_err(xf)?;
+            let r = edf::export_edf(
+                j,
+                &keys,
+                &req,
+                device,
+                &info,
+                flavour,
+                &edf_opts,
+                &mut f,
+                &mut progress,
+            )?;
+            f.commit().map_err(xf)?;
+            report(&r.timeline.summary);
+            describe_edf(&r);
+        }
+        ExportFormat::Bids => {
+            let root = target.as_ref().ok_or_else(|| usage("--out is required"))?;
+            let opts = bids::BidsOptions {
+                subject: a.subject.clone().unwrap_or_default(),
+                session: a.session.clone(),
+                task: a.task.clone().unwrap_or_default(),
+                run: a.run,
+                edf: edf_opts.clone(),
+            };
+            let s = bids::export_bids(j, &keys, &req, &infos, root, &opts, &mut progress)
+                .map_err(xf)?;
+            for r in &s.recordings {
+                report(&r.result.timeline.summary);
+                describe_edf(&r.result);
+                eprintln!("  -> {}", r.path.display());
+                for (ch, why) in &r.bad_channels {
+                    eprintln!("  channel {ch} marked bad: {why}");
+                }
+            }
+            eprintln!(
+                "{} dataset {}",
+                if s.new_dataset { "new" } else { "extended" },
+                s.root.display()
+            );
+        }
+    }
+    Ok(())
 }

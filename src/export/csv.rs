@@ -9,10 +9,10 @@
 //! read one at a time, in seq order, so memory does not grow with the
 //! journal.
 
-use super::{ExportError, ExportSummary, Signal, Skipped};
+use super::{ExportError, ExportSummary, Layout, Progress, Request, Signal};
 use crate::batch;
 use crate::crypto::Keyring;
-use crate::journal::{Journal, ReadBatch, Selection};
+use crate::journal::{Journal, ReadBatch};
 use std::io::Write;
 
 /// A CSV field: quoted when it holds a separator, a quote or a line break.
@@ -24,83 +24,53 @@ fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// What to export.
-#[derive(Debug, Clone)]
-pub struct ExportSpec<'a> {
-    pub device: &'a str,
-    pub seqs: std::ops::RangeInclusive<u64>,
-    pub time: Option<(f64, f64)>,
-    pub signal: Signal,
-}
-
-/// Write the batches `spec` selects to `out` as CSV. `progress` is called
-/// with the number of batches written every 1000. A batch that does not
-/// open is a gap in the indices, marked on the next sample's marker column
-/// and listed in the summary.
+/// Write `device`'s batches that `req` selects to `out` as CSV. A batch
+/// that does not open is a gap in the indices, marked on the next sample's
+/// marker column and listed in the summary.
 pub fn export_csv(
     j: &Journal,
     keys: &Keyring,
-    spec: &ExportSpec<'_>,
+    req: &Request,
+    device: &str,
     out: &mut dyn Write,
-    mut progress: impl FnMut(u64),
+    progress: &mut Progress,
 ) -> Result<ExportSummary, ExportError> {
-    let (device, signal) = (spec.device, spec.signal);
-    let sel = Selection {
-        device: Some(device.to_string()),
-        seqs: spec.seqs.clone(),
-        time: spec.time,
-    };
-    let mut summary = ExportSummary {
-        device: device.to_string(),
-        ..Default::default()
-    };
-    let mut channels: Option<usize> = None;
+    let signal = req.signal;
+    let mut summary = ExportSummary::new(device);
+    let mut layout: Option<Layout> = None;
     let mut line = String::new();
     // Unreadable batches waiting to be marked on the next written sample.
     let mut pending_notes: Vec<String> = Vec::new();
-    for item in j.read_batches(keys, sel) {
-        let (seq, mut b) = match item? {
+    for item in j.read_batches(keys, req.selection(device)) {
+        let (header, mut b) = match item? {
             ReadBatch::Unreadable(u) => {
-                summary.gaps += 1;
-                summary.missing_samples += u.n_samples;
-                summary.batches += 1;
-                summary.first_seq.get_or_insert(u.seq);
-                summary.last_seq = Some(u.seq);
+                summary.saw_unreadable(&u);
                 pending_notes.push(format!(
                     "BAD_ACQ_SKIP {} samples (batch seq {} unreadable: {})",
                     u.n_samples, u.seq, u.reason
                 ));
-                summary.unreadable.push(Skipped {
-                    device: u.device_id,
-                    seq: u.seq,
-                    first_sample: u.first_sample,
-                    n_samples: u.n_samples,
-                    reason: u.reason,
-                });
                 continue;
             }
-            ReadBatch::Opened { header, data } => (header.seq, data),
+            ReadBatch::Opened { header, data } => (header, data),
         };
+        let seq = header.seq;
+        progress.tick(summary.batches + 1);
         if b.timestamps.is_empty() {
+            summary.saw_batch(seq);
             continue;
         }
-        let ch = b.channels.len();
-        match channels {
+        let this = Layout::of(&header, &b);
+        match &layout {
             None => {
                 write!(out, "sample,t_unix")?;
                 for name in &b.channels {
                     write!(out, ",{}", csv_field(name))?;
                 }
                 writeln!(out, ",marker")?;
-                channels = Some(ch);
+                layout = Some(this);
             }
-            Some(expected) if expected != ch => {
-                return Err(ExportError::Layout {
-                    device: device.to_string(),
-                    seq,
-                    found: ch,
-                    expected,
-                })
+            Some(expected) if *expected != this => {
+                return Err(req.layout_error("csv", device, seq, &this, expected));
             }
             Some(_) => {}
         }
@@ -113,14 +83,16 @@ pub fn export_csv(
         }
         write_batch(&b, signal, out, &mut line, &mut summary)?;
         summary.markers -= notes;
-        summary.batches += 1;
-        summary.first_seq.get_or_insert(seq);
-        summary.last_seq = Some(seq);
-        if summary.batches % 1000 == 0 {
-            progress(summary.batches);
-        }
+        summary.saw_batch(seq);
     }
     out.flush()?;
+    progress.finish();
+    if summary.batches == 0 {
+        return Err(ExportError::Empty(format!(
+            "no batches of device {device:?} in {}",
+            req.range_text()
+        )));
+    }
     Ok(summary)
 }
 

@@ -306,6 +306,29 @@ impl Journal {
         }
     }
 
+    /// How many rows `sel` selects (for progress reports).
+    pub fn count_rows(&self, sel: &Selection) -> Result<u64, JournalError> {
+        let e = sqlite_err(&self.path);
+        let (t_from, t_to) = sel.time.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM batches
+                 WHERE (?1 IS NULL OR device_id = ?1) AND seq BETWEEN ?2 AND ?3
+                   AND t_end >= ?4 AND t_start <= ?5",
+                params![
+                    sel.device,
+                    i64::try_from(*sel.seqs.start()).unwrap_or(i64::MAX),
+                    i64::try_from(*sel.seqs.end()).unwrap_or(i64::MAX),
+                    t_from,
+                    t_to
+                ],
+                |r| r.get(0),
+            )
+            .map_err(&e)?;
+        Ok(n as u64)
+    }
+
     /// Ids of every device the journal has seen (batches kept or not), sorted.
     pub fn device_ids(&self) -> Result<Vec<String>, JournalError> {
         let e = sqlite_err(&self.path);

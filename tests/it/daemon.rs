@@ -711,10 +711,11 @@ fn journal_export_writes_every_sample_as_csv() {
     assert!(rows.next().is_none(), "no extra rows");
     assert_eq!(marked, 1);
 
-    // Never overwrites; an unknown device is a clear error.
+    // Never overwrites (a usage error, contract §9); an unknown device is
+    // a clear error.
     let out = export(&["--device", "synthetic", "--out", csv_s]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never overwrites"));
     let out = export(&["--device", "nope"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no batches of device \"nope\""));

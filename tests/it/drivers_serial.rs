@@ -11,16 +11,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn peer_script(name: &str) -> String {
+pub(crate) fn peer_script(name: &str) -> String {
     format!("{}/tests/peers/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// An emulated device: a Python process owning a pty behind `link`,
 /// scripted through its stdin. Killed when dropped.
-struct Peer {
+pub(crate) struct Peer {
     child: Child,
     stdin: Option<ChildStdin>,
-    link: PathBuf,
+    pub(crate) link: PathBuf,
     log: PathBuf,
     stderr: PathBuf,
 }
@@ -62,19 +62,19 @@ impl Peer {
         p
     }
 
-    fn cyton(env: &Env, daisy: bool) -> Peer {
+    pub(crate) fn cyton(env: &Env, daisy: bool) -> Peer {
         let args: &[&str] = if daisy { &["--daisy"] } else { &[] };
         Peer::start(env, "cyton", "cyton_emulator.py", args)
     }
 
-    fn send(&mut self, cmd: &str) {
+    pub(crate) fn send(&mut self, cmd: &str) {
         let s = self.stdin.as_mut().expect("emulator stdin");
         writeln!(s, "{cmd}").expect("write to the emulator");
         s.flush().expect("flush");
     }
 
     /// Stop the emulator and read its log.
-    fn finish(mut self) -> Value {
+    pub(crate) fn finish(mut self) -> Value {
         self.send("quit");
         drop(self.stdin.take());
         let start = Instant::now();
@@ -102,7 +102,7 @@ impl Drop for Peer {
     }
 }
 
-fn cyton_device(id: &str, port: &Path, daisy: bool) -> String {
+pub(crate) fn cyton_device(id: &str, port: &Path, daisy: bool) -> String {
     format!(
         "id = \"{id}\"\ndriver = \"openbci-cyton\"\nenabled = true\n[connection]\nport = \"{}\"\ndaisy = {daisy}\n",
         port.display()

@@ -10,7 +10,9 @@
 //! - [`ops`]: the Prometheus endpoint read by the reference parser;
 //! - [`clock_steps`]: a stepped wall clock under libfaketime;
 //! - [`drivers_serial`]: Cyton and ASCII serial devices behind ptys;
-//! - [`drivers_bflsl`]: BrainFlow's real library and real LSL outlets.
+//! - [`drivers_bflsl`]: BrainFlow's real library and real LSL outlets;
+//! - [`export`]: XDF, EDF+/BDF+ and BIDS exports read back by pyxdf,
+//!   pyedflib, MNE, mne-bids and the BIDS validator.
 
 mod uplink_server;
 mod util;
@@ -20,5 +22,6 @@ mod control;
 mod daemon;
 mod drivers_bflsl;
 mod drivers_serial;
+mod export;
 mod ops;
 mod uplink;
