@@ -10,7 +10,8 @@
 //! - [`ops`]: the Prometheus endpoint read by the reference parser;
 //! - [`clock_steps`]: a stepped wall clock under libfaketime;
 //! - [`drivers_serial`]: Cyton and ASCII serial devices behind ptys;
-//! - [`drivers_bflsl`]: BrainFlow's real library and real LSL outlets.
+//! - [`drivers_bflsl`]: BrainFlow's real library and real LSL outlets;
+//! - [`upgrade`]: a journal of an earlier release opens and grows.
 
 mod uplink_server;
 mod util;
@@ -21,4 +22,5 @@ mod daemon;
 mod drivers_bflsl;
 mod drivers_serial;
 mod ops;
+mod upgrade;
 mod uplink;
