@@ -31,11 +31,11 @@ fail() { echo "check-deb.sh: $*" >&2; exit 1; }
 T0=$SECONDS
 DEB=$(scripts/build-deb.sh --binary "$BINARY" --out "$R/out")
 echo "== built $(basename "$DEB"): $(du -h "$DEB" | cut -f1) ($(stat -c %s "$DEB") bytes), $(dpkg-deb -f "$DEB" Installed-Size) KiB installed"
-dpkg-deb -c "$DEB" | awk '{print "   " $1, $2, $6}'
+dpkg-deb -c "$DEB" | awk '$1 !~ /^d/ {print "   " $1, $3, $6}'
 
 if command -v lintian >/dev/null; then
     echo "== lintian"
-    lintian --no-tag-display-limit "$DEB" > "$R/lintian.txt" 2>&1 || true
+    lintian --tag-display-limit 0 "$DEB" > "$R/lintian.txt" 2>&1 || true
     sed 's/^/   /' "$R/lintian.txt"
     if grep -q '^E:' "$R/lintian.txt"; then fail "lintian reports errors"; fi
 else
@@ -50,8 +50,10 @@ in_c() { chroot "$C" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"
 echo "== dpkg -i"
 in_c dpkg -i /tmp/neuroedge.deb > "$R/dpkg.log" 2>&1 || { cat "$R/dpkg.log" >&2; fail "dpkg -i failed"; }
 in_c getent passwd neuroedge >/dev/null || fail "no user neuroedge"
-[ "$(stat -c '%U %a' "$C/var/lib/neuroedge/batch.key")" = "neuroedge 600" ] || fail "key not neuroedge 0600"
-[ "$(stat -c '%U %a' "$C/var/lib/neuroedge")" = "neuroedge 750" ] || fail "state folder not neuroedge 0750"
+# (owners as the chroot's own passwd names them)
+[ "$(in_c stat -c '%U %a' /var/lib/neuroedge/batch.key)" = "neuroedge 600" ] \
+    || fail "key not neuroedge 0600: $(in_c stat -c '%U %a' /var/lib/neuroedge/batch.key)"
+[ "$(in_c stat -c '%U %a' /var/lib/neuroedge)" = "neuroedge 750" ] || fail "state folder not neuroedge 0750"
 grep -qx /etc/neuroedge/neuroedge.toml "$C/var/lib/dpkg/info/neuroedge.conffiles" || fail "config not a conffile"
 grep -qx /etc/neuroedge/devices/synthetic.toml "$C/var/lib/dpkg/info/neuroedge.conffiles" || fail "devices not conffiles"
 [ -f "$C/usr/lib/systemd/system/neuroedge.service" ] || fail "no unit"
