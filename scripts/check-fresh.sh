@@ -57,7 +57,7 @@ if [ -d "$CARGO_HOME_HOST/registry" ]; then
     mount --bind "$CARGO_HOME_HOST/registry" "$R/root/root/.cargo/registry"
     CHROOT_MOUNTS+=("$R/root/root/.cargo/registry")
 fi
-ENV=(env -i HOME=/root PATH="$SYSROOT/bin:/usr/local/bin:/usr/bin:/bin" CARGO_HOME=/root/.cargo
+ENV=(env -i HOME=/root PATH="$SYSROOT/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" CARGO_HOME=/root/.cargo
      RUSTUP_TOOLCHAIN= CARGO_TERM_COLOR=never LANG=C.UTF-8)
 
 if [ "$MODE" = full ]; then
