@@ -22,8 +22,8 @@
 
 use super::{default_names, Sink, Source, SourceError, StreamInfo};
 use super::{BuildContext, DriverConfig};
-use crate::validate::Findings;
 use crate::lsl_ffi::{self, Inlet, LslError};
+use crate::validate::Findings;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Deserialize;
 use std::collections::VecDeque;

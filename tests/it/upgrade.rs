@@ -74,7 +74,11 @@ fn journal_of_release_0_1_0_opens_verifies_and_grows() {
     assert!(after.len() > before.len(), "{} batches", after.len());
     assert_eq!(&after[..before.len()], &before[..], "old batches untouched");
     let seqs: Vec<i64> = after.iter().map(|(s, _)| *s).collect();
-    assert_eq!(seqs, (0..after.len() as i64).collect::<Vec<_>>(), "gapless seq");
+    assert_eq!(
+        seqs,
+        (0..after.len() as i64).collect::<Vec<_>>(),
+        "gapless seq"
+    );
     let new = env.device_batches("synthetic");
     assert_eq!(new[5].0.first_sample, 1126, "sample index continues");
     let v = env.cmd(&["journal", "--config", cfg, "verify"]);
