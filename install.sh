@@ -167,7 +167,9 @@ as_builder() {
 # ------------------------------------------------------------------- build
 if [ "$BUILD" = 1 ]; then
     step "checking build prerequisites"
-    APT_PKGS=(build-essential pkg-config libudev-dev cmake curl ca-certificates)
+    # A C compiler for the crates that build C code (SQLite, zstd, ring);
+    # curl for rustup. Nothing else: liblsl and BrainFlow load at run time.
+    APT_PKGS=(gcc libc6-dev curl ca-certificates)
     if command -v dpkg-query >/dev/null; then
         missing=()
         for p in "${APT_PKGS[@]}"; do
@@ -185,7 +187,7 @@ if [ "$BUILD" = 1 ]; then
             info "present: ${APT_PKGS[*]}"
         fi
     else
-        warn "not a Debian-like system: make sure a C/C++ compiler, pkg-config, cmake and libudev headers are installed"
+        warn "not a Debian-like system: make sure a C compiler (cc) and the C library headers are installed"
     fi
 
     BUILDER_HOME=$(getent passwd "$BUILDER" | cut -d: -f6 || true)
@@ -343,6 +345,33 @@ else
     chmod 0600 "$KEY"
 fi
 
+# ----------------------------------------------------------------- check
+step "checking the installed configuration"
+# The service does not see this shell's NEUROEDGE_* overrides; neither
+# does the check (an unknown one would be an error).
+while read -r v; do unset "$v"; done < <(compgen -e | grep '^NEUROEDGE_' || true)
+if [ -z "$DESTDIR" ]; then
+    # As the daemon's user: proves it can read the config, devices and
+    # key. Before the service is (re)started: a config the new binary
+    # refuses must not take the running service down.
+    check_cmd=("$NE" check-config --config "$ETC/neuroedge.toml")
+    if command -v runuser >/dev/null; then
+        check_cmd=(runuser -u "$USER_NAME" -- "${check_cmd[@]}")
+    fi
+    if ! "${check_cmd[@]}"; then
+        die "check-config fails with the new binary: the service was not (re)started (a running one keeps the previous version until restarted); fix $ETC, then run install.sh again or systemctl restart neuroedge"
+    fi
+else
+    # The config's absolute paths point at the target machine; check the
+    # staged files by pointing the path keys into DESTDIR.
+    NEUROEDGE_DAEMON_DEVICES_DIR="$DESTDIR$ETC/devices" \
+    NEUROEDGE_CRYPTO_KEY_FILE="$TMP/absent.key" \
+    NEUROEDGE_CRYPTO_GENERATE_IF_MISSING=true \
+        "$NE" check-config --config "$DESTDIR$ETC/neuroedge.toml"
+    info "(checked with devices_dir pointed into DESTDIR; the key is made on the target)"
+fi
+
+
 # --------------------------------------------------------------- systemd
 # Without systemd's RuntimeDirectory= the socket's folder is ours to make.
 make_rundir() {
@@ -385,28 +414,6 @@ else
     else
         postinst "install -d -m 0750 -o $USER_NAME -g $USER_NAME $RUNDIR   # at every boot (no systemd RuntimeDirectory=)"
     fi
-fi
-
-# ----------------------------------------------------------------- check
-step "checking the installed configuration"
-# The service does not see this shell's NEUROEDGE_* overrides; neither
-# does the check (an unknown one would be an error).
-while read -r v; do unset "$v"; done < <(compgen -e | grep '^NEUROEDGE_' || true)
-if [ -z "$DESTDIR" ]; then
-    if command -v runuser >/dev/null; then
-        # As the daemon's user: proves it can read the config, devices and key.
-        runuser -u "$USER_NAME" -- "$NE" check-config --config "$ETC/neuroedge.toml"
-    else
-        "$NE" check-config --config "$ETC/neuroedge.toml"
-    fi
-else
-    # The config's absolute paths point at the target machine; check the
-    # staged files by pointing the path keys into DESTDIR.
-    NEUROEDGE_DAEMON_DEVICES_DIR="$DESTDIR$ETC/devices" \
-    NEUROEDGE_CRYPTO_KEY_FILE="$TMP/absent.key" \
-    NEUROEDGE_CRYPTO_GENERATE_IF_MISSING=true \
-        "$NE" check-config --config "$DESTDIR$ETC/neuroedge.toml"
-    info "(checked with devices_dir pointed into DESTDIR; the key is made on the target)"
 fi
 
 case "$(uname -m)" in

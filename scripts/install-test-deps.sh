@@ -3,21 +3,25 @@
 # lacks. Idempotent; quiet when everything is there.
 set -euo pipefail
 
-# Build prerequisites (Debian): libudev + pkg-config for the serialport
-# crate (USB ids of serial adapters), cmake + g++ for liblsl (the `lsl`
-# crate builds it), util-linux `mount` for the full-disk test on a tmpfs,
-# systemd for `systemd-analyze` (unit checks), sqlite3 for a test's look
-# at the audit table, faketime (libfaketime) to step the daemon's wall
-# clock in the clock-step test.
+# Build prerequisites (Debian): only a C compiler (SQLite, zstd and ring
+# compile C code; liblsl and BrainFlow are loaded at run time, serial ports
+# need no libudev). For the tests: util-linux `mount` for the full-disk
+# test on a tmpfs, iproute2 `ip` for the LSL tests' network namespace,
+# systemd for `systemd-analyze` (unit checks), sqlite3 for a test's look at
+# the audit table, faketime (libfaketime) to step the daemon's wall clock
+# in the clock-step test, debootstrap for the fresh-machine and package
+# checks' chroot (scripts/check-fresh.sh, scripts/check-deb.sh), lintian
+# for the package (about 1 min and 60 MB of packages on a fresh machine).
 need_apt=()
-command -v pkg-config >/dev/null || need_apt+=(pkg-config)
-[ -e /usr/include/libudev.h ] || need_apt+=(libudev-dev)
-command -v cmake >/dev/null || need_apt+=(cmake)
-command -v g++ >/dev/null || need_apt+=(g++)
+command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v mount >/dev/null || need_apt+=(mount)
+command -v ip >/dev/null || need_apt+=(iproute2)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
 ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || need_apt+=(faketime)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v lintian >/dev/null || need_apt+=(lintian)
+command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   SUDO=""
@@ -30,7 +34,8 @@ fi
 # cryptography), the SciPy reference of the DSP checks (numpy, scipy), the
 # Prometheus text parser (prometheus-client), BrainFlow's library with its
 # synthetic board (brainflow) and a real LSL outlet (pylsl, which bundles
-# liblsl); the readers the export tests check our files with: pyxdf (XDF),
+# liblsl, which the daemon loads in the LSL tests too); the readers the export
+# tests check our files with: pyxdf (XDF),
 # pyedflib (EDF+/BDF+, edflib), mne and mne-bids, and the BIDS validator
 # (bids-validator-deno: the maintained schema validator, shipped on PyPI as
 # JavaScript run by the `deno` wheel; about 100 MB on disk, 10 s to

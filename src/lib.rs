@@ -50,8 +50,9 @@
 //! A committed batch is never lost: it leaves the journal only after its
 //! upload was acknowledged and `retain_uploaded` passed, or by quota
 //! eviction (audited). See `../docs/` for each stage.
-// `deny`, not `forbid`: src/source/brainflow_ffi.rs (BrainFlow's C library) is
-// the one module allowed unsafe code, each block with a SAFETY comment.
+// `deny`, not `forbid`: the vendor C APIs loaded at run time are the only
+// modules allowed unsafe code, one per API, each block with a SAFETY comment:
+// src/source/brainflow_ffi.rs (BrainFlow) and src/lsl_ffi.rs (liblsl).
 #![deny(unsafe_code)]
 
 pub mod backoff;
@@ -67,6 +68,7 @@ pub mod dsp;
 pub mod export;
 pub mod journal;
 pub mod logging;
+pub mod lsl_ffi;
 pub mod pipeline;
 pub mod ring;
 pub mod source;

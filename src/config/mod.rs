@@ -284,6 +284,15 @@ const SECTIONS: [&str; 7] = [
     "daemon", "journal", "crypto", "uplink", "status", "metrics", "log",
 ];
 
+/// `NEUROEDGE_*` variables that are not config overrides: the config path,
+/// the vendor libraries loaded at run time, the tests' Python.
+const NOT_OVERRIDES: [&str; 4] = [
+    "NEUROEDGE_CONFIG",
+    crate::source::brainflow::LIB_ENV,
+    crate::lsl_ffi::LIB_ENV,
+    "NEUROEDGE_TEST_PYTHON",
+];
+
 /// Apply `NEUROEDGE_<SECTION>_<KEY>` variables. Returns `Ok(None)` when none
 /// is set. String-typed keys take the value verbatim; others parse it as a
 /// TOML value (`true`, `4`, `[1000, 1001]`).
@@ -293,7 +302,7 @@ fn apply_env_overrides(
 ) -> Result<Option<DaemonConfig>, Problem> {
     let overrides: Vec<&(String, String)> = env
         .iter()
-        .filter(|(k, _)| k.starts_with("NEUROEDGE_") && k != "NEUROEDGE_CONFIG")
+        .filter(|(k, _)| k.starts_with("NEUROEDGE_") && !NOT_OVERRIDES.contains(&k.as_str()))
         .collect();
     if overrides.is_empty() {
         return Ok(None);
@@ -521,6 +530,11 @@ mod tests {
             ),
             ("NEUROEDGE_DAEMON_NODE_ID".to_string(), "123".to_string()),
             ("NEUROEDGE_CONFIG".to_string(), "ignored".to_string()),
+            ("NEUROEDGE_LSL_LIB".to_string(), "/x/liblsl.so".to_string()),
+            (
+                "NEUROEDGE_BRAINFLOW_LIB".to_string(),
+                "/x/libBoardController.so".to_string(),
+            ),
         ];
         let c = load_with_env(&cfg, &env).unwrap();
         assert_eq!(c.daemon.uplink.endpoint.as_deref(), Some("https://b"));

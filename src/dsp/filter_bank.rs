@@ -6,9 +6,19 @@
 //! that stays in L1 while every section is applied to it (sections outer,
 //! channels inner). Channels are independent, so the inner loop runs across
 //! them and auto-vectorises; the time recursion is the loop around it.
+//!
+//! CPU dispatch at run time: the whole chunk loop (conversions and every
+//! section) is compiled several times by `multiversion` (its `simd` target
+//! set: on x86-64 AVX-512, AVX2+FMA, SSE4.x; on aarch64 NEON, ...) and the
+//! best version for the CPU is picked on the first call, so a binary built
+//! for baseline x86-64 runs the wide vectors of the machine it runs on.
+//! Rust never contracts `a * b + c` into a fused multiply-add, so every
+//! version computes bit-identical results (SciPy-exact, see
+//! `reference_tests.rs`); FMA only widens what the vector units may do.
 
 use super::filter_design::{design_sos, sosfilt_zi, FilterSpec, Sos};
 use super::DspError;
+use multiversion::multiversion;
 
 /// Frames per inner chunk: 64 frames × 32 ch × 8 B = 16 KiB (fits L1).
 pub const CHUNK_FRAMES: usize = 64;
@@ -159,19 +169,20 @@ impl FilterBank {
             return Ok(());
         }
         let c = self.channels;
-        let step = CHUNK_FRAMES * c;
-        for (inp, out) in input.chunks(step).zip(output.chunks_mut(step)) {
-            let mut buf = std::mem::take(&mut self.scratch);
-            let work = &mut buf[..inp.len()];
-            for (w, &x) in work.iter_mut().zip(inp) {
-                *w = f64::from(x);
-            }
-            self.run_chunk(work);
-            for (o, &w) in out.iter_mut().zip(work.iter()) {
-                *o = w as f32;
-            }
-            self.scratch = buf;
+        if input.is_empty() {
+            return Ok(());
         }
+        if !self.primed {
+            self.prime(|ch| f64::from(input[ch]));
+        }
+        filter_f32(
+            &self.coef,
+            &mut self.state,
+            c,
+            input,
+            output,
+            &mut self.scratch,
+        );
         Ok(())
     }
 
@@ -183,39 +194,73 @@ impl FilterBank {
         if self.sos.is_empty() {
             return Ok(());
         }
-        for chunk in output.chunks_mut(CHUNK_FRAMES * self.channels) {
-            self.run_chunk(chunk);
+        if output.is_empty() {
+            return Ok(());
         }
+        if !self.primed {
+            self.prime(|ch| output[ch]);
+        }
+        filter_f64(&self.coef, &mut self.state, self.channels, output);
         Ok(())
     }
 
-    /// Apply all sections in place to a frame-major f64 chunk.
-    fn run_chunk(&mut self, work: &mut [f64]) {
-        let c = self.channels;
-        if work.is_empty() {
-            return;
-        }
-        if !self.primed {
-            self.prime(&work[..c.min(work.len())]);
-        }
-        for (coef, st) in self.coef.iter().zip(self.state.chunks_exact_mut(2 * c)) {
-            let (z1, z2) = st.split_at_mut(c);
-            run_section(*coef, z1, z2, work, c);
-        }
-    }
-
     /// Seed every section's state with `sosfilt_zi * x[0]` per channel.
-    fn prime(&mut self, first: &[f64]) {
+    fn prime(&mut self, first: impl Fn(usize) -> f64) {
         let c = self.channels;
         for (s, zi) in self.zi.iter().enumerate() {
             let base = s * 2 * c;
             let (z1, z2) = self.state[base..base + 2 * c].split_at_mut(c);
-            for ((z1, z2), &x) in z1.iter_mut().zip(z2.iter_mut()).zip(first) {
+            for (ch, (z1, z2)) in z1.iter_mut().zip(z2.iter_mut()).enumerate() {
+                let x = first(ch);
                 *z1 = zi[0] * x;
                 *z2 = zi[1] * x;
             }
         }
         self.primed = true;
+    }
+}
+
+/// Filter f32 frames through every section, [`CHUNK_FRAMES`] at a time in
+/// the f64 `scratch` (one rounding to f32 at the end). Compiled per SIMD
+/// target and dispatched at run time (see the module documentation).
+#[multiversion(targets = "simd")]
+fn filter_f32(
+    coef: &[Coef],
+    state: &mut [f64],
+    c: usize,
+    input: &[f32],
+    output: &mut [f32],
+    scratch: &mut [f64],
+) {
+    let step = CHUNK_FRAMES * c;
+    for (inp, out) in input.chunks(step).zip(output.chunks_mut(step)) {
+        let work = &mut scratch[..inp.len()];
+        for (w, &x) in work.iter_mut().zip(inp) {
+            *w = f64::from(x);
+        }
+        run_sections(coef, state, c, work);
+        for (o, &w) in out.iter_mut().zip(work.iter()) {
+            *o = w as f32;
+        }
+    }
+}
+
+/// Filter f64 frames in place through every section (dispatched as
+/// [`filter_f32`]).
+#[multiversion(targets = "simd")]
+fn filter_f64(coef: &[Coef], state: &mut [f64], c: usize, data: &mut [f64]) {
+    for work in data.chunks_mut(CHUNK_FRAMES * c) {
+        run_sections(coef, state, c, work);
+    }
+}
+
+/// Every section over one frame-major chunk (inlined into each dispatched
+/// version, so it is compiled for that version's CPU features).
+#[inline(always)]
+fn run_sections(coef: &[Coef], state: &mut [f64], c: usize, work: &mut [f64]) {
+    for (k, st) in coef.iter().zip(state.chunks_exact_mut(2 * c)) {
+        let (z1, z2) = st.split_at_mut(c);
+        run_section(*k, z1, z2, work, c);
     }
 }
 
@@ -225,6 +270,7 @@ const MINUS2: u8 = 2;
 const ZERO_MINUS1: u8 = 3;
 
 /// Dispatch once per section (not per sample) to a monomorphised kernel.
+#[inline(always)]
 fn run_section(k: Coef, z1: &mut [f64], z2: &mut [f64], work: &mut [f64], c: usize) {
     let unit = k.b0 == 1.0;
     match (k.form, unit) {
@@ -244,7 +290,7 @@ fn run_section(k: Coef, z1: &mut [f64], z2: &mut [f64], work: &mut [f64], c: usi
 /// independent, so it auto-vectorises (32 channels keep 16+ recursions in
 /// flight, hiding FP latency); the time recursion is the loop around it.
 /// `FORM`/`UNIT` select exact algebraic shortcuts (see [`Form`]).
-#[inline]
+#[inline(always)]
 fn kernel<const FORM: u8, const UNIT: bool>(
     k: Coef,
     z1: &mut [f64],

@@ -2,10 +2,14 @@
 //! combination of name / type / source_id) becomes the device, and
 //! optionally a string stream's samples become batch markers.
 //!
-//! liblsl's handles are not `Send`, so everything LSL runs on a worker
-//! thread per connection; the driver talks to it over a channel. The worker
-//! resolves the stream, opens an inlet (with liblsl's own recovery on),
-//! pulls samples in chunks (never blocking more than 100 ms) and maps their
+//! liblsl is loaded at run time ([`crate::lsl_ffi`]: `$NEUROEDGE_LSL_LIB`,
+//! else pylsl's bundled liblsl, else the system's); without it the device
+//! is in `error` with a message naming the fix, and the other devices run.
+//! liblsl's calls block, so everything LSL runs on a worker thread per
+//! connection; the driver talks to it over a channel. The worker resolves
+//! the stream, opens an inlet (with liblsl's own recovery on), pulls
+//! samples in chunks (waiting on liblsl's condition variable for at most
+//! 100 ms for the first sample, then taking what is there) and maps their
 //! stamps to the local LSL clock with `time_correction`. The driver maps
 //! LSL's local clock to neuroedge's monotonic timeline (both are the
 //! system's monotonic clock; the offset is measured on every read).
@@ -18,6 +22,7 @@
 
 use super::{default_names, Sink, Source, SourceError, StreamInfo};
 use super::{BuildContext, DriverConfig};
+use crate::lsl_ffi::{self, Inlet, LslError};
 use crate::validate::Findings;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Deserialize;
@@ -26,8 +31,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use ::lsl::Pullable;
 
 fn default_resolve_timeout() -> f64 {
     5.0
@@ -77,8 +80,12 @@ impl DriverConfig for LslConnection {
 
 /// The longest a pull blocks.
 const PULL_TIMEOUT: f64 = 0.1;
-/// Samples pulled per chunk at most.
-const MAX_CHUNK: usize = 1024;
+/// A pull takes up to a second of samples (at least 32), but at most this
+/// many values: a backlog (the set-up's first moments) comes in one chunk,
+/// so the arrival time of its newest sample is a true arrival time.
+const MAX_PULL_VALUES: usize = 1 << 20;
+/// Marker samples pulled per call at most.
+const MARKER_CHUNK: usize = 32;
 /// Each resolve attempt waits this long (so a stop request is seen).
 const RESOLVE_STEP: f64 = 0.5;
 /// Without data this long, check whether the outlet is still there (well
@@ -198,6 +205,8 @@ struct Chunk {
 
 pub struct Lsl {
     cfg: LslConnection,
+    /// liblsl, once loaded (at the first open).
+    lib: Option<Arc<lsl_ffi::Lsl>>,
     /// The runner's stop request, watched while a connection is set up.
     stop: Arc<AtomicBool>,
     worker: Option<Worker>,
@@ -214,6 +223,7 @@ impl Lsl {
     pub fn new(cfg: LslConnection, stop: Arc<AtomicBool>) -> Self {
         Lsl {
             cfg,
+            lib: None,
             stop,
             worker: None,
             describe: String::new(),
@@ -225,9 +235,12 @@ impl Lsl {
     }
 
     fn push_due(&mut self, sink: &mut Sink<'_>, all: bool) {
+        let Some(lib) = self.lib.as_ref() else {
+            return;
+        };
         // LSL's local clock and the timeline are both the monotonic clock:
         // one offset per read.
-        let offset = ::lsl::local_clock() - sink.mono_now();
+        let offset = lib.local_clock() - sink.mono_now();
         while let Some(chunk) = self.pending.front() {
             if !all && chunk.arrived.elapsed() < MARKER_HOLD {
                 break;
@@ -266,6 +279,16 @@ impl Lsl {
 impl Source for Lsl {
     fn open(&mut self) -> Result<StreamInfo, SourceError> {
         self.close();
+        let lib = match &self.lib {
+            Some(l) => l.clone(),
+            None => {
+                // Missing: only a change on the machine (pylsl installed,
+                // NEUROEDGE_LSL_LIB set) helps, so `error`, not retried.
+                let l = lsl_ffi::Lsl::load().map_err(SourceError::Fatal)?;
+                self.lib = Some(l.clone());
+                l
+            }
+        };
         let pred = predicate(
             self.cfg.name.as_deref(),
             self.cfg.stream_type.as_deref(),
@@ -280,7 +303,7 @@ impl Source for Lsl {
             let pred = pred.clone();
             std::thread::Builder::new()
                 .name("lsl-inlet".into())
-                .spawn(move || worker(cfg, pred, stop, tx, spare_rx))
+                .spawn(move || worker(lib, cfg, pred, stop, tx, spare_rx))
                 .map_err(|e| SourceError::Unavailable(format!("cannot start LSL thread: {e}")))?
         };
         let w = Worker {
@@ -345,7 +368,7 @@ impl Source for Lsl {
                 .map(|c| (c.arrived + MARKER_HOLD).min(deadline))
                 .unwrap_or(deadline);
             let msg = rx.recv_timeout(until.saturating_duration_since(now));
-            let offset = ::lsl::local_clock() - sink.mono_now();
+            let offset = self.lib.as_ref().map_or(0.0, |l| l.local_clock()) - sink.mono_now();
             match msg {
                 Ok(Msg::Data { values, stamps }) => {
                     self.pending.push_back(Chunk {
@@ -401,27 +424,13 @@ impl Drop for Lsl {
     }
 }
 
-/// Channel labels from the stream's `desc/channels/channel/label`.
-fn channel_labels(info: &mut ::lsl::StreamInfo, n: usize) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut ch = info.desc().child("channels").child("channel");
-    while ch.is_valid() && !ch.empty() && names.len() <= n {
-        names.push(ch.child_value_named("label").trim().to_string());
-        ch = ch.next_sibling_named("channel");
-    }
-    if names.len() == n && names.iter().all(|s| !s.is_empty()) {
-        names
-    } else {
-        default_names(n)
-    }
-}
-
-fn lsl_err(what: &str, e: ::lsl::Error) -> String {
+fn lsl_err(what: &str, e: LslError) -> String {
     format!("LSL {what}: {e}")
 }
 
 /// The marker inlet: resolved in the background, never blocking the data.
 struct MarkerInlet {
+    lib: Arc<lsl_ffi::Lsl>,
     pred: String,
     /// The data stream's host: a marker stream on the same host shares its
     /// clock, so the data inlet's offset serves until this one has its own.
@@ -430,21 +439,25 @@ struct MarkerInlet {
     /// host's clock may be hours away): (remote time, text).
     held: Vec<(f64, String)>,
     same_host: bool,
-    resolver: Option<::lsl::ContinuousResolver>,
-    inlet: Option<::lsl::StreamInlet>,
+    resolver: Option<lsl_ffi::ContinuousResolver>,
+    inlet: Option<Inlet>,
+    /// Whether the inlet has been pulled from (which opens its stream).
+    pulled: bool,
     correction: Option<f64>,
     next_try: Instant,
 }
 
 impl MarkerInlet {
-    fn new(name: &str, data_host: String) -> Self {
+    fn new(lib: Arc<lsl_ffi::Lsl>, name: &str, data_host: String) -> Self {
         MarkerInlet {
+            lib,
             pred: format!("name={} and channel_format='string'", xpath_literal(name)),
             data_host,
             held: Vec::new(),
             same_host: false,
             resolver: None,
             inlet: None,
+            pulled: false,
             correction: None,
             next_try: Instant::now(),
         }
@@ -459,7 +472,7 @@ impl MarkerInlet {
                 return out;
             }
             if self.resolver.is_none() {
-                match ::lsl::ContinuousResolver::new_with_pred(&self.pred, 5.0) {
+                match self.lib.continuous_resolver(&self.pred, 5.0) {
                     Ok(r) => self.resolver = Some(r),
                     Err(e) => {
                         tracing::warn!("LSL marker resolver for {}: {e}", self.pred);
@@ -471,19 +484,19 @@ impl MarkerInlet {
             let found = self
                 .resolver
                 .as_ref()
-                .and_then(|r| r.results().ok())
-                .and_then(|v| v.into_iter().next());
+                .and_then(|r| r.results().into_iter().next());
             let Some(info) = found else {
                 self.next_try = Instant::now() + Duration::from_millis(500);
                 return out;
             };
-            match ::lsl::StreamInlet::new(&info, INLET_BUFFER_S, 0, true) {
+            match Inlet::new(&info, INLET_BUFFER_S, 0, true) {
                 Ok(inlet) => {
                     self.same_host = info.hostname() == self.data_host;
                     // Starts the clock-offset measurement in the background.
                     self.correction = inlet.time_correction(0.0).ok();
                     tracing::info!(stream = %self.pred, "LSL marker inlet open");
                     self.inlet = Some(inlet);
+                    self.pulled = false;
                     self.resolver = None;
                 }
                 Err(e) => {
@@ -493,26 +506,38 @@ impl MarkerInlet {
                 }
             }
         }
-        let Some(inlet) = self.inlet.as_ref() else {
+        let Some(inlet) = self.inlet.as_mut() else {
             return out;
         };
-        loop {
-            match Pullable::<String>::pull_sample(inlet, 0.0) {
-                Ok((sample, ts)) if ts != 0.0 => {
+        // An empty pull of strings still allocates in liblsl: once a pull
+        // has opened the stream (the first one does), ask first.
+        let mut failed = None;
+        while !self.pulled || inlet.samples_available() > 0 {
+            self.pulled = true;
+            match inlet.pull_chunk_str(MARKER_CHUNK, 0.0) {
+                Ok(samples) if !samples.is_empty() => {
                     if let Ok(c) = inlet.time_correction(0.0) {
                         self.correction = Some(c);
                     }
-                    self.held.push((ts, sample.join(",")));
+                    let full = samples.len() == MARKER_CHUNK;
+                    self.held
+                        .extend(samples.into_iter().map(|(ts, v)| (ts, v.join(","))));
+                    if !full {
+                        break;
+                    }
                 }
                 Ok(_) => break,
                 Err(e) => {
-                    tracing::warn!("LSL marker stream {}: {e}; resolving it again", self.pred);
-                    self.inlet = None;
-                    self.correction = None;
-                    self.next_try = Instant::now() + Duration::from_secs(1);
+                    failed = Some(e);
                     break;
                 }
             }
+        }
+        if let Some(e) = failed {
+            tracing::warn!("LSL marker stream {}: {e}; resolving it again", self.pred);
+            self.inlet = None;
+            self.correction = None;
+            self.next_try = Instant::now() + Duration::from_secs(1);
         }
         let correction = match self.correction {
             Some(c) => Some(c),
@@ -534,6 +559,7 @@ impl MarkerInlet {
 
 /// Resolve, open and pull; everything LSL happens on this thread.
 fn worker(
+    lib: Arc<lsl_ffi::Lsl>,
     cfg: LslConnection,
     pred: String,
     stop: Arc<AtomicBool>,
@@ -552,7 +578,7 @@ fn worker(
         let left = deadline
             .saturating_duration_since(Instant::now())
             .as_secs_f64();
-        match ::lsl::resolve_bypred(&pred, 1, left.clamp(0.05, RESOLVE_STEP)) {
+        match lib.resolve(&pred, 1, left.clamp(0.05, RESOLVE_STEP)) {
             Ok(found) => {
                 let n = found.len();
                 if let Some(first) = found.into_iter().next() {
@@ -564,7 +590,7 @@ fn worker(
                     break first;
                 }
             }
-            Err(::lsl::Error::BadArgument) => {
+            Err(LslError::Argument(_)) => {
                 return opened(Err(SourceError::Fatal(format!(
                     "LSL rejects the stream query {pred}: check name / type / source_id"
                 ))))
@@ -580,7 +606,7 @@ fn worker(
     };
     let describe = format!(
         "{:?} (type {:?}, source_id {:?}, host {})",
-        info.stream_name(),
+        info.name(),
         info.stream_type(),
         info.source_id(),
         info.hostname()
@@ -598,10 +624,7 @@ fn worker(
         ))));
     }
     let format = info.channel_format();
-    if matches!(
-        format,
-        ::lsl::ChannelFormat::String | ::lsl::ChannelFormat::Undefined
-    ) {
+    if !format.is_numeric() {
         return opened(Err(SourceError::Fatal(format!(
             "LSL stream {describe} carries {format} samples, not numbers"
         ))));
@@ -621,14 +644,15 @@ fn worker(
              {MAX_CH_SAMPLES_PER_S} channel-samples per second neuroedge takes"
         ))));
     }
-    let inlet = match ::lsl::StreamInlet::new(&info, INLET_BUFFER_S, 0, true) {
+    let mut inlet = match Inlet::new(&info, INLET_BUFFER_S, 0, true) {
         Ok(i) => i,
         Err(e) => return opened(Err(SourceError::Unavailable(lsl_err("inlet", e)))),
     };
     let names = match inlet.info(SETUP_TIMEOUT) {
-        Ok(mut full) => channel_labels(&mut full, channels),
-        Err(_) => channel_labels(&mut info, channels),
-    };
+        Ok(mut full) => full.channel_labels(channels),
+        Err(_) => info.channel_labels(channels),
+    }
+    .unwrap_or_else(|| default_names(channels));
     if let Err(e) = inlet.open_stream(SETUP_TIMEOUT) {
         return opened(Err(SourceError::Unavailable(lsl_err(
             &format!("subscribing to {describe}"),
@@ -656,8 +680,12 @@ fn worker(
     let mut markers = cfg
         .markers
         .as_deref()
-        .map(|name| MarkerInlet::new(name, host.clone()));
-    let mut sample: Vec<f32> = vec![0.0; channels];
+        .map(|name| MarkerInlet::new(lib.clone(), name, host.clone()));
+    // The pull buffers, allocated once: pulled samples are copied from
+    // them into the chunk sent to the driver (only what was pulled).
+    let chunk = (rate.ceil() as usize).clamp(32, (MAX_PULL_VALUES / channels).max(1));
+    let mut pull_values = vec![0.0f32; chunk * channels];
+    let mut pull_stamps = vec![0.0f64; chunk];
     let mut last_data = Instant::now();
     let mut last_check = Instant::now();
     let (mut bad_stamps, mut reported_bad) = (0u64, 0u64);
@@ -675,30 +703,41 @@ fn worker(
         let (mut values, mut stamps) = held
             .take()
             .or_else(|| spare.try_recv().ok())
-            .unwrap_or_else(|| (Vec::with_capacity(256 * channels), Vec::with_capacity(256)));
-        // Block for the first sample (at most PULL_TIMEOUT), then take
-        // what is already there.
-        let mut timeout = PULL_TIMEOUT;
-        while stamps.len() < MAX_CHUNK {
-            match inlet.pull_sample_buf(&mut sample, timeout) {
-                Ok(ts) if ts != 0.0 => {
-                    values.extend_from_slice(&sample);
-                    stamps.push(ts);
-                    timeout = 0.0;
+            .unwrap_or_else(|| (Vec::with_capacity(64 * channels), Vec::with_capacity(64)));
+        // Wait for the first sample (at most PULL_TIMEOUT; liblsl waits on
+        // a condition variable), then take what is already there in one
+        // chunked pull: each burst is pulled as soon as it arrives, which
+        // keeps arrival times (used for stamps on another clock) tight.
+        let pulled = inlet
+            .pull_chunk_f32(
+                &mut pull_values[..channels],
+                &mut pull_stamps[..1],
+                PULL_TIMEOUT,
+            )
+            .and_then(|first| {
+                if first == 0 {
+                    return Ok(0);
                 }
-                Ok(_) => break,
-                Err(e) => {
-                    return lost(SourceError::Disconnected(format!(
-                        "LSL stream {describe}: {e}"
-                    )))
-                }
+                inlet
+                    .pull_chunk_f32(&mut pull_values[channels..], &mut pull_stamps[1..], 0.0)
+                    .map(|rest| first + rest)
+            });
+        match pulled {
+            Ok(n) => {
+                values.extend_from_slice(&pull_values[..n * channels]);
+                stamps.extend_from_slice(&pull_stamps[..n]);
+            }
+            Err(e) => {
+                return lost(SourceError::Disconnected(format!(
+                    "LSL stream {describe}: {e}"
+                )))
             }
         }
         if !stamps.is_empty() {
             if let Ok(c) = inlet.time_correction(0.0) {
                 correction = c;
             }
-            let now = ::lsl::local_clock();
+            let now = lib.local_clock();
             let on_lsl_clock = |t: f64| (t + correction - now).abs() <= MAX_STAMP_OFFSET_S;
             if stamps.iter().all(|&t| on_lsl_clock(t)) {
                 for t in &mut stamps {
@@ -756,7 +795,7 @@ fn worker(
             // waiting silently: ask the network whether it is still there.
             last_check = Instant::now();
             let q = format!("uid={}", xpath_literal(&uid));
-            match ::lsl::resolve_bypred(&q, 1, RESOLVE_STEP) {
+            match lib.resolve(&q, 1, RESOLVE_STEP) {
                 Ok(found) if found.is_empty() => {
                     return lost(SourceError::Disconnected(format!(
                         "LSL stream {describe} vanished (no data for {:.1} s and no longer on the network)",

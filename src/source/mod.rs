@@ -16,6 +16,7 @@ pub mod serial;
 pub mod serial_ascii;
 pub mod synthetic;
 pub mod timing;
+pub mod usb_serial;
 
 use crate::batch::Marker;
 use crate::clock::Clock;

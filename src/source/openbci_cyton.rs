@@ -409,12 +409,19 @@ impl Cyton {
         {
             Some(b) => b,
             None => {
+                // Is this port the dongle at all? (USB ids from sysfs.)
+                let which = super::usb_serial::dongle_hint(
+                    std::path::Path::new(serial::SYS),
+                    std::path::Path::new(path),
+                )
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
                 return Err(SourceError::Unavailable(format!(
-                    "OpenBCI Cyton on {path}: no answer to the soft reset 'v' within {} s; \
+                    "OpenBCI Cyton on {path}: no answer to the soft reset 'v' within {} s{which}; \
                      is the board switched on (PC position), the dongle switch on GPIO_6, \
                      and are board and dongle on the same radio channel?",
                     RESET_TIMEOUT.as_secs()
-                )))
+                )));
             }
         };
         let banner_daisy = banner.contains("Daisy");

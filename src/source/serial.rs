@@ -2,10 +2,14 @@
 //! a port 8N1 with messages a technician can act on, one bounded read, and
 //! telling an unplugged adapter from a quiet one.
 
-use super::SourceError;
+use super::{usb_serial, SourceError};
 use serialport::{ClearBuffer, DataBits, FlowControl, Parity, SerialPort, StopBits};
 use std::io::ErrorKind;
+use std::path::Path;
 use std::time::Duration;
+
+/// Where sysfs is mounted (USB ids of serial adapters, see [`usb_serial`]).
+pub const SYS: &str = "/sys";
 
 /// Open `path` at `baud`, 8N1 without flow control, reads returning after
 /// `timeout` at the latest; input queued before we listened is dropped
@@ -29,18 +33,22 @@ pub fn open_8n1(
 
 /// A technician's message for a port that would not open.
 pub fn open_error(path: &str, e: &serialport::Error) -> String {
+    // Which USB adapters are there (sysfs), for a port that is not.
+    let present = || usb_serial::present_hint(Path::new(SYS));
     let hint = match e.kind {
-        serialport::ErrorKind::NoDevice => "is the device plugged in? (ls -l /dev/ttyUSB* /dev/ttyACM*)",
+        serialport::ErrorKind::NoDevice => {
+            format!("is the device plugged in? {}", present())
+        }
         serialport::ErrorKind::Io(ErrorKind::NotFound) => {
-            "no such device: is it plugged in, and is the path right? (ls -l /dev/ttyUSB* /dev/ttyACM*)"
+            format!("no such device: is it plugged in, and is the path right? {}", present())
         }
         serialport::ErrorKind::Io(ErrorKind::PermissionDenied) => {
-            "permission denied: add the daemon's user to the dialout group (usermod -aG dialout USER)"
+            "permission denied: add the daemon's user to the dialout group (usermod -aG dialout USER)".into()
         }
         _ if e.description.contains("busy") || e.description.contains("Resource") => {
-            "another program (OpenBCI GUI, a terminal) may hold the port; close it"
+            "another program (OpenBCI GUI, a terminal) may hold the port; close it".into()
         }
-        _ => "check the port path and that no other program uses it",
+        _ => "check the port path and that no other program uses it".into(),
     };
     format!("cannot open serial port {path}: {e} ({hint})")
 }

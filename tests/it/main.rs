@@ -13,6 +13,7 @@
 //! - [`drivers_bflsl`]: BrainFlow's real library and real LSL outlets;
 //! - [`export`]: XDF, EDF+/BDF+ and BIDS exports read back by pyxdf,
 //!   pyedflib, MNE, mne-bids and the BIDS validator.
+//! - [`upgrade`]: a journal of an earlier release opens and grows.
 
 mod uplink_server;
 mod util;
@@ -24,4 +25,5 @@ mod drivers_bflsl;
 mod drivers_serial;
 mod export;
 mod ops;
+mod upgrade;
 mod uplink;

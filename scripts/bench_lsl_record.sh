@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The cost of recording one LSL stream: neuroedge (and LabRecorderCLI when
+# given) side by side, by the method of docs/performance notes in
+# /work/shared/design/labrecorder-comparison.md:
+#
+# - everything LSL in a network namespace of its own (loopback only,
+#   multicast routed to lo; LSLAPICFG = tests/peers/lsl_api.cfg): nothing
+#   reaches a real network;
+# - a pylsl outlet named `bench`, float32, push_chunk every 10 ms: load A
+#   8 ch x 250 Hz, load B 64 ch x 2 kHz; a fresh outlet per run, the
+#   recorder started 3 s later and run alone for SECONDS (default 60);
+# - neuroedge with devices/lsl-eeg.toml (name = "bench", the profile's
+#   default filters and features), stopped by SIGTERM; LabRecorderCLI
+#   `rec.xdf 'name="bench"'`, stopped by Enter on stdin;
+# - CPU = utime + stime (/proc/PID/stat) over the recorder's life, as % of
+#   one core; peak RSS = VmHWM; samples and losses from neuroedge's status
+#   (samples_total, gaps, dropped_samples) / the XDF (pyxdf).
+#
+# Needs root (network namespace), python3 with pylsl (and pyxdf for
+# LabRecorder). Usage:
+#   scripts/bench_lsl_record.sh [--bin target/release/neuroedge] [--seconds 60]
+#       [--loads A,B] [--labrecorder PATH/LabRecorderCLI] [--label TEXT]
+# Prints one table row per (load, recorder).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+BIN=target/release/neuroedge
+SECONDS_RUN=60
+LOADS=A,B
+LABREC=""
+LABEL=neuroedge
+while [ $# -gt 0 ]; do
+  case $1 in
+    --bin) BIN=$2; shift 2 ;;
+    --seconds) SECONDS_RUN=$2; shift 2 ;;
+    --loads) LOADS=$2; shift 2 ;;
+    --labrecorder) LABREC=$2; shift 2 ;;
+    --label) LABEL=$2; shift 2 ;;
+    -h|--help) sed -n 2,25p "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" -eq 0 ] || { echo "needs root (network namespace)" >&2; exit 2; }
+[ -x "$BIN" ] || { echo "no neuroedge binary at $BIN (cargo build --release, or --bin)" >&2; exit 2; }
+BIN=$(realpath "$BIN")
+python3 -c 'import pylsl' 2>/dev/null || { echo "python3 lacks pylsl (pip install pylsl)" >&2; exit 2; }
+
+NS="nebench-$$"
+WORK=$(mktemp -d /tmp/neuroedge-lslbench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ip netns add "$NS"
+ip netns exec "$NS" ip link set lo up
+ip netns exec "$NS" ip link set lo multicast on
+ip netns exec "$NS" ip route add 224.0.0.0/4 dev lo
+export LSLAPICFG=$ROOT/tests/peers/lsl_api.cfg
+
+cat > "$WORK/outlet.py" <<'EOF'
+import sys, time
+import pylsl
+channels, rate = int(sys.argv[1]), float(sys.argv[2])
+info = pylsl.StreamInfo("bench", "EEG", channels, rate, "float32", "bench-src")
+chans = info.desc().append_child("channels")
+for c in range(channels):
+    chans.append_child("channel").append_child_value("label", f"C{c + 1}")
+outlet = pylsl.StreamOutlet(info)
+t0 = pylsl.local_clock()
+sent = 0
+row = [float(c) for c in range(channels)]
+while True:
+    time.sleep(0.01)
+    due = int((pylsl.local_clock() - t0) * rate)
+    if due > sent:
+        outlet.push_chunk([row] * (due - sent))
+        sent = due
+EOF
+
+# utime + stime (clock ticks) of PID.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+HZ=$(getconf CLK_TCK)
+
+printf '%-5s %-28s %10s %12s %10s %6s\n' load recorder "%core" "peakRSS_MB" samples lost
+
+run_neuroedge() { # channels rate
+  local d=$WORK/ne
+  rm -rf "$d"; mkdir -p "$d/devices"
+  cp "$ROOT/config/neuroedge.toml" "$d/neuroedge.toml"
+  sed -i 's#^devices_dir = .*#devices_dir = "devices"#; s#"\.\./var/#"var/#' "$d/neuroedge.toml"
+  sed -e 's/^enabled = false/enabled = true/' -e 's/^# name = .*/name = "bench"/' \
+    "$ROOT/devices/lsl-eeg.toml" > "$d/devices/lsl-eeg.toml"
+  ip netns exec "$NS" "$BIN" run --config "$d/neuroedge.toml" 2>"$d/log" &
+  local pid=$!
+  local t0; t0=$(date +%s.%N)
+  sleep "$SECONDS_RUN"
+  local tk hwm t1 st
+  tk=$(ticks "$pid"); hwm=$(hwm_kb "$pid"); t1=$(date +%s.%N)
+  st=$("$BIN" status --socket "$d/var/run/neuroedge.sock" --json 2>/dev/null || echo '{}')
+  kill -TERM "$pid"; wait "$pid" || true
+  python3 - "$tk" "$HZ" "$t0" "$t1" "$hwm" "$st" "$LABEL" "$LOAD" <<'EOF'
+import json, sys
+tk, hz, t0, t1, hwm, st, label, load = sys.argv[1:]
+cpu = float(tk) / float(hz) / (float(t1) - float(t0)) * 100
+d = next((d for d in json.loads(st).get("devices", []) if d["id"] == "lsl-eeg"), {})
+lost = (d.get("dropped_samples") or 0) + (d.get("gaps") or 0)
+print(f"{load:<5} {label:<28} {cpu:10.2f} {int(hwm) / 1024:12.1f} {d.get('samples_total', 0):>10} {lost:>6}"
+      + ("" if d.get("state") == "streaming" else f"  (state {d.get('state')}: {d.get('last_error')})"))
+EOF
+}
+
+run_labrecorder() {
+  local d=$WORK/lr
+  rm -rf "$d"; mkdir -p "$d"
+  local fifo=$d/stdin; mkfifo "$fifo"
+  ip netns exec "$NS" "$LABREC" "$d/rec.xdf" 'name="bench"' <"$fifo" >"$d/log" 2>&1 &
+  local pid=$!
+  exec 9>"$fifo"
+  local t0; t0=$(date +%s.%N)
+  sleep "$SECONDS_RUN"
+  local tk hwm t1
+  tk=$(ticks "$pid"); hwm=$(hwm_kb "$pid"); t1=$(date +%s.%N)
+  echo >&9; exec 9>&-
+  wait "$pid" || true
+  python3 - "$tk" "$HZ" "$t0" "$t1" "$hwm" "$d/rec.xdf" "$LOAD" <<'EOF'
+import sys
+tk, hz, t0, t1, hwm, xdf, load = sys.argv[1:]
+cpu = float(tk) / float(hz) / (float(t1) - float(t0)) * 100
+try:
+    import pyxdf
+    streams, _ = pyxdf.load_xdf(xdf)
+    n = sum(len(s["time_stamps"]) for s in streams if s["info"]["name"][0] == "bench")
+except Exception as e:
+    n = f"? ({e})"
+print(f"{load:<5} {'LabRecorderCLI':<28} {cpu:10.2f} {int(hwm) / 1024:12.1f} {n:>10} {'-':>6}")
+EOF
+}
+
+for LOAD in ${LOADS//,/ }; do
+  case $LOAD in
+    A) CH=8; RATE=250 ;;
+    B) CH=64; RATE=2000 ;;
+    *) echo "unknown load $LOAD (A or B)" >&2; exit 2 ;;
+  esac
+  recorders=(neuroedge)
+  [ -n "$LABREC" ] && recorders+=(labrecorder)
+  for rec in "${recorders[@]}"; do
+    ip netns exec "$NS" python3 "$WORK/outlet.py" "$CH" "$RATE" &
+    OUTLET=$!
+    PIDS+=("$OUTLET")
+    sleep 3
+    "run_$rec"
+    kill "$OUTLET" 2>/dev/null || true
+    wait "$OUTLET" 2>/dev/null || true
+  done
+done
