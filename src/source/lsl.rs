@@ -23,7 +23,7 @@
 use super::{default_names, Sink, Source, SourceError, StreamInfo};
 use super::{BuildContext, DriverConfig};
 use crate::lsl_ffi::{self, Inlet, LslError};
-use crate::validate::Findings;
+use crate::validate::{self, Findings};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Deserialize;
 use std::collections::VecDeque;
@@ -100,10 +100,11 @@ const SETUP_TIMEOUT: f64 = 2.0;
 const MARKER_HOLD: Duration = Duration::from_millis(60);
 /// A stamp step beyond 1.5 periods plus this is a gap in the stream.
 const GAP_SLACK_S: f64 = 0.1;
-/// Highest nominal rate accepted from a stream's info (Hz), and the most
-/// channel-samples per second: the ring is sized from them, so a stray
-/// stream with a silly rate must not make the daemon allocate gigabytes.
-const MAX_RATE: f64 = 100_000.0;
+/// The most channel-samples per second accepted from a stream's info (the
+/// rate and channel count are bounded like a device file's,
+/// [`validate::MAX_SAMPLE_RATE`] and [`validate::MAX_CHANNELS`]): the ring
+/// is sized from them, so a stray stream with a silly rate must not make
+/// the daemon allocate gigabytes.
 const MAX_CH_SAMPLES_PER_S: f64 = 5_000_000.0;
 /// A corrected stamp further than this from the local clock is not
 /// believed (the inlet buffers at most [`INLET_BUFFER_S`]): the sample is
@@ -618,9 +619,10 @@ fn worker(
              regularly sampled (EEG) stream with a nominal rate"
         ))));
     }
-    if rate > MAX_RATE {
+    if rate > validate::MAX_SAMPLE_RATE {
         return opened(Err(SourceError::Fatal(format!(
-            "LSL stream {describe} states {rate} Hz; neuroedge takes at most {MAX_RATE} Hz"
+            "LSL stream {describe} states {rate} Hz; neuroedge takes at most {} Hz",
+            validate::MAX_SAMPLE_RATE
         ))));
     }
     let format = info.channel_format();
@@ -630,11 +632,12 @@ fn worker(
         ))));
     }
     let channels = match usize::try_from(info.channel_count()) {
-        Ok(n) if (1..=1024).contains(&n) => n,
+        Ok(n) if (1..=validate::MAX_CHANNELS).contains(&n) => n,
         _ => {
             return opened(Err(SourceError::Fatal(format!(
-                "LSL stream {describe} has {} channels (1 to 1024 supported)",
-                info.channel_count()
+                "LSL stream {describe} has {} channels (1 to {} supported)",
+                info.channel_count(),
+                validate::MAX_CHANNELS
             ))))
         }
     };
