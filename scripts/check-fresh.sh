@@ -99,7 +99,10 @@ ok=0
 for _ in $(seq 1 60); do
     sleep 0.5
     if st=$("${ENV[@]}" chroot "$R/root" "$BIN" status --socket "$VAR/run/neuroedge.sock" --json 2>/dev/null); then
-        if echo "$st" | grep -q '"state":"streaming"' && ! echo "$st" | grep -q '"samples_total":0[,}]'; then
+        # Parsed on the host (the fresh system has no Python): the
+        # default synthetic device streams and has samples (the example
+        # devices of devices/ are disabled and stay at 0).
+        if echo "$st" | python3 -c 'import json,sys; d=json.load(sys.stdin)["devices"]; sys.exit(0 if any(x["state"]=="streaming" and x["samples_total"]>0 for x in d) else 1)'; then
             ok=1; break
         fi
     fi
