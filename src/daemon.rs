@@ -102,6 +102,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             reload_tx.send(Command::Reload(Some(reply))).is_ok()
         })),
         control_uids: cfg.daemon.status.control_uids.clone(),
+        subscribers: Default::default(),
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()

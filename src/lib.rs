@@ -78,3 +78,4 @@ pub mod telemetry;
 pub mod units;
 pub mod uplink;
 pub mod validate;
+pub mod view;

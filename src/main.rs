@@ -63,6 +63,18 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// The technician's live view: traces, quality, band powers, journal
+    /// and uplink of each device, in the terminal.
+    Scope {
+        /// Status socket [default: the config's status.socket]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Device to show first [default: the first in the config]
+        #[arg(long, value_name = "ID")]
+        device: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Re-read the device files and apply changes (same as SIGHUP).
     Reload {
         #[arg(long, value_name = "PATH")]
@@ -257,6 +269,17 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
             json,
             watch,
         } => status(socket, &config, json, watch),
+        Command::Scope {
+            socket,
+            device,
+            config,
+        } => {
+            let socket = socket_path(socket, &config)?;
+            neuroedge::control::scope::run(socket, device).map_err(|e| match e {
+                neuroedge::control::scope::ScopeError::NotATerminal => usage(e.to_string()),
+                other => Fail(1, other.to_string()),
+            })
+        }
         Command::Mark {
             device,
             text,

@@ -13,6 +13,7 @@ use crate::journal::JournalTx;
 use crate::ring::{Block, Consumer};
 use crate::stream::StreamInfo;
 use crate::telemetry::{DeviceStats, QualitySnapshot};
+use crate::view::ViewWriter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -178,6 +179,9 @@ pub struct Processing {
     pub backpressure: bool,
     pub markers: crossbeam_channel::Receiver<Marker>,
     pub stats: Arc<DeviceStats>,
+    /// The live view for socket subscribers (folds nothing while nobody
+    /// subscribed; never waits).
+    pub view: ViewWriter,
 }
 
 struct Batcher {
@@ -318,6 +322,7 @@ impl Processing {
         let out = &mut filtered[..raw.len()];
         self.filters.process(raw, out);
         let ts = block.timestamps();
+        self.view.push(first, raw, out, ts);
         self.features.push(raw, out, ts, &self.stats);
         let mut k = 0;
         while k < n {
@@ -445,6 +450,7 @@ mod tests {
             backpressure: false,
             markers: mrx,
             stats: stats.clone(),
+            view: ViewWriter::new(crate::view::View::new("d", RATE, &info.channel_names, "uV")),
         };
         let h = std::thread::spawn(move || p.run(consumer));
         (producer, h, rx, mtx, stats)

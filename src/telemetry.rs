@@ -99,6 +99,9 @@ pub struct DeviceStats {
     pub last_error: Mutex<Option<String>>,
     pub channel_names: Mutex<Vec<String>>,
     pub features: Mutex<FeatureSnapshot>,
+    /// The live view of the device's current run (set when its pipeline
+    /// starts; read by `subscribe`).
+    view: Mutex<Option<Arc<crate::view::View>>>,
 }
 
 impl DeviceStats {
@@ -128,6 +131,7 @@ impl DeviceStats {
             last_error: Mutex::new(None),
             channel_names: Mutex::new(Vec::new()),
             features: Mutex::new(FeatureSnapshot::default()),
+            view: Mutex::new(None),
         }
     }
 
@@ -152,6 +156,16 @@ impl DeviceStats {
     pub fn next_sample(&self) -> Option<u64> {
         let n = self.next_sample.load(Ordering::Relaxed);
         (n != u64::MAX).then_some(n)
+    }
+
+    /// Publish the live view of a new pipeline (the runner, once per run).
+    pub fn set_view(&self, v: Option<Arc<crate::view::View>>) {
+        *crate::sync::lock(&self.view) = v;
+    }
+
+    /// The live view, once the device has reported its layout.
+    pub fn view(&self) -> Option<Arc<crate::view::View>> {
+        crate::sync::lock(&self.view).clone()
     }
 
     pub fn last_error(&self) -> Option<String> {

@@ -497,6 +497,7 @@ mod tests {
             uplink: Arc::new(UplinkShared::disabled()),
             reload: None,
             control_uids: Vec::new(),
+            subscribers: Default::default(),
         })
     }
 

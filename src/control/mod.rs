@@ -1,11 +1,15 @@
 //! The local status socket (contract §5): one request line in, one JSON
-//! line out. Reads shared counters only; never blocks the data path.
+//! line out; `subscribe` turns the connection into a stream of JSON lines
+//! (contract §12, [`subscribe`]). Reads shared counters and the devices'
+//! live views only; never blocks the data path.
 
 pub mod client;
 pub mod metrics;
 pub mod protocol;
 pub mod report;
+pub mod scope;
 pub mod status;
+pub mod subscribe;
 
 pub use status::DaemonState;
 
@@ -162,6 +166,16 @@ async fn handle(stream: UnixStream, state: Arc<DaemonState>) -> std::io::Result<
             ),
             Ok(()) => match protocol::parse(&buf) {
                 Ok(None) => continue,
+                Ok(Some(protocol::Request::Subscribe {
+                    device,
+                    signal,
+                    hz,
+                })) => {
+                    match subscribe::stream(&state, &device, signal, hz, &mut rd, &mut wr).await? {
+                        subscribe::Outcome::Refused(reply) => reply,
+                        subscribe::Outcome::Done => return Ok(()),
+                    }
+                }
                 Ok(Some(req)) => state.answer_async(&req, peer_uid).await,
                 Err(e) => protocol::error_reply(&e.message, &e.hint),
             },

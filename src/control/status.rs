@@ -33,6 +33,8 @@ pub struct DaemonState {
     pub reload: Option<ReloadFn>,
     /// Uids allowed to change things besides root and the daemon's own.
     pub control_uids: Vec<u32>,
+    /// The `subscribe` streams being served.
+    pub subscribers: super::subscribe::SubscriberSlots,
 }
 
 /// How long `reload` waits for the supervisor before answering.
@@ -193,6 +195,10 @@ impl DaemonState {
             Request::Reload => error_reply(
                 "reload is answered asynchronously",
                 "send it over the status socket",
+            ),
+            Request::Subscribe { .. } => error_reply(
+                "subscribe is a stream",
+                "send it over the status socket, which then carries its lines",
             ),
         }
     }

@@ -168,6 +168,8 @@ fn start_pipe(
     stats.sample_rate.store(rate);
     stats.channels.store(info.channels, Ordering::Relaxed);
     crate::sync::lock(&stats.channel_names).clone_from(&info.channel_names);
+    let view = crate::view::View::new(&cfg.id, rate, &info.channel_names, &cfg.channels.units);
+    stats.set_view(Some(view.clone()));
     let processing = Processing {
         device_id: cfg.id.clone(),
         info: info.clone(),
@@ -182,6 +184,7 @@ fn start_pipe(
         backpressure: cfg.connection.can_wait(),
         markers,
         stats: stats.clone(),
+        view: crate::view::ViewWriter::new(view),
     };
     let processing = std::thread::Builder::new()
         .name(format!("dsp-{}", cfg.id))

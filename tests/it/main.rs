@@ -14,6 +14,8 @@
 //! - [`export`]: XDF, EDF+/BDF+ and BIDS exports read back by pyxdf,
 //!   pyedflib, MNE, mne-bids and the BIDS validator.
 //! - [`upgrade`]: a journal of an earlier release opens and grows.
+//! - [`scope`]: `subscribe` read by a Python client against the journal,
+//!   and `neuroedge scope` driven under tmux.
 
 mod uplink_server;
 mod util;
@@ -25,5 +27,6 @@ mod drivers_bflsl;
 mod drivers_serial;
 mod export;
 mod ops;
+mod scope;
 mod upgrade;
 mod uplink;

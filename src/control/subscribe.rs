@@ -1,0 +1,803 @@
+//! `subscribe DEVICE [raw|filtered] [hz N]` (contract §12): a device's
+//! min/max envelope as JSON lines, for `neuroedge scope` and any client.
+//!
+//! Replies: one header line
+//!
+//! ```text
+//! {"device":"eeg-1","signal":"filtered","channels":8,"channel_names":[...],
+//!  "sample_rate":250.0,"units":"uV","decimation":10,"hz":30}
+//! ```
+//!
+//! then one line per frame of the view: `decimation` consecutive samples
+//! (fewer when a gap ends a frame early), per channel their minimum and
+//! maximum (so a one-sample spike still shows), `t` the unix time of the
+//! last sample covered, `i` the index of the first (journal-wide, as a
+//! batch's `first_sample`) and `n` how many:
+//!
+//! ```text
+//! {"t":1718000000.512,"i":12340,"n":10,"min":[...],"max":[...]}
+//! ```
+//!
+//! Frames follow each other without loss or overlap; when samples between
+//! two frames are not shown, the later frame says how many (`skipped`) and
+//! why (`cause`: `gap`, the recording itself lacks them; `lag`, this client
+//! fell more than the view buffer behind). At most `hz` lines go out in
+//! any second. The stream ends with an `{"end": ...}` line when the
+//! device's run ends (device stopped or reloaded, daemon stopping).
+//!
+//! The lines come from the device's [`View`] (see [`crate::view`]), which
+//! the processing stage fills without waiting; this side only reads it.
+//! Each client has a bounded send buffer and is written to without
+//! waiting: a client that does not keep up (more than a second of lines
+//! waiting beyond the socket's own buffer) is disconnected.
+
+use crate::telemetry::DeviceState;
+use crate::view::{BinMeta, Read, Signal, View};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::protocol::error_reply;
+use super::DaemonState;
+
+/// Subscriptions served at once (the socket's other commands keep the
+/// remaining connection slots).
+pub const MAX_SUBSCRIBERS: usize = 64;
+/// The kernel's send buffer of a subscribed connection: small, so that a
+/// client that stops reading is noticed in seconds, not minutes.
+const SOCKET_SNDBUF: usize = 32 * 1024;
+/// How often the stream checks that its device still runs this view.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Counts the subscriptions being served.
+#[derive(Default)]
+pub struct SubscriberSlots(AtomicUsize);
+
+impl SubscriberSlots {
+    fn take(&self) -> Option<SlotGuard<'_>> {
+        let mut n = self.0.load(Ordering::Relaxed);
+        loop {
+            if n >= MAX_SUBSCRIBERS {
+                return None;
+            }
+            match self
+                .0
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(SlotGuard(&self.0)),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// Subscriptions being served now.
+    pub fn active(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct SlotGuard<'a>(&'a AtomicUsize);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Samples per frame for a view at `hz` lines per second: a whole number
+/// of the view's bins, as few as keep the frame rate at or below `hz`.
+pub fn decimation(view: &View, hz: u32) -> usize {
+    let bin = view.bin_samples.max(1);
+    let rate = view.sample_rate;
+    if !(rate.is_finite() && rate > 0.0) {
+        return bin;
+    }
+    let bins_per_s = rate / bin as f64;
+    let k = (bins_per_s / hz.max(1) as f64).ceil().max(1.0) as usize;
+    k * bin
+}
+
+/// The header line of a subscription, as sent and as clients read it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HeaderLine {
+    pub device: String,
+    pub signal: Signal,
+    pub channels: usize,
+    pub channel_names: Vec<String>,
+    pub sample_rate: f64,
+    pub units: String,
+    /// Samples per frame (fewer when a gap ends a frame early).
+    pub decimation: usize,
+    /// At most this many lines per second.
+    pub hz: u32,
+}
+
+/// A frame line as clients read it (sent by [`write_frame`]).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct FrameLine {
+    /// Unix time of the last sample covered.
+    pub t: f64,
+    /// Sample index of the first sample covered.
+    pub i: u64,
+    /// Samples covered.
+    pub n: u64,
+    /// Per channel; `None` where the samples were not numbers.
+    pub min: Vec<Option<f32>>,
+    pub max: Vec<Option<f32>>,
+    #[serde(default)]
+    pub skipped: u64,
+    #[serde(default)]
+    pub cause: Option<String>,
+}
+
+/// The header line of a subscription.
+pub fn header(view: &View, signal: Signal, hz: u32, decimation: usize) -> HeaderLine {
+    HeaderLine {
+        device: view.device_id.clone(),
+        signal,
+        channels: view.channels,
+        channel_names: view.channel_names.clone(),
+        sample_rate: view.sample_rate,
+        units: view.units.clone(),
+        decimation,
+        hz,
+    }
+}
+
+/// Why samples between two frames are not shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// The recording lacks them (a device, overflow or journal gap).
+    Gap,
+    /// This client fell behind the view buffer.
+    Lag,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Gap => "gap",
+            Skip::Lag => "lag",
+        }
+    }
+}
+
+/// A finished frame (its values are the builder's [`FrameBuilder::min`]
+/// and [`FrameBuilder::max`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameMeta {
+    pub first: u64,
+    pub len: u64,
+    pub t: f64,
+    /// Samples between the previous frame and this one not shown.
+    pub skipped: u64,
+    pub cause: Option<Skip>,
+}
+
+/// Folds the view's bins into frames of `decimation` samples for one
+/// client. Allocates only in [`FrameBuilder::new`].
+pub struct FrameBuilder {
+    view: Arc<View>,
+    signal: Signal,
+    decimation: u64,
+    /// Next bin to read.
+    cursor: u64,
+    /// A bin already read that starts the next frame (after a gap).
+    held: Option<BinMeta>,
+    first: u64,
+    len: u64,
+    t: f64,
+    min: Vec<f32>,
+    max: Vec<f32>,
+    bin_min: Vec<f32>,
+    bin_max: Vec<f32>,
+    /// End (exclusive sample index) of the previous frame sent.
+    prev_end: Option<u64>,
+    lagged: bool,
+}
+
+impl FrameBuilder {
+    /// Start at the next bin the view publishes.
+    pub fn new(view: Arc<View>, signal: Signal, decimation: usize) -> Self {
+        let ch = view.channels;
+        FrameBuilder {
+            cursor: view.head(signal),
+            view,
+            signal,
+            decimation: decimation.max(1) as u64,
+            held: None,
+            first: 0,
+            len: 0,
+            t: 0.0,
+            min: vec![0.0; ch],
+            max: vec![0.0; ch],
+            bin_min: vec![0.0; ch],
+            bin_max: vec![0.0; ch],
+            prev_end: None,
+            lagged: false,
+        }
+    }
+
+    pub fn min(&self) -> &[f32] {
+        &self.min
+    }
+
+    pub fn max(&self) -> &[f32] {
+        &self.max
+    }
+
+    /// The next complete frame, if the view has published its samples.
+    pub fn next_frame(&mut self) -> Option<FrameMeta> {
+        loop {
+            let bin = match self.held.take() {
+                Some(b) => b,
+                None => match self.view.read(
+                    self.signal,
+                    self.cursor,
+                    &mut self.bin_min,
+                    &mut self.bin_max,
+                ) {
+                    Read::NotYet => return None,
+                    Read::Lost => {
+                        // Fell behind: what was folded so far is incomplete;
+                        // continue live from the newest bin.
+                        self.len = 0;
+                        self.lagged = true;
+                        let bins = self.decimation.div_ceil(self.view.bin_samples.max(1) as u64);
+                        self.cursor = self.view.head(self.signal).saturating_sub(bins);
+                        continue;
+                    }
+                    Read::Bin(b) => {
+                        self.cursor += 1;
+                        b
+                    }
+                },
+            };
+            if self.len > 0 && bin.first != self.first + self.len {
+                // A gap ends this frame; the bin starts the next one.
+                self.held = Some(bin);
+                return Some(self.finish());
+            }
+            if self.len == 0 {
+                self.first = bin.first;
+                self.min.copy_from_slice(&self.bin_min);
+                self.max.copy_from_slice(&self.bin_max);
+            } else {
+                for (m, b) in self.min.iter_mut().zip(&self.bin_min) {
+                    *m = m.min(*b);
+                }
+                for (m, b) in self.max.iter_mut().zip(&self.bin_max) {
+                    *m = m.max(*b);
+                }
+            }
+            self.len += u64::from(bin.len);
+            self.t = bin.t;
+            if self.len >= self.decimation {
+                return Some(self.finish());
+            }
+        }
+    }
+
+    fn finish(&mut self) -> FrameMeta {
+        let skipped = self
+            .prev_end
+            .map_or(0, |end| self.first.saturating_sub(end));
+        let cause = if self.lagged {
+            Some(Skip::Lag)
+        } else if skipped > 0 {
+            Some(Skip::Gap)
+        } else {
+            None
+        };
+        let meta = FrameMeta {
+            first: self.first,
+            len: self.len,
+            t: self.t,
+            skipped,
+            cause,
+        };
+        self.prev_end = Some(self.first + self.len);
+        self.lagged = false;
+        self.len = 0;
+        meta
+    }
+
+    /// Has the view's writer ended and every bin been read?
+    pub fn exhausted(&self) -> bool {
+        self.held.is_none()
+            && self.view.is_closed()
+            && self.cursor >= self.view.head(self.signal)
+    }
+}
+
+/// Append one frame line (JSON, newline-terminated) to `out`.
+pub fn write_frame(out: &mut Vec<u8>, m: &FrameMeta, min: &[f32], max: &[f32]) {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        t: f64,
+        i: u64,
+        n: u64,
+        // serde_json writes non-finite floats (a bin of NaN samples) as null.
+        min: &'a [f32],
+        max: &'a [f32],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        skipped: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cause: Option<&'static str>,
+    }
+    let line = Line {
+        t: m.t,
+        i: m.first,
+        n: m.len,
+        min,
+        max,
+        skipped: m.cause.map(|_| m.skipped),
+        cause: m.cause.map(Skip::as_str),
+    };
+    // Writing into a Vec cannot fail, and these types always serialize.
+    if serde_json::to_writer(&mut *out, &line).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+/// At most `hz` lines in any one-second window.
+pub struct RateCap {
+    hz: usize,
+    sent: VecDeque<Instant>,
+}
+
+impl RateCap {
+    pub fn new(hz: u32) -> Self {
+        let hz = hz.max(1) as usize;
+        RateCap {
+            hz,
+            sent: VecDeque::with_capacity(hz),
+        }
+    }
+
+    /// May a line go out at `now`?
+    pub fn ready(&self, now: Instant) -> bool {
+        self.sent.len() < self.hz
+            || self
+                .sent
+                .front()
+                .is_some_and(|&oldest| now.duration_since(oldest) >= Duration::from_secs(1))
+    }
+
+    /// A line went out at `now`.
+    pub fn record(&mut self, now: Instant) {
+        if self.sent.len() == self.hz {
+            self.sent.pop_front();
+        }
+        self.sent.push_back(now);
+    }
+
+    /// [`RateCap::ready`], then [`RateCap::record`] when yes.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        let ok = self.ready(now);
+        if ok {
+            self.record(now);
+        }
+        ok
+    }
+}
+
+/// A client's send buffer: written without waiting, bounded in lines.
+struct Outbox {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    written: usize,
+    /// Lengths of the lines in `buf` not completely written, oldest first.
+    lines: VecDeque<usize>,
+    /// Bytes of the front line already written.
+    front_written: usize,
+    max_lines: usize,
+}
+
+enum Flush {
+    Ok,
+    /// The client does not keep up: too many lines wait.
+    TooSlow,
+    Gone(std::io::Error),
+}
+
+impl Outbox {
+    fn new(max_lines: usize) -> Self {
+        Outbox {
+            buf: Vec::with_capacity(16 * 1024),
+            written: 0,
+            lines: VecDeque::with_capacity(max_lines + 1),
+            front_written: 0,
+            max_lines,
+        }
+    }
+
+    /// Append the bytes pushed to `buf` since `start` as one line.
+    fn committed(&mut self, start: usize) {
+        let len = self.buf.len() - start;
+        if len > 0 {
+            self.lines.push_back(len);
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Write what the socket takes now; never waits.
+    fn flush(&mut self, wr: &OwnedWriteHalf) -> Flush {
+        while self.written < self.buf.len() {
+            match wr.try_write(&self.buf[self.written..]) {
+                Ok(0) => {
+                    return Flush::Gone(std::io::ErrorKind::WriteZero.into());
+                }
+                Ok(mut n) => {
+                    self.written += n;
+                    while let Some(&front) = self.lines.front() {
+                        let rest = front - self.front_written;
+                        if n >= rest {
+                            n -= rest;
+                            self.front_written = 0;
+                            self.lines.pop_front();
+                        } else {
+                            self.front_written += n;
+                            break;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Flush::Gone(e),
+            }
+        }
+        if self.written == self.buf.len() {
+            self.buf.clear();
+            self.written = 0;
+        } else if self.written > 64 * 1024 {
+            self.buf.drain(..self.written);
+            self.written = 0;
+        }
+        if self.waiting() > self.max_lines {
+            Flush::TooSlow
+        } else {
+            Flush::Ok
+        }
+    }
+}
+
+/// How a subscription request ended.
+pub enum Outcome {
+    /// Refused before streaming (unknown device, ...): the reply to send;
+    /// the connection stays usable.
+    Refused(Value),
+    /// Streamed until the client closed, was too slow, or the device's
+    /// run ended: close the connection.
+    Done,
+}
+
+/// Serve a subscription on this connection.
+pub async fn stream(
+    state: &DaemonState,
+    device: &str,
+    signal: Signal,
+    hz: u32,
+    rd: &mut BufReader<OwnedReadHalf>,
+    wr: &mut OwnedWriteHalf,
+) -> std::io::Result<Outcome> {
+    let Some(_slot) = state.subscribers.take() else {
+        return Ok(Outcome::Refused(error_reply(
+            &format!("too many subscribers ({MAX_SUBSCRIBERS} at most)"),
+            "close another `neuroedge scope` or subscriber and try again",
+        )));
+    };
+    let view = match wait_for_view(state, device, rd).await? {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(Outcome::Done),
+        Err(refusal) => return Ok(Outcome::Refused(refusal)),
+    };
+    set_send_buffer(wr);
+    let subscription = view.subscribe(signal);
+    let dec = decimation(&view, hz);
+    let mut frames = FrameBuilder::new(view.clone(), signal, dec);
+    let mut out = Outbox::new(hz as usize);
+    let start = out.buf.len();
+    if serde_json::to_writer(&mut out.buf, &header(&view, signal, hz, dec)).is_ok() {
+        out.buf.push(b'\n');
+    }
+    out.committed(start);
+    let mut cap = RateCap::new(hz);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(hz.max(1))));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut checked = Instant::now();
+    let end = loop {
+        if let Flush::TooSlow | Flush::Gone(_) = flush_or_report(&mut out, wr, &view, signal) {
+            break None;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = rd.fill_buf() => {
+                // The client talks while streaming: ignore it; end on close.
+                match r {
+                    Ok([]) | Err(_) => break None,
+                    Ok(b) => {
+                        let n = b.len();
+                        rd.consume(n);
+                        continue;
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        while cap.ready(now) {
+            let Some(m) = frames.next_frame() else { break };
+            cap.record(now);
+            let start = out.buf.len();
+            write_frame(&mut out.buf, &m, frames.min(), frames.max());
+            out.committed(start);
+        }
+        if frames.exhausted() {
+            break Some("the device's run ended (device stopped, reloaded or neuroedge stopping)");
+        }
+        if now.duration_since(checked) >= RECHECK {
+            checked = now;
+            if !runs_view(state, device, &view) {
+                break Some("the device was restarted or removed");
+            }
+        }
+    };
+    drop(subscription);
+    if let Some(why) = end {
+        let start = out.buf.len();
+        if serde_json::to_writer(
+            &mut out.buf,
+            &json!({"end": why, "hint": "subscribe again"}),
+        )
+        .is_ok()
+        {
+            out.buf.push(b'\n');
+        }
+        out.committed(start);
+        // A last try; the client is not waited for.
+        let _ = out.flush(wr);
+    }
+    Ok(Outcome::Done)
+}
+
+fn flush_or_report(out: &mut Outbox, wr: &OwnedWriteHalf, view: &View, signal: Signal) -> Flush {
+    let r = out.flush(wr);
+    match &r {
+        Flush::Ok => {}
+        Flush::TooSlow => tracing::info!(
+            device = %view.device_id,
+            signal = signal.as_str(),
+            waiting_lines = out.waiting(),
+            "subscriber does not keep up: disconnected"
+        ),
+        Flush::Gone(e) => {
+            tracing::debug!(device = %view.device_id, error = %e, "subscriber went away")
+        }
+    }
+    r
+}
+
+/// Is `view` still the live view of `device`?
+fn runs_view(state: &DaemonState, device: &str, view: &Arc<View>) -> bool {
+    state
+        .devices
+        .devices()
+        .iter()
+        .find(|d| d.id == device)
+        .and_then(|d| d.view())
+        .is_some_and(|v| Arc::ptr_eq(&v, view))
+}
+
+/// The device's view; waits while the device is still connecting (its
+/// layout is not known yet). `Ok(None)`: the client left meanwhile.
+async fn wait_for_view(
+    state: &DaemonState,
+    device: &str,
+    rd: &mut BufReader<OwnedReadHalf>,
+) -> std::io::Result<Result<Option<Arc<View>>, Value>> {
+    loop {
+        let devices = state.devices.devices();
+        let Some(d) = devices.iter().find(|d| d.id == device) else {
+            let known: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+            return Ok(Err(error_reply(
+                &format!("no device {device:?}"),
+                &format!("devices: {}", known.join(", ")),
+            )));
+        };
+        if let Some(v) = d.view().filter(|v| !v.is_closed()) {
+            return Ok(Ok(Some(v)));
+        }
+        match d.state() {
+            DeviceState::Disabled => {
+                return Ok(Err(error_reply(
+                    &format!("device {device:?} is disabled"),
+                    "set enabled = true in its device file, then `neuroedge reload`",
+                )))
+            }
+            DeviceState::Error => {
+                return Ok(Err(error_reply(
+                    &format!(
+                        "device {device:?} is in error: {}",
+                        d.last_error().unwrap_or_default()
+                    ),
+                    "fix the device (see `neuroedge status`), then `neuroedge reload`",
+                )))
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            r = rd.fill_buf() => match r {
+                Ok([]) | Err(_) => return Ok(Ok(None)),
+                Ok(b) => { let n = b.len(); rd.consume(n); }
+            }
+        }
+    }
+}
+
+/// A small kernel send buffer, so a stalled client is noticed soon.
+fn set_send_buffer(wr: &OwnedWriteHalf) {
+    let stream: &tokio::net::UnixStream = wr.as_ref();
+    if let Err(e) = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::SndBuf, &SOCKET_SNDBUF)
+    {
+        tracing::debug!(error = %e, "cannot shrink a subscriber's send buffer");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::ViewWriter;
+
+    fn view(rate: f64, channels: usize) -> (Arc<View>, ViewWriter) {
+        let names: Vec<String> = (0..channels).map(|i| format!("c{i}")).collect();
+        let v = View::new("d", rate, &names, "uV");
+        let w = ViewWriter::new(v.clone());
+        (v, w)
+    }
+
+    /// Push frames `first..first+n`: channel 0 = index, channel 1 = -index.
+    fn push(w: &mut ViewWriter, first: u64, n: usize) {
+        let mut d = Vec::new();
+        let mut t = Vec::new();
+        for i in first..first + n as u64 {
+            d.extend([i as f32, -(i as f32)]);
+            t.push(i as f64);
+        }
+        w.push(first, &d, &d, &t);
+    }
+
+    #[test]
+    fn decimation_keeps_the_frame_rate_at_or_below_hz() {
+        for (rate, hz, want) in [
+            (250.0, 30, 10),
+            (250.0, 60, 6),
+            (250.0, 1, 250),
+            (30_000.0, 30, 1000),
+            (30_000.0, 60, 500),
+            (30_000.0, 7, 4500),
+            (100.0, 30, 4),
+            (10.0, 30, 1),
+        ] {
+            let (v, _) = view(rate, 1);
+            let d = decimation(&v, hz);
+            assert_eq!(d, want, "{rate} Hz at {hz}");
+            assert_eq!(d % v.bin_samples, 0);
+            assert!(rate / d as f64 <= hz as f64 + 1e-9);
+        }
+    }
+
+    #[test]
+    fn frames_tile_the_samples_and_name_what_they_skip() {
+        // 1000 Hz: bins of 8; 30 lines/s: frames of 5 bins = 40 samples.
+        let (v, mut w) = view(1000.0, 2);
+        let _sub = v.subscribe(Signal::Raw);
+        let mut fb = FrameBuilder::new(v.clone(), Signal::Raw, decimation(&v, 30));
+        assert_eq!(fb.decimation, 40);
+        push(&mut w, 0, 100);
+        let f = fb.next_frame().unwrap();
+        assert_eq!((f.first, f.len, f.t, f.skipped, f.cause), (0, 40, 39.0, 0, None));
+        assert_eq!((fb.min()[0], fb.max()[0]), (0.0, 39.0));
+        assert_eq!((fb.min()[1], fb.max()[1]), (-39.0, 0.0));
+        let f = fb.next_frame().unwrap();
+        assert_eq!((f.first, f.len), (40, 40));
+        assert_eq!(fb.next_frame(), None, "80..96 published, not a whole frame");
+        // A gap of 50: the frame in progress ends at it (with the open bin
+        // 96..100), the next says what is missing.
+        push(&mut w, 150, 100);
+        let f = fb.next_frame().unwrap();
+        assert_eq!((f.first, f.len, f.skipped), (80, 20, 0));
+        assert_eq!((fb.min()[0], fb.max()[0]), (80.0, 99.0));
+        let f = fb.next_frame().unwrap();
+        assert_eq!((f.first, f.len, f.skipped, f.cause), (150, 40, 50, Some(Skip::Gap)));
+        let f = fb.next_frame().unwrap();
+        assert_eq!((f.first, f.skipped, f.cause), (190, 0, None));
+        // Falling a whole ring behind: the next frame says so.
+        let slots = v.slots();
+        push(&mut w, 250, slots * 8 + 200);
+        let f = fb.next_frame().unwrap();
+        assert_eq!(f.cause, Some(Skip::Lag));
+        assert!(f.first > 250 && f.skipped == f.first - 230, "{f:?}");
+        drop(w);
+        while fb.next_frame().is_some() {}
+        assert!(fb.exhausted());
+    }
+
+    #[test]
+    fn frame_lines_are_json_with_null_for_non_finite() {
+        let mut out = Vec::new();
+        let m = FrameMeta {
+            first: 5,
+            len: 2,
+            t: 1.5,
+            skipped: 3,
+            cause: Some(Skip::Gap),
+        };
+        write_frame(&mut out, &m, &[1.25, f32::NAN], &[2.5, f32::INFINITY]);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"t": 1.5, "i": 5, "n": 2, "min": [1.25, null], "max": [2.5, null], "skipped": 3, "cause": "gap"})
+        );
+        out.clear();
+        let typed: FrameLine = serde_json::from_slice(&out).unwrap();
+        assert_eq!((typed.min[1], typed.skipped), (None, 3));
+        out.clear();
+        write_frame(&mut out, &FrameMeta { cause: None, ..m }, &[0.1], &[0.2]);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert!(v.get("skipped").is_none());
+        // f32 printed shortest: parses back to the same f32.
+        assert_eq!(v["min"][0].as_f64().unwrap() as f32, 0.1f32);
+    }
+
+    #[test]
+    fn rate_cap_allows_hz_lines_in_any_second() {
+        let mut cap = RateCap::new(3);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(cap.admit(at(0)));
+        assert!(cap.admit(at(10)));
+        assert!(cap.admit(at(20)));
+        assert!(!cap.admit(at(999)));
+        assert!(cap.admit(at(1000)));
+        assert!(!cap.admit(at(1005)));
+        assert!(cap.admit(at(1010)));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_not_waited_for() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ard, awr) = a.into_split();
+        set_send_buffer(&awr);
+        let mut out = Outbox::new(30);
+        let line = vec![b'x'; 300];
+        let started = Instant::now();
+        let mut dropped = false;
+        for _ in 0..10_000 {
+            let s = out.buf.len();
+            out.buf.extend_from_slice(&line);
+            out.buf.push(b'\n');
+            out.committed(s);
+            match out.flush(&awr) {
+                Flush::Ok => {}
+                Flush::TooSlow => {
+                    dropped = true;
+                    break;
+                }
+                Flush::Gone(e) => panic!("{e}"),
+            }
+        }
+        assert!(dropped, "never noticed the stalled client");
+        assert!(started.elapsed() < Duration::from_secs(1), "it waited");
+        assert_eq!(out.waiting(), 31);
+        drop(b);
+    }
+}
