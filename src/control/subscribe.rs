@@ -510,7 +510,13 @@ pub async fn stream(
     }
     out.committed(start);
     let mut cap = RateCap::new(hz);
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(hz.max(1))));
+    // Ticks on a grid shared by every subscriber at this rate (counted
+    // from the daemon's start): twenty subscribers wake the runtime once
+    // per tick, not twenty times.
+    let period = Duration::from_secs_f64(1.0 / f64::from(hz.max(1)));
+    let ticks_so_far = (state.started.elapsed().as_secs_f64() / period.as_secs_f64()).ceil();
+    let first_tick = state.started + period.mul_f64(ticks_so_far);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(first_tick), period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut checked = Instant::now();
     let end = loop {

@@ -208,6 +208,15 @@ impl App {
                     // The first device (or the named one vanished).
                     let first = ids.first().cloned();
                     if first != self.device {
+                        if let (Some(asked), Some(shown)) = (&self.device, &first) {
+                            self.message = Some(Message {
+                                text: format!(
+                                    "no device {asked:?} in this daemon (devices: {}); showing {shown}",
+                                    ids.join(", ")
+                                ),
+                                error: true,
+                            });
+                        }
                         self.device = first;
                         self.reset_view();
                         return self.subscribe_action().into_iter().collect();
