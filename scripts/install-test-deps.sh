@@ -11,7 +11,8 @@ set -euo pipefail
 # the audit table, faketime (libfaketime) to step the daemon's wall clock
 # in the clock-step test, debootstrap for the fresh-machine and package
 # checks' chroot (scripts/check-fresh.sh, scripts/check-deb.sh), lintian
-# for the package (about 1 min and 60 MB of packages on a fresh machine).
+# for the package (about 1 min and 60 MB of packages on a fresh machine),
+# tmux to drive `neuroedge scope` in a real terminal (under 1 MB, a second).
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v mount >/dev/null || need_apt+=(mount)
@@ -22,6 +23,7 @@ ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || need_apt+=(faketime
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v lintian >/dev/null || need_apt+=(lintian)
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
+command -v tmux >/dev/null || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   SUDO=""
