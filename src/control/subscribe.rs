@@ -753,7 +753,6 @@ mod tests {
             v,
             json!({"t": 1.5, "i": 5, "n": 2, "min": [1.25, null], "max": [2.5, null], "skipped": 3, "cause": "gap"})
         );
-        out.clear();
         let typed: FrameLine = serde_json::from_slice(&out).unwrap();
         assert_eq!((typed.min[1], typed.skipped), (None, 3));
         out.clear();
