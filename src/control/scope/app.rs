@@ -535,9 +535,9 @@ pub(crate) mod tests {
 
     #[test]
     fn the_first_report_picks_the_first_device_and_subscribes() {
-        use QualityStatus::Ok;
+        const OK: QualityStatus = QualityStatus::Ok;
         let mut app = App::new("/s", None);
-        let a = app.on_status(Ok(report(vec![device("a", &[Ok]), device("b", &[Ok])])));
+        let a = app.on_status(Ok(report(vec![device("a", &[OK]), device("b", &[OK])])));
         assert_eq!(
             a,
             [Action::Subscribe {
@@ -548,11 +548,11 @@ pub(crate) mod tests {
         // The daemon goes away and comes back: subscribe again.
         assert!(app.on_status(Err("gone".into())).is_empty());
         assert_eq!(app.link, Link::Reconnecting("gone".into()));
-        let a = app.on_status(Ok(report(vec![device("a", &[Ok])])));
+        let a = app.on_status(Ok(report(vec![device("a", &[OK])])));
         assert_eq!(a.len(), 1);
         // A named device is kept.
         let mut app = App::new("/s", Some("b".into()));
-        let a = app.on_status(Ok(report(vec![device("a", &[Ok]), device("b", &[Ok])])));
+        let a = app.on_status(Ok(report(vec![device("a", &[OK]), device("b", &[OK])])));
         assert_eq!(
             a,
             [Action::Subscribe {
@@ -564,9 +564,9 @@ pub(crate) mod tests {
 
     #[test]
     fn keys_switch_devices_pages_signal_pause_and_scale() {
-        use QualityStatus::Ok;
+        const OK: QualityStatus = QualityStatus::Ok;
         let mut app = App::new("/s", None);
-        app.on_status(Ok(report(vec![device("a", &[Ok]), device("b", &[Ok])])));
+        app.on_status(Ok(report(vec![device("a", &[OK]), device("b", &[OK])])));
         app.on_header(header("a", 20));
         app.per_page = 8;
         assert_eq!(app.page(), (1, 3));
@@ -635,9 +635,9 @@ pub(crate) mod tests {
 
     #[test]
     fn the_mark_prompt_takes_text_and_sends_it() {
-        use QualityStatus::Ok;
+        const OK: QualityStatus = QualityStatus::Ok;
         let mut app = App::new("/s", None);
-        app.on_status(Ok(report(vec![device("a", &[Ok])])));
+        app.on_status(Ok(report(vec![device("a", &[OK])])));
         app.on_key(key(KeyCode::Char('m')));
         assert_eq!(app.prompt.as_deref(), Some(""));
         for c in "eyes  closedx".chars() {
