@@ -268,7 +268,8 @@ impl Tmux {
             line.contains("icanon") && !line.contains("-icanon") && !line.contains("-echo"),
             "terminal left in raw mode: {line}"
         );
-        self.keys(&["C-l"]);
+        // A clean slate for the next run (sh does not clear on Ctrl-L).
+        self.keys(&["-R"]);
         self.tmux(&["clear-history", "-t", "t"]);
     }
 }
@@ -281,8 +282,8 @@ impl Drop for Tmux {
     }
 }
 
-/// Remove SGR escapes, tracking the background colour (40..=47) in force
-/// at each character: (text, background per char).
+/// Remove SGR escapes, tracking the background colour (40..=47; 0 for any
+/// other) in force at each character: (text, background per char).
 fn sgr(line: &str) -> (String, Vec<Option<u8>>) {
     let (mut text, mut bgs) = (String::new(), Vec::new());
     let mut bg: Option<u8> = None;
@@ -297,16 +298,31 @@ fn sgr(line: &str) -> (String, Vec<Option<u8>>) {
             break;
         };
         if after.as_bytes()[end] == b'm' {
-            let codes: Vec<u8> = after[..end]
+            let codes: Vec<u16> = after[..end]
                 .split(';')
                 .map(|p| p.parse().unwrap_or(0))
                 .collect();
-            for c in codes {
-                match c {
+            let mut k = 0;
+            while k < codes.len() {
+                match codes[k] {
                     0 | 49 => bg = None,
-                    40..=47 => bg = Some(c),
+                    c @ 40..=47 => bg = Some(c as u8),
+                    // 256-colour background (crossterm writes the basic
+                    // colours so, and tmux keeps it): 0..=7 as 40..=47.
+                    48 if codes.get(k + 1) == Some(&5) => {
+                        let n = codes.get(k + 2).copied().unwrap_or(0);
+                        bg = (n < 8).then_some(40 + n as u8).or(Some(0));
+                        k += 2;
+                    }
+                    48 if codes.get(k + 1) == Some(&2) => {
+                        bg = Some(0);
+                        k += 4;
+                    }
+                    38 if codes.get(k + 1) == Some(&5) => k += 2,
+                    38 if codes.get(k + 1) == Some(&2) => k += 4,
                     _ => {}
                 }
+                k += 1;
             }
         }
         rest = &after[end + 1..];
@@ -349,6 +365,10 @@ fn start_scope(t: &Tmux, socket: &Path, marker: &str) {
     t.keys(&["Enter"]);
 }
 
+fn has_trace(row: &str) -> bool {
+    row.chars().any(|ch| ('\u{2801}'..='\u{28ff}').contains(&ch))
+}
+
 fn title_shows(s: &str, id: &str) -> bool {
     s.lines().next().is_some_and(|l| l.contains(id))
 }
@@ -378,8 +398,11 @@ fn scope_under_tmux_shows_switches_pauses_marks_and_restores_the_terminal() {
     start_scope(&t, &d.socket, "EXIT1");
 
     // The first device, one row per channel, each with its quality letter.
+    // (The rows come with the header; the traces with the first frames.)
     let s = t.wait(Duration::from_secs(15), "alpha-eeg's 8 channels", |s| {
-        title_shows(s, "alpha-eeg (1/2)") && channel_rows(s).len() == 8
+        title_shows(s, "alpha-eeg (1/2)")
+            && channel_rows(s).len() == 8
+            && channel_rows(s).iter().all(|r| has_trace(r))
     });
     assert!(s.contains("streaming") && s.contains("filtered"), "{s}");
     assert!(s.contains("journal ") && s.contains("uplink disabled"), "{s}");
