@@ -485,7 +485,11 @@ mod tests {
         assert_eq!(v.subscribers(Signal::Filtered), 0);
         let (d, t) = block(142, 20);
         w.push(142, &d, &d, &t);
-        assert_eq!(v.head(Signal::Filtered), 4, "stopped with the last subscriber");
+        assert_eq!(
+            v.head(Signal::Filtered),
+            4,
+            "stopped with the last subscriber"
+        );
     }
 
     #[test]
@@ -501,7 +505,11 @@ mod tests {
         assert_eq!(v.read(Signal::Raw, 9, &mut lo, &mut hi), Read::Lost);
         assert!(matches!(
             v.read(Signal::Raw, 10, &mut lo, &mut hi),
-            Read::Bin(BinMeta { first: 10, len: 1, .. })
+            Read::Bin(BinMeta {
+                first: 10,
+                len: 1,
+                ..
+            })
         ));
         assert_eq!(
             v.read(Signal::Raw, slots + 10, &mut lo, &mut hi),
@@ -543,9 +551,7 @@ mod tests {
                 }
                 // Overtaken: go on from the oldest bin the ring may still
                 // hold (after the writer ends, those are all readable).
-                Read::Lost => {
-                    next = v.head(Signal::Raw).saturating_sub(v.slots() as u64 - 1)
-                }
+                Read::Lost => next = v.head(Signal::Raw).saturating_sub(v.slots() as u64 - 1),
                 Read::NotYet => std::thread::yield_now(),
             }
         }

@@ -166,11 +166,7 @@ async fn handle(stream: UnixStream, state: Arc<DaemonState>) -> std::io::Result<
             ),
             Ok(()) => match protocol::parse(&buf) {
                 Ok(None) => continue,
-                Ok(Some(protocol::Request::Subscribe {
-                    device,
-                    signal,
-                    hz,
-                })) => {
+                Ok(Some(protocol::Request::Subscribe { device, signal, hz })) => {
                     match subscribe::stream(&state, &device, signal, hz, &mut rd, &mut wr).await? {
                         subscribe::Outcome::Refused(reply) => reply,
                         subscribe::Outcome::Done => return Ok(()),

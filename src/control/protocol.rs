@@ -16,7 +16,10 @@ pub enum Request {
     Journal,
     Uplink,
     Version,
-    Mark { device: String, text: String },
+    Mark {
+        device: String,
+        text: String,
+    },
     Flush,
     Reload,
     /// Stream the device's min/max envelope (read-only; the connection
@@ -71,13 +74,15 @@ fn subscribe_words(device: Option<String>, rest: Option<&str>) -> Result<Request
             let n = words
                 .next()
                 .ok_or_else(|| subscribe_error("subscribe: `hz` needs a number"))?;
-            let n: i64 = n
-                .parse()
-                .map_err(|_| subscribe_error(format!("subscribe: hz {n:?} is not a whole number")))?;
+            let n: i64 = n.parse().map_err(|_| {
+                subscribe_error(format!("subscribe: hz {n:?} is not a whole number"))
+            })?;
             hz = subscribe_hz(n)?;
         } else {
             let shown: String = w.chars().take(40).collect();
-            return Err(subscribe_error(format!("subscribe: unknown word {shown:?}")));
+            return Err(subscribe_error(format!(
+                "subscribe: unknown word {shown:?}"
+            )));
         }
     }
     Ok(Request::Subscribe { device, signal, hz })
@@ -92,16 +97,18 @@ fn subscribe_json(v: &Value) -> Result<Request, ParseError> {
     let signal = match v.get("signal") {
         None | Some(Value::Null) => Signal::Filtered,
         Some(s) => s.as_str().and_then(Signal::parse).ok_or_else(|| {
-            subscribe_error(format!("subscribe: signal {s} is not \"raw\" or \"filtered\""))
+            subscribe_error(format!(
+                "subscribe: signal {s} is not \"raw\" or \"filtered\""
+            ))
         })?,
     };
-    let hz = match v.get("hz") {
-        None | Some(Value::Null) => SUBSCRIBE_HZ_DEFAULT,
-        Some(h) => subscribe_hz(
-            h.as_i64()
-                .ok_or_else(|| subscribe_error(format!("subscribe: hz {h} is not a whole number")))?,
-        )?,
-    };
+    let hz =
+        match v.get("hz") {
+            None | Some(Value::Null) => SUBSCRIBE_HZ_DEFAULT,
+            Some(h) => subscribe_hz(h.as_i64().ok_or_else(|| {
+                subscribe_error(format!("subscribe: hz {h} is not a whole number"))
+            })?)?,
+        };
     Ok(Request::Subscribe {
         device: device.to_string(),
         signal,

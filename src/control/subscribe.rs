@@ -247,7 +247,9 @@ impl FrameBuilder {
                         // continue live from the newest bin.
                         self.len = 0;
                         self.lagged = true;
-                        let bins = self.decimation.div_ceil(self.view.bin_samples.max(1) as u64);
+                        let bins = self
+                            .decimation
+                            .div_ceil(self.view.bin_samples.max(1) as u64);
                         self.cursor = self.view.head(self.signal).saturating_sub(bins);
                         continue;
                     }
@@ -308,9 +310,7 @@ impl FrameBuilder {
 
     /// Has the view's writer ended and every bin been read?
     pub fn exhausted(&self) -> bool {
-        self.held.is_none()
-            && self.view.is_closed()
-            && self.cursor >= self.view.head(self.signal)
+        self.held.is_none() && self.view.is_closed() && self.cursor >= self.view.head(self.signal)
     }
 }
 
@@ -651,7 +651,8 @@ async fn wait_for_view(
 /// A small kernel send buffer, so a stalled client is noticed soon.
 fn set_send_buffer(wr: &OwnedWriteHalf) {
     let stream: &tokio::net::UnixStream = wr.as_ref();
-    if let Err(e) = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::SndBuf, &SOCKET_SNDBUF)
+    if let Err(e) =
+        nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::SndBuf, &SOCKET_SNDBUF)
     {
         tracing::debug!(error = %e, "cannot shrink a subscriber's send buffer");
     }
@@ -709,7 +710,10 @@ mod tests {
         assert_eq!(fb.decimation, 40);
         push(&mut w, 0, 100);
         let f = fb.next_frame().unwrap();
-        assert_eq!((f.first, f.len, f.t, f.skipped, f.cause), (0, 40, 39.0, 0, None));
+        assert_eq!(
+            (f.first, f.len, f.t, f.skipped, f.cause),
+            (0, 40, 39.0, 0, None)
+        );
         assert_eq!((fb.min()[0], fb.max()[0]), (0.0, 39.0));
         assert_eq!((fb.min()[1], fb.max()[1]), (-39.0, 0.0));
         let f = fb.next_frame().unwrap();
@@ -722,7 +726,10 @@ mod tests {
         assert_eq!((f.first, f.len, f.skipped), (80, 20, 0));
         assert_eq!((fb.min()[0], fb.max()[0]), (80.0, 99.0));
         let f = fb.next_frame().unwrap();
-        assert_eq!((f.first, f.len, f.skipped, f.cause), (150, 40, 50, Some(Skip::Gap)));
+        assert_eq!(
+            (f.first, f.len, f.skipped, f.cause),
+            (150, 40, 50, Some(Skip::Gap))
+        );
         let f = fb.next_frame().unwrap();
         assert_eq!((f.first, f.skipped, f.cause), (190, 0, None));
         // Falling a whole ring behind: the next frame says so.

@@ -91,8 +91,7 @@ fn subscribe_frames_equal_the_journal_and_a_stalled_client_is_dropped() {
     ]);
     finished(fast);
     finished(slow);
-    let stalled: Value =
-        serde_json::from_slice(&finished(staller).stdout).expect("stall summary");
+    let stalled: Value = serde_json::from_slice(&finished(staller).stdout).expect("stall summary");
     assert_eq!(
         stalled["closed_by_daemon"], true,
         "a client that stops reading is disconnected: {stalled}"
@@ -122,7 +121,11 @@ fn subscribe_frames_equal_the_journal_and_a_stalled_client_is_dropped() {
         .arg(&filtered)
         .output()
         .expect("compare");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let f: Value = serde_json::from_slice(&out.stdout).expect("compare summary");
     let out = Command::new(python())
         .arg(PEER)
@@ -133,7 +136,11 @@ fn subscribe_frames_equal_the_journal_and_a_stalled_client_is_dropped() {
         .arg(&raw)
         .output()
         .expect("compare");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: Value = serde_json::from_slice(&out.stdout).expect("compare summary");
     assert_eq!(f["journal_first"], 0);
 
@@ -172,7 +179,10 @@ fn subscribe_frames_equal_the_journal_and_a_stalled_client_is_dropped() {
         let per_s = res["lines_per_s"].as_f64().unwrap();
         assert!(per_s <= hz * 1.05, "{signal}: {per_s} lines/s at hz {hz}");
         let most = res["max_lines_in_2s"].as_u64().unwrap();
-        assert!(most as f64 <= 2.0 * hz + 2.0, "{signal}: {most} lines in 2 s");
+        assert!(
+            most as f64 <= 2.0 * hz + 2.0,
+            "{signal}: {most} lines in 2 s"
+        );
     }
 }
 
@@ -185,7 +195,16 @@ impl Tmux {
     fn start(cols: u16, rows: u16, dir: &Path) -> Option<Tmux> {
         let server = format!("ne-scope-{}-{}", std::process::id(), rand::random::<u32>());
         let ok = Command::new("tmux")
-            .args(["-L", &server, "-f", "/dev/null", "new-session", "-d", "-s", "t"])
+            .args([
+                "-L",
+                &server,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-s",
+                "t",
+            ])
             .args(["-x", &cols.to_string(), "-y", &rows.to_string()])
             .args(["-c", dir.to_str()?])
             .arg("sh")
@@ -257,7 +276,8 @@ impl Tmux {
         self.type_text("stty -a | tr ' ' '\\n' | grep -x -e '-\\?icanon' -e '-\\?echo' | tr '\\n' ' '; echo :STTY");
         self.keys(&["Enter"]);
         let s = self.wait(Duration::from_secs(5), "stty", |s| {
-            s.lines().any(|l| l.ends_with(":STTY") && !l.contains("grep"))
+            s.lines()
+                .any(|l| l.ends_with(":STTY") && !l.contains("grep"))
         });
         let line = s
             .lines()
@@ -341,7 +361,12 @@ fn quality_cells(screen: &str) -> Vec<(char, Option<u8>)> {
         .lines()
         .map(sgr)
         .filter(|(t, _)| !channel_rows(t).is_empty())
-        .map(|(t, bg)| (t.chars().nth(10).unwrap_or(' '), bg.get(10).copied().flatten()))
+        .map(|(t, bg)| {
+            (
+                t.chars().nth(10).unwrap_or(' '),
+                bg.get(10).copied().flatten(),
+            )
+        })
         .collect()
 }
 
@@ -349,10 +374,7 @@ fn quality_cells(screen: &str) -> Vec<(char, Option<u8>)> {
 fn channel_rows(screen: &str) -> Vec<String> {
     screen
         .lines()
-        .filter(|l| {
-            l.starts_with("ch")
-                && l.as_bytes().get(2).is_some_and(|b| b.is_ascii_digit())
-        })
+        .filter(|l| l.starts_with("ch") && l.as_bytes().get(2).is_some_and(|b| b.is_ascii_digit()))
         .map(str::to_string)
         .collect()
 }
@@ -366,7 +388,8 @@ fn start_scope(t: &Tmux, socket: &Path, marker: &str) {
 }
 
 fn has_trace(row: &str) -> bool {
-    row.chars().any(|ch| ('\u{2801}'..='\u{28ff}').contains(&ch))
+    row.chars()
+        .any(|ch| ('\u{2801}'..='\u{28ff}').contains(&ch))
 }
 
 fn title_shows(s: &str, id: &str) -> bool {
@@ -405,12 +428,16 @@ fn scope_under_tmux_shows_switches_pauses_marks_and_restores_the_terminal() {
             && channel_rows(s).iter().all(|r| has_trace(r))
     });
     assert!(s.contains("streaming") && s.contains("filtered"), "{s}");
-    assert!(s.contains("journal ") && s.contains("uplink disabled"), "{s}");
+    assert!(
+        s.contains("journal ") && s.contains("uplink disabled"),
+        "{s}"
+    );
     for (c, row) in channel_rows(&s).iter().enumerate() {
         assert!(row.starts_with(&format!("ch{} ", c + 1)), "{row}");
         // A trace in braille right of the text.
         assert!(
-            row.chars().any(|ch| ('\u{2801}'..='\u{28ff}').contains(&ch)),
+            row.chars()
+                .any(|ch| ('\u{2801}'..='\u{28ff}').contains(&ch)),
             "no trace in {row:?}\n{s}"
         );
     }
@@ -517,8 +544,7 @@ fn scope_under_tmux_shows_switches_pauses_marks_and_restores_the_terminal() {
             env.path().join("var"),
             env.path().join("var/run"),
         ] {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-                .expect("chmod");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
         t.type_text(&format!(
             "setpriv --reuid=65534 --regid=65534 --clear-groups {BIN} scope --socket {}; echo EXIT3=$?",

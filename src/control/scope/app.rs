@@ -14,9 +14,15 @@ pub const HISTORY: usize = 1024;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// (Re)subscribe to this device and signal.
-    Subscribe { device: String, signal: Signal },
+    Subscribe {
+        device: String,
+        signal: Signal,
+    },
     /// Send `mark DEVICE TEXT`.
-    Mark { device: String, text: String },
+    Mark {
+        device: String,
+        text: String,
+    },
     Quit,
 }
 
@@ -675,7 +681,10 @@ pub(crate) mod tests {
             t.push(&[Some(v), None], &[Some(v + 1.0), None]);
         }
         assert_eq!(t.len(), HISTORY);
-        assert_eq!(t.get(0, 0), Some(((HISTORY + 4) as f32, (HISTORY + 5) as f32)));
+        assert_eq!(
+            t.get(0, 0),
+            Some(((HISTORY + 4) as f32, (HISTORY + 5) as f32))
+        );
         assert_eq!(t.get(HISTORY - 1, 0), Some((5.0, 6.0)));
         assert!(t.get(0, 1).unwrap().0.is_nan());
         assert_eq!(t.get(HISTORY, 0), None);

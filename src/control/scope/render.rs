@@ -277,7 +277,10 @@ pub fn draw(app: &mut App, area: Rect, buf: &mut Buffer) {
                 "SCALE"
             )
         } else {
-            format!("{:<8} {:^3} {:>8} last {span_s:.1} s", "CHANNEL", "Q", "SCALE")
+            format!(
+                "{:<8} {:^3} {:>8} last {span_s:.1} s",
+                "CHANNEL", "Q", "SCALE"
+            )
         };
         line(buf, 3, Line::styled(heading, dim));
         let bands = band_names(dev.map(|d| d.band_power.keys()));
@@ -400,7 +403,10 @@ fn band_names<'a>(keys: Option<impl Iterator<Item = &'a String>>) -> Vec<String>
     let mut names: Vec<String> = keys.cloned().collect();
     names.sort_by_key(|n| {
         (
-            BAND_ORDER.iter().position(|b| b == n).unwrap_or(BAND_ORDER.len()),
+            BAND_ORDER
+                .iter()
+                .position(|b| b == n)
+                .unwrap_or(BAND_ORDER.len()),
             n.clone(),
         )
     });
@@ -551,7 +557,10 @@ mod tests {
             .map(|i| [Ok, Flat, Railed, Noisy][i % 4])
             .collect();
         let mut app = App::new("/run/neuroedge/status.sock", None);
-        app.on_status(Result::Ok(report(vec![device("eeg-1", &q), device("eeg-2", &q)])));
+        app.on_status(Result::Ok(report(vec![
+            device("eeg-1", &q),
+            device("eeg-2", &q),
+        ])));
         app.on_header(header("eeg-1", channels));
         for k in 0..400 {
             let x = (k as f32 / 10.0).sin() * 40.0;
@@ -588,12 +597,18 @@ mod tests {
                 .iter()
                 .map(|l| l.chars().skip(LEFT_WIDE as usize).collect::<String>())
                 .collect();
-            assert!(trace.chars().any(|ch| ('\u{2801}'..='\u{28ff}').contains(&ch)));
+            assert!(trace
+                .chars()
+                .any(|ch| ('\u{2801}'..='\u{28ff}').contains(&ch)));
         }
         assert!(lines[3].contains("trace, last"));
         assert!(lines[29].contains("q quit"));
         // Auto scale: ±(sin amplitude 40 + 5) * 1.05 around 0.
-        assert!(lines[TOP as usize].contains("±47µV"), "{}", lines[TOP as usize]);
+        assert!(
+            lines[TOP as usize].contains("±47µV"),
+            "{}",
+            lines[TOP as usize]
+        );
     }
 
     #[test]
@@ -625,7 +640,9 @@ mod tests {
         assert!(lines[18].starts_with("mark text: x_"), "{}", lines[18]);
         let a = app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
         assert!(matches!(&a[..], [Action::Mark { .. }]));
-        app.on_marked(Err("mark refused: permission denied: uid 1000 may not `mark`".into()));
+        app.on_marked(Err(
+            "mark refused: permission denied: uid 1000 may not `mark`".into(),
+        ));
         let (lines, buf) = screen(&mut app, 100, 20);
         assert!(lines[18].contains("permission denied"));
         assert_eq!(buf.cell((0, 18)).unwrap().fg, Color::Red);
