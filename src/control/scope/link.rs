@@ -24,7 +24,7 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// What the threads tell the UI.
 pub enum Msg {
-    Status(Result<StatusReport, String>),
+    Status(Box<Result<StatusReport, String>>),
     Header(HeaderLine),
     Frame(FrameLine),
     /// The subscription was refused, ended or lost (it is retried).
@@ -114,7 +114,7 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
 fn poll_status(socket: &std::path::Path, tx: &Sender<Msg>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let r = client::status(socket).map_err(|e| e.to_string());
-        if tx.send(Msg::Status(r)).is_err() {
+        if tx.send(Msg::Status(Box::new(r))).is_err() {
             return;
         }
         sleep_unless(stop, STATUS_EVERY);

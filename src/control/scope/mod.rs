@@ -119,7 +119,7 @@ fn ui_loop(
         while let Ok(m) = links.rx.try_recv() {
             dirty = true;
             let actions = match m {
-                Msg::Status(r) => app.on_status(r),
+                Msg::Status(r) => app.on_status(*r),
                 Msg::Header(h) => {
                     app.on_header(h);
                     Vec::new()

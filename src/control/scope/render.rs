@@ -81,11 +81,9 @@ fn bytes(b: u64) -> String {
 /// `height` rows showing `channels`.
 pub fn rows_per_channel(height: u16, channels: usize) -> (u16, usize) {
     let avail = height.saturating_sub(TOP + BOTTOM).max(1);
-    let per = if channels == 0 {
-        1
-    } else {
-        (avail as usize / channels).clamp(1, 4) as u16
-    };
+    let per = (avail as usize)
+        .checked_div(channels)
+        .map_or(1, |p| p.clamp(1, 4) as u16);
     (per, (avail / per).max(1) as usize)
 }
 
