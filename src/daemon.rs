@@ -164,7 +164,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     tracing::info!(socket = %socket_path.display(), devices = enabled, node_id = %cfg.node_id, "neuroedge {VERSION} running");
 
     let serve_state = state.clone();
+    let limits = control::Limits::from_config(&cfg.daemon.status);
     let notify = Notifier::from_env();
+    let watchdog_notify = notify.clone();
     let signal_commands = cmd_tx.clone();
     let clock_audit = jtx.clone();
     rt.block_on(async move {
@@ -172,12 +174,17 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             tokio::spawn(control::metrics::serve(l, serve_state.clone()));
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(control::serve(listener, serve_state.clone(), async {
-            let _ = stop_rx.await;
-        }));
+        let server = tokio::spawn(control::serve(
+            listener,
+            serve_state.clone(),
+            limits,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
         // The journal is open and checked, the socket answers, devices
         // are starting: ready.
-        let watchdog = tokio::spawn(notify.run(serve_state));
+        let watchdog = tokio::spawn(watchdog_notify.run(serve_state));
         let clock_watch = tokio::spawn(watch_wall_clock(clock_audit));
         wait_for_shutdown_signal(&signal_commands).await;
         watchdog.abort();
@@ -185,7 +192,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         let _ = stop_tx.send(());
         let _ = server.await;
     });
-    notify.send(&[sd_notify::NotifyState::Stopping]);
+    notify.send("STOPPING=1");
 
     tracing::info!("shutting down: stopping devices");
     let _ = cmd_tx.send(Command::Stop);
@@ -255,17 +262,25 @@ async fn wait_for_shutdown_signal(commands: &crossbeam_channel::Sender<Command>)
 
 /// systemd notifications (Type=notify): READY once running, STATUS= with
 /// the devices and backlog, WATCHDOG=1 only while the pipeline turns.
-/// Without NOTIFY_SOCKET every call is a no-op.
-#[derive(Clone, Copy)]
+/// Without NOTIFY_SOCKET every call is a no-op; sending never waits
+/// (see `crate::notify`).
+#[derive(Clone)]
 struct Notifier {
-    enabled: bool,
+    socket: Option<Arc<crate::notify::NotifySocket>>,
     /// The watchdog interval systemd set (WatchdogSec), if any.
     watchdog: Option<std::time::Duration>,
 }
 
 impl Notifier {
     fn from_env() -> Self {
-        let enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
+        let socket = match crate::notify::NotifySocket::from_env() {
+            None => None,
+            Some(Ok(s)) => Some(Arc::new(s)),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "NOTIFY_SOCKET is set but cannot be connected; not notifying systemd");
+                None
+            }
+        };
         // As sd_watchdog_enabled(3): WATCHDOG_USEC, and WATCHDOG_PID if
         // set must be ours (a variable inherited from a parent is not).
         let usec = std::env::var("WATCHDOG_USEC")
@@ -277,24 +292,22 @@ impl Notifier {
             .and_then(|s| s.parse::<u32>().ok())
             .is_none_or(|pid| pid == std::process::id());
         let watchdog = usec
-            .filter(|_| enabled && for_us)
+            .filter(|_| socket.is_some() && for_us)
             .map(std::time::Duration::from_micros);
-        Notifier { enabled, watchdog }
+        Notifier { socket, watchdog }
     }
 
-    fn send(&self, states: &[sd_notify::NotifyState<'_>]) {
-        if self.enabled {
-            if let Err(e) = sd_notify::notify(false, states) {
-                tracing::warn!(error = %e, "cannot notify systemd");
-            }
+    fn send(&self, msg: &str) {
+        if let Some(s) = &self.socket {
+            s.send(msg);
         }
     }
 
     async fn run(self, state: Arc<DaemonState>) {
-        if !self.enabled {
+        if self.socket.is_none() {
             return;
         }
-        self.send(&[sd_notify::NotifyState::Ready]);
+        self.send("READY=1");
         tracing::info!(
             watchdog_s = self.watchdog.map(|w| w.as_secs_f64()),
             "systemd notified: ready"
@@ -323,7 +336,7 @@ impl Notifier {
             interval.tick().await;
             let line = state.status_line();
             if line != last_status {
-                self.send(&[sd_notify::NotifyState::Status(&line)]);
+                self.send(&format!("STATUS={line}"));
                 last_status = line;
             }
             if self.watchdog.is_none() {
@@ -339,7 +352,7 @@ impl Notifier {
                         tracing::info!("pipeline turning again: watchdog pings resumed");
                         withheld = false;
                     }
-                    self.send(&[sd_notify::NotifyState::Watchdog]);
+                    self.send("WATCHDOG=1");
                 }
                 Err(why) => {
                     healthy_since = None;

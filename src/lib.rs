@@ -46,6 +46,7 @@
 //! | upload verdicts (uplink → writer) | 65 536 | the engine keeps them and retries |
 //! | uplink backlog in memory | 128 batches / 4 MiB per device, 1024 / 16 MiB in all | rows are left in the journal and read again later |
 //! | status socket / metrics connections | 256 / 64 | new connections wait for a slot |
+//! | systemd notify socket | the reader's queue (10 datagrams by default) | the notification is dropped and counted (`systemd.notify_dropped`); never waited on |
 //!
 //! A committed batch is never lost: it leaves the journal only after its
 //! upload was acknowledged and `retain_uploaded` passed, or by quota
@@ -69,6 +70,7 @@ pub mod export;
 pub mod journal;
 pub mod logging;
 pub mod lsl_ffi;
+pub mod notify;
 pub mod pipeline;
 pub mod ring;
 pub mod source;

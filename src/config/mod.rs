@@ -88,6 +88,13 @@ pub struct StatusSection {
     pub socket_mode: String,
     /// Extra uids allowed to run `mark`, `flush`, `reload`.
     pub control_uids: Vec<u32>,
+    /// A connection that sends no complete request, or does not read its
+    /// reply, for this many seconds is closed (`subscribe` streams are
+    /// exempt while they are read).
+    pub idle_timeout_s: f64,
+    /// Connections one uid may hold at once; more are refused with an
+    /// error line, so one stuck client cannot lock out a technician.
+    pub max_connections_per_uid: usize,
 }
 
 impl Default for StatusSection {
@@ -96,6 +103,8 @@ impl Default for StatusSection {
             socket: "var/run/neuroedge.sock".into(),
             socket_mode: "0660".into(),
             control_uids: Vec::new(),
+            idle_timeout_s: 30.0,
+            max_connections_per_uid: 32,
         }
     }
 }
@@ -419,6 +428,20 @@ fn validate_daemon(c: &DaemonConfig, src: &SourceText, out: &mut Vec<Problem>) {
             "status.socket_mode",
             format!("{:?} is not an octal permission", c.status.socket_mode),
             "write it as a string of octal digits, e.g. \"0660\"",
+        );
+    }
+    if !(0.1..=3600.0).contains(&c.status.idle_timeout_s) {
+        bad(
+            "status.idle_timeout_s",
+            format!("{} is out of range", c.status.idle_timeout_s),
+            "use 0.1 to 3600 seconds (default 30)",
+        );
+    }
+    if !(1..=256).contains(&c.status.max_connections_per_uid) {
+        bad(
+            "status.max_connections_per_uid",
+            format!("{} is out of range", c.status.max_connections_per_uid),
+            "use 1 to 256 (default 32; the socket serves 256 connections in all)",
         );
     }
     let mut uplink = Findings::new("uplink");

@@ -335,6 +335,7 @@ mod tests {
                 wall_offset_s: 0.0,
                 steps: vec![],
             },
+            systemd: Default::default(),
         }
     }
 

@@ -430,6 +430,16 @@ pub fn render(status: &StatusReport) -> String {
         &[],
         Some(status.clock.wall_offset_s.into()),
     );
+    e.family(
+        "neuroedge_systemd_notify_dropped_total",
+        "counter",
+        "systemd notifications dropped because NOTIFY_SOCKET was full or gone (never waited on).",
+    );
+    e.sample(
+        "neuroedge_systemd_notify_dropped_total",
+        &[],
+        Some(status.systemd.notify_dropped.into()),
+    );
     e.family("neuroedge_up", "gauge", "1 while the daemon answers.");
     e.sample("neuroedge_up", &[], Some(1u64.into()));
     e.family(

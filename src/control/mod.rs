@@ -25,6 +25,62 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// Concurrent connections served; more wait for a free slot.
 const MAX_CONNECTIONS: usize = 256;
 
+/// What one peer may hold (from `[status]`): a connection that sends no
+/// complete request, or does not take its reply, for `idle` is closed; a
+/// uid holding `per_uid` connections has further ones refused with an
+/// error line. So a stuck or hostile client cannot lock a technician out.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub idle: std::time::Duration,
+    pub per_uid: usize,
+}
+
+impl Limits {
+    pub fn from_config(c: &crate::config::StatusSection) -> Self {
+        Limits {
+            idle: std::time::Duration::from_secs_f64(c.idle_timeout_s),
+            per_uid: c.max_connections_per_uid,
+        }
+    }
+}
+
+/// Connections held per peer uid (`None`: unknown peer, one shared bucket).
+#[derive(Default)]
+struct PerUid(std::sync::Mutex<std::collections::HashMap<Option<u32>, usize>>);
+
+/// One connection's place in [`PerUid`]; released on drop.
+struct UidSlot {
+    table: Arc<PerUid>,
+    uid: Option<u32>,
+}
+
+impl PerUid {
+    fn take(table: &Arc<PerUid>, uid: Option<u32>, limit: usize) -> Result<UidSlot, usize> {
+        let mut m = crate::sync::lock(&table.0);
+        let n = m.entry(uid).or_insert(0);
+        if *n >= limit {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(UidSlot {
+            table: table.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut m = crate::sync::lock(&self.table.0);
+        if let Some(n) = m.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.uid);
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     #[error("status socket {path}: another neuroedge is already answering there; stop it or set [status] socket to another path")]
@@ -90,22 +146,32 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
 pub async fn serve(
     listener: UnixListener,
     state: Arc<DaemonState>,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_uid = Arc::new(PerUid::default());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let uid = stream.peer_cred().ok().map(|c| c.uid());
+                    let uid_slot = match PerUid::take(&per_uid, uid, limits.per_uid) {
+                        Ok(s) => s,
+                        Err(held) => {
+                            refuse(&stream, uid, held);
+                            continue;
+                        }
+                    };
                     let Ok(permit) = slots.clone().acquire_owned().await else { break };
                     let state = state.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = handle(stream, state).await {
+                        if let Err(e) = handle(stream, state, limits).await {
                             tracing::debug!(error = %e, "status connection ended with an error");
                         }
-                        drop(permit);
+                        drop((permit, uid_slot));
                     });
                 }
                 Err(e) => {
@@ -115,6 +181,23 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// Tell a peer over its uid's limit why, without waiting, and close.
+fn refuse(stream: &UnixStream, uid: Option<u32>, held: usize) {
+    let who = uid.map_or("this peer".to_string(), |u| format!("uid {u}"));
+    tracing::warn!(
+        uid,
+        held,
+        "status socket: connection refused (per-uid limit)"
+    );
+    let reply = protocol::error_reply(
+        &format!("too many connections from {who} ({held} open; [status] max_connections_per_uid)"),
+        "close idle connections to the status socket and try again",
+    );
+    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    out.push(b'\n');
+    let _ = stream.try_write(&out);
 }
 
 /// Read one line of at most MAX_LINE bytes. Returns None at end of stream;
@@ -153,12 +236,24 @@ async fn read_line(
     }
 }
 
-async fn handle(stream: UnixStream, state: Arc<DaemonState>) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    state: Arc<DaemonState>,
+    limits: Limits,
+) -> std::io::Result<()> {
+    use tokio::time::timeout;
+    let idle = || std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection closed");
     let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(8192, rd);
     let mut buf = Vec::with_capacity(256);
-    while let Some(line) = read_line(&mut rd, &mut buf).await? {
+    loop {
+        let Some(line) = timeout(limits.idle, read_line(&mut rd, &mut buf))
+            .await
+            .map_err(|_| idle())??
+        else {
+            return Ok(());
+        };
         let reply = match line {
             Err(len) => protocol::error_reply(
                 &format!("request too long ({len} bytes; the limit is {MAX_LINE})"),
@@ -179,7 +274,9 @@ async fn handle(stream: UnixStream, state: Arc<DaemonState>) -> std::io::Result<
         let mut out =
             serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
         out.push(b'\n');
-        wr.write_all(&out).await?;
+        // A peer that does not take its reply is dropped, not buffered for.
+        timeout(limits.idle, wr.write_all(&out))
+            .await
+            .map_err(|_| idle())??;
     }
-    Ok(())
 }

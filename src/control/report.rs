@@ -25,6 +25,9 @@ pub struct StatusReport {
     pub journal: JournalStatus,
     pub uplink: UplinkReport,
     pub clock: ClockReport,
+    /// systemd notifications (absent from older daemons' replies).
+    #[serde(default)]
+    pub systemd: SystemdReport,
 }
 
 impl StatusReport {
@@ -81,6 +84,14 @@ pub struct UplinkReport {
 pub struct ClockReport {
     pub wall_offset_s: f64,
     pub steps: Vec<ClockStep>,
+}
+
+/// systemd notifications sent and dropped (`NOTIFY_SOCKET` not read:
+/// dropped, never waited on).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemdReport {
+    pub notify_sent: u64,
+    pub notify_dropped: u64,
 }
 
 /// `ok` < `degraded` < `failing`.

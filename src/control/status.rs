@@ -2,7 +2,8 @@
 
 use super::protocol::{error_reply, Request};
 use super::report::{
-    ClockReport, DeviceReport, Float, HealthLevel, HealthReport, StatusReport, UplinkReport,
+    ClockReport, DeviceReport, Float, HealthLevel, HealthReport, StatusReport, SystemdReport,
+    UplinkReport,
 };
 use crate::batch::Marker;
 use crate::journal::{JournalShared, JournalState};
@@ -116,6 +117,13 @@ impl DaemonState {
             clock: ClockReport {
                 wall_offset_s: (clock.wall_offset() * 1000.0).round() / 1000.0,
                 steps: clock.steps_from(0).0,
+            },
+            systemd: {
+                let (notify_sent, notify_dropped) = crate::notify::counts();
+                SystemdReport {
+                    notify_sent,
+                    notify_dropped,
+                }
             },
         }
     }
@@ -422,6 +430,7 @@ mod tests {
                 wall_offset_s: 0.0,
                 steps: vec![],
             },
+            systemd: SystemdReport::default(),
         }
     }
 

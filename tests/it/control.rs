@@ -372,3 +372,40 @@ fn mark_only_from_authorised_peers_and_lands_in_the_next_batch() {
     assert!(t <= t1 + 1e-6, "marker {t} after batch end {t1}");
     assert!(t >= t0 - 1.0, "marker {t} long before batch start {t0}");
 }
+
+/// A notify socket that nobody reads (its queue holds 10 datagrams) must
+/// not hang the daemon: notifications are dropped and counted, SIGTERM
+/// still stops it cleanly and promptly.
+#[test]
+fn sigterm_stops_promptly_when_the_notify_socket_is_never_read() {
+    let env = Env::new("");
+    env.write("devices/a.toml", &synthetic_device("a", 4, 250.0, ""));
+    let sock_path = env.path().join("notify.sock");
+    let _never_read = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    let d = env.spawn_with_env(&[
+        ("NOTIFY_SOCKET", sock_path.to_str().expect("utf-8 path")),
+        ("WATCHDOG_USEC", "1000000"),
+    ]);
+    d.wait_streaming(Duration::from_secs(10));
+    // Four pings a second: the queue is full after ~3 s; wait for drops.
+    let report = d.wait_report(Duration::from_secs(20), "dropped notifications", |r| {
+        r.systemd.notify_dropped >= 8
+    });
+    assert!(
+        report.systemd.notify_sent >= 1 && report.systemd.notify_sent <= 12,
+        "{:?}",
+        report.systemd
+    );
+    let status = d
+        .request(r#"{"cmd":"status"}"#)
+        .expect("the socket still answers");
+    assert!(status["systemd"]["notify_dropped"].as_u64() >= Some(8));
+    let t0 = Instant::now();
+    let log = d.log.clone();
+    let code = d.terminate();
+    let took = t0.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, 0, "{text}");
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    assert!(text.contains("neuroedge stopped cleanly"), "{text}");
+}

@@ -181,6 +181,98 @@ fn kill9_then_restart_keeps_committed_batches_and_continues_seq() {
     );
 }
 
+/// Batch ids and envelopes a read-only reader sees committed right now.
+fn committed_envelopes(journal: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    use rusqlite::OpenFlags;
+    let Ok(conn) = rusqlite::Connection::open_with_flags(journal, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return Vec::new(); // not created yet
+    };
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    let Ok(mut st) = conn.prepare("SELECT batch_id, envelope FROM batches") else {
+        return Vec::new(); // schema not created yet
+    };
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+/// kill -9 at random moments (including start-up), again and again, with
+/// a fast and a slow device and 0.25 s batches: every batch a reader saw
+/// committed before a kill is there afterwards byte for byte, the journal
+/// passes `integrity_check` every time, seq is gapless and sample indices
+/// contiguous. 30 rounds here; `NEUROEDGE_KILL_LOOP=200` for more
+/// (`NEUROEDGE_KILL_SEED` replays a run's moments).
+#[test]
+fn kill9_loop_never_loses_a_batch_a_reader_saw_committed() {
+    let rounds: usize = std::env::var("NEUROEDGE_KILL_LOOP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let mut rng: u64 = std::env::var("NEUROEDGE_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 | 1)
+        });
+    eprintln!("kill -9 loop: {rounds} rounds, NEUROEDGE_KILL_SEED={rng}");
+    let env = Env::new("[journal]\nbatch_seconds = 0.25");
+    env.write(
+        "devices/fast.toml",
+        &synthetic_device("fast", 32, 2000.0, ""),
+    );
+    env.write("devices/slow.toml", &synthetic_device("slow", 8, 250.0, ""));
+    let mut seen: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    for round in 0..rounds {
+        // xorshift64: a kill moment between 0.1 and 2.1 s after spawn.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let at = Duration::from_millis(100 + rng % 2000);
+        let d = env.spawn();
+        std::thread::sleep(at);
+        let before = committed_envelopes(&env.journal());
+        d.kill9();
+        let after: std::collections::HashMap<_, _> =
+            committed_envelopes(&env.journal()).into_iter().collect();
+        for (id, envelope) in before {
+            seen.insert(id, envelope);
+        }
+        for (id, envelope) in &seen {
+            assert_eq!(
+                after.get(id),
+                Some(envelope),
+                "round {round} (killed {at:?} after spawn): batch {id} changed or vanished"
+            );
+        }
+        if env.journal().exists() {
+            let conn = rusqlite::Connection::open(env.journal()).expect("open");
+            let check: String = conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .expect("integrity_check");
+            assert_eq!(check, "ok", "round {round}");
+        }
+    }
+    let batches = journal_batches(&env);
+    assert_seq_gapless(&batches);
+    for dev in ["fast", "slow"] {
+        assert!(
+            batches.iter().filter(|b| b.0 == dev).count() >= rounds / 3,
+            "{dev}: too few batches for {rounds} rounds: {}",
+            batches.len()
+        );
+    }
+    eprintln!(
+        "kill -9 loop: {} batches, {} seen before a kill",
+        batches.len(),
+        seen.len()
+    );
+}
+
 #[test]
 fn broken_configs_exit_2_naming_file_and_key() {
     let cases: &[(&str, &str, &str, &str)] = &[
@@ -348,6 +440,97 @@ fn socket_survives_concurrent_clients_garbage_and_malformed_requests() {
     ]);
     let v: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(v["devices"][0]["id"], "synthetic");
+    assert_eq!(d.terminate(), 0);
+}
+
+/// 300 connections from one uid that never finish a request cannot lock
+/// out a technician (per-uid limit, then the idle timeout closes them); a
+/// peer that never reads its replies is dropped, not buffered for.
+#[test]
+fn idle_hostile_and_non_reading_clients_cannot_lock_out_status() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to connect as another uid (CI runs as root)");
+        return;
+    }
+    let env = Env::new(
+        "[status]\nsocket_mode = \"0666\"\nidle_timeout_s = 3.0\nmax_connections_per_uid = 16\n",
+    );
+    env.write("devices/a.toml", &synthetic_device("a", 2, 250.0, ""));
+    use std::os::unix::fs::PermissionsExt;
+    let open = |dir: &std::path::Path| {
+        let _ = std::fs::create_dir_all(dir);
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    open(env.path());
+    let d = env.spawn();
+    d.wait_streaming(Duration::from_secs(10));
+    open(d.socket.parent().expect("socket dir"));
+
+    // `nobody` opens 300 connections that never send a newline.
+    let py = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("a system python3 that uid 65534 can run");
+    let mut abuser = std::process::Command::new(py)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/socket_abuse.py"
+        ))
+        .arg(&d.socket)
+        .args(["300", "15"])
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the abuser as nobody");
+    let mut lines = BufReader::new(abuser.stdout.take().expect("stdout")).lines();
+    let mut next = || -> Value {
+        let l = lines.next().expect("a line from the abuser").expect("read");
+        serde_json::from_str(&l).expect("json")
+    };
+    let held = next();
+    assert_eq!(held["open"], 16, "{held}");
+    assert_eq!(held["refused"], 284, "{held}");
+
+    // The technician (another uid) is answered at once.
+    let t0 = Instant::now();
+    let out = env.cmd(&["status", "--json", "--socket", d.socket.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+
+    // The idle timeout closes the 16 held connections.
+    let closed = next();
+    assert_eq!(closed["closed"], 16, "{closed}");
+    assert_eq!(closed["still_open"], 0, "{closed}");
+    assert!(closed["seconds"].as_f64() < Some(6.0), "{closed}");
+    assert!(abuser.wait().expect("abuser exits").success());
+
+    // A peer that sends 20 000 requests and reads nothing: the daemon
+    // writes what the socket holds, then drops the connection.
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let flood = "status\n".repeat(20_000);
+    let _ = s.write_all(flood.as_bytes());
+    std::thread::sleep(Duration::from_secs(5));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    // Closed: end of stream, or a reset (it closed with our requests unread).
+    match s.read_to_end(&mut got) {
+        Ok(_) => {
+            let replies = got.iter().filter(|b| **b == b'\n').count();
+            assert!(replies < 20_000, "{replies} replies: not dropped");
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    // Still serving, still streaming.
+    let st = d.status().expect("status after the abuse");
+    assert_eq!(st["devices"][0]["state"], "streaming");
     assert_eq!(d.terminate(), 0);
 }
 

@@ -507,6 +507,7 @@ pub(crate) mod tests {
                 wall_offset_s: 0.0,
                 steps: vec![],
             },
+            systemd: Default::default(),
         }
     }
 
