@@ -13,6 +13,7 @@
 pub mod config;
 pub mod inspect;
 pub mod reader;
+pub mod salvage;
 pub mod writer;
 
 pub use reader::{BatchRow, ReadBatch, RowKey, Selection, Unreadable};
@@ -81,7 +82,7 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("journal {path} is corrupt ({detail}); move it aside and restart, or run `neuroedge journal verify`")]
+    #[error("journal {path} is corrupt ({detail}); nothing more is written to it. Next: `neuroedge journal salvage --journal {path} --out NEW.db` copies every readable batch into a new journal and lists what was lost; then point [journal] path at NEW.db (keep the damaged file)")]
     Corrupt { path: PathBuf, detail: String },
     #[error("journal {path} has schema version {found}, newer than this neuroedge ({supported}); upgrade neuroedge")]
     TooNew {
