@@ -239,6 +239,8 @@ pub struct DeviceCursor {
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
+    /// The sync level it was opened for writing with (`None`: read-only).
+    writable: Option<SyncMode>,
 }
 
 fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
@@ -279,6 +281,7 @@ impl Journal {
         let mut j = Journal {
             conn,
             path: path.to_path_buf(),
+            writable: Some(sync),
         };
         j.migrate()?;
         let check: String = j
@@ -317,11 +320,29 @@ impl Journal {
         Ok(Journal {
             conn,
             path: path.to_path_buf(),
+            writable: None,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Close and open again for writing, with the start-up checks
+    /// (`quick_check`). After a failed write or sync nothing the old
+    /// connection holds in memory is trusted: SQLite rebuilds its view of
+    /// the WAL from the file, as after a crash (the lesson PostgreSQL
+    /// learned about fsync errors: do not retry on state the kernel may
+    /// have dropped; recover from what is on disk).
+    pub fn reopen(&mut self) -> Result<(), JournalError> {
+        let Some(sync) = self.writable else {
+            return Err(JournalError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other("opened read-only; cannot reopen for writing"),
+            });
+        };
+        *self = Journal::open(&self.path, sync)?;
+        Ok(())
     }
 
     fn migrate(&mut self) -> Result<(), JournalError> {

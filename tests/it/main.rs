@@ -13,6 +13,7 @@
 //! - [`drivers_bflsl`]: BrainFlow's real library and real LSL outlets;
 //! - [`export`]: XDF, EDF+/BDF+ and BIDS exports read back by pyxdf,
 //!   pyedflib, MNE, mne-bids and the BIDS validator.
+//! - [`faults`]: the journal under injected I/O faults (`strace --inject`);
 //! - [`upgrade`]: a journal of an earlier release opens and grows.
 //! - [`scope`]: `subscribe` read by a Python client against the journal,
 //!   and `neuroedge scope` driven under tmux.
@@ -26,6 +27,7 @@ mod daemon;
 mod drivers_bflsl;
 mod drivers_serial;
 mod export;
+mod faults;
 mod ops;
 mod scope;
 mod upgrade;
