@@ -71,6 +71,7 @@ pub mod journal;
 pub mod logging;
 pub mod lsl_ffi;
 pub mod notify;
+pub mod outlet;
 pub mod pipeline;
 pub mod ring;
 pub mod source;

@@ -10,6 +10,7 @@ use crate::dsp::{
     QualityThresholds,
 };
 use crate::journal::JournalTx;
+use crate::outlet::{OutletFeed, StreamKind};
 use crate::ring::{Block, Consumer};
 use crate::stream::StreamInfo;
 use crate::telemetry::{DeviceStats, QualitySnapshot};
@@ -182,6 +183,8 @@ pub struct Processing {
     /// The live view for socket subscribers (folds nothing while nobody
     /// subscribed; never waits).
     pub view: ViewWriter,
+    /// The device's LSL outlets (copies what they publish; never waits).
+    pub outlets: OutletFeed,
 }
 
 struct Batcher {
@@ -276,8 +279,11 @@ impl Processing {
         }
     }
 
-    fn take_markers(&self, batcher: &mut Batcher) {
+    /// Markers from `mark`, the driver (LSL marker inlet, BrainFlow) go
+    /// into the batches and out on the `markers` outlet.
+    fn take_markers(&mut self, batcher: &mut Batcher) {
         while let Ok(m) = self.markers.try_recv() {
+            self.outlets.marker(&m);
             batcher.markers.push(m);
         }
     }
@@ -323,7 +329,13 @@ impl Processing {
         self.filters.process(raw, out);
         let ts = block.timestamps();
         self.view.push(first, raw, out, ts);
+        self.outlets.samples(StreamKind::Raw, raw, ts);
+        self.outlets.samples(StreamKind::Filtered, out, ts);
+        let emitted = self.features.pending.len();
         self.features.push(raw, out, ts, &self.stats);
+        for rec in &self.features.pending[emitted..] {
+            self.outlets.features(rec);
+        }
         let mut k = 0;
         while k < n {
             let b = &mut batcher.current;
@@ -451,6 +463,7 @@ mod tests {
             markers: mrx,
             stats: stats.clone(),
             view: ViewWriter::new(crate::view::View::new("d", RATE, &info.channel_names, "uV")),
+            outlets: OutletFeed::disabled(),
         };
         let h = std::thread::spawn(move || p.run(consumer));
         (producer, h, rx, mtx, stats)

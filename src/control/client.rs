@@ -309,6 +309,7 @@ mod tests {
             quality: vec![],
             band_power: Default::default(),
             last_error: None,
+            outlets: Default::default(),
         }
     }
 
