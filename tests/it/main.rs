@@ -11,6 +11,7 @@
 //! - [`clock_steps`]: a stepped wall clock under libfaketime;
 //! - [`drivers_serial`]: Cyton and ASCII serial devices behind ptys;
 //! - [`drivers_bflsl`]: BrainFlow's real library and real LSL outlets;
+//! - [`outlets`]: the daemon's own LSL outlets read by pylsl inlets;
 //! - [`export`]: XDF, EDF+/BDF+ and BIDS exports read back by pyxdf,
 //!   pyedflib, MNE, mne-bids and the BIDS validator.
 //! - [`upgrade`]: a journal of an earlier release opens and grows.
@@ -27,6 +28,7 @@ mod drivers_bflsl;
 mod drivers_serial;
 mod export;
 mod ops;
+mod outlets;
 mod scope;
 mod upgrade;
 mod uplink;
