@@ -557,6 +557,40 @@ mod tests {
     }
 
     #[test]
+    fn lsl_outlet_streams_are_checked_and_located() {
+        let base = "id = \"s\"\ndriver = \"synthetic\"\nenabled = true\n[lsl_outlet]\n";
+        let d = parse(&format!("{base}streams = [\"filtered\", \"markers\"]\n")).unwrap();
+        assert_eq!(
+            d.lsl_outlet.kinds(),
+            [StreamKind::Filtered, StreamKind::Markers]
+        );
+        let e = parse(&format!(
+            "{base}streams = [\"filtered\", \"alpha\", \"filtered\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e
+            .iter()
+            .all(|p| p.key.as_deref() == Some("lsl_outlet.streams")));
+        assert!(e.iter().all(|p| p.line_col.is_some()), "{e:?}");
+        assert!(
+            e[0].message.contains("\"alpha\" is not a stream"),
+            "{}",
+            e[0]
+        );
+        assert!(e[1].message.contains("listed twice"), "{}", e[1]);
+        let e = parse(&format!("{base}stream = [\"raw\"]\n")).unwrap_err();
+        assert!(e[0].message.contains("unknown field `stream`"), "{}", e[0]);
+        // Only [lsl_outlet] differs: a reload re-creates the outlets alone.
+        let mut other = d.clone();
+        other.lsl_outlet.streams.push("raw".into());
+        assert!(d.differs_only_in_outlets(&other));
+        other.enabled = false;
+        assert!(!d.differs_only_in_outlets(&other));
+        assert!(!d.differs_only_in_outlets(&d));
+    }
+
+    #[test]
     fn missing_port_is_named() {
         let e = parse("id = \"c\"\ndriver = \"openbci-cyton\"\n[connection]\ndaisy = true\n")
             .unwrap_err();
