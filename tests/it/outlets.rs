@@ -28,6 +28,10 @@ impl Drop for Peer {
 }
 
 fn start_inlets(ns: &NetNs, log: &std::path::Path) -> Peer {
+    start_inlets_with(ns, log, STREAMS, &[])
+}
+
+fn start_inlets_with(ns: &NetNs, log: &std::path::Path, streams: &str, extra: &[&str]) -> Peer {
     let [ip, netns, exec, ns_name] = ns.exec();
     Peer(
         Command::new(ip)
@@ -37,7 +41,9 @@ fn start_inlets(ns: &NetNs, log: &std::path::Path) -> Peer {
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/peers/lsl_outlet_inlet.py"
             ))
-            .args(["--device", DEV, "--streams", STREAMS, "--log"])
+            .args(["--device", DEV, "--streams", streams])
+            .args(extra)
+            .arg("--log")
             .arg(log)
             .env("LSLAPICFG", LSL_CFG)
             .stdout(Stdio::null())
@@ -408,4 +414,76 @@ fn reload_outlets(env: &Env, d: &Daemon) -> String {
     );
     assert!(dev.outlets.contains_key("raw"), "{:?}", dev.outlets);
     neuroedge::control::metrics::render(&r)
+}
+
+/// A consumer that stops pulling for 30 s (its inlets stay open) costs the
+/// journal nothing: no gap, no dropped sample; afterwards it receives
+/// fresh samples again.
+#[test]
+fn a_stuck_consumer_costs_the_journal_nothing() {
+    if !peer_available("pylsl") {
+        return;
+    }
+    let Some(ns) = lsl_namespace("outlets-stuck") else {
+        return;
+    };
+    let env = Env::new("");
+    env.write(
+        "devices/eeg.toml",
+        &synthetic_device(
+            DEV,
+            32,
+            2000.0,
+            "[lsl_outlet]\nstreams = [\"raw\", \"filtered\"]\n",
+        ),
+    );
+    let log = env.path().join("inlets.jsonl");
+    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
+    d.wait_streaming(Duration::from_secs(20));
+    let _peer = start_inlets_with(
+        &ns,
+        &log,
+        "raw,filtered",
+        &["--pause-after", "2", "--pause-for", "30"],
+    );
+    wait_ready(&log, &d);
+    let start = Instant::now();
+    while !read_log(&log).iter().any(|v| v["resumed"] == true) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the peer never resumed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let resumed = neuroedge::clock::wall_unix();
+    std::thread::sleep(Duration::from_secs(3));
+    let r = d.report().expect("status");
+    let dev = device(&r, DEV);
+    eprintln!("outlets after a 30 s stuck consumer: {:?}", dev.outlets);
+    assert_eq!((dev.dropped_samples, dev.gaps), (0, 0), "{dev:?}");
+    assert!(
+        dev.outlets["filtered"].pushed > 2000 * 30,
+        "{:?}",
+        dev.outlets
+    );
+    assert_eq!(d.terminate(), 0);
+    let batches = env.device_batches(DEV);
+    let mut next = 0;
+    for (_, b) in &batches {
+        assert!(b.gaps.is_empty(), "{:?}", b.gaps);
+        assert_eq!(b.first_sample, next, "contiguous");
+        next = b.end_sample();
+    }
+    // Fresh samples after the pause: stamped (unix) after it ended.
+    let lines = read_log(&log);
+    let clock = lines
+        .iter()
+        .find_map(|l| l["clock"]["unix_minus_lsl"].as_f64())
+        .unwrap();
+    let got = received(&lines, "filtered");
+    let newest = got.last().expect("samples").0 + clock;
+    assert!(
+        newest > resumed,
+        "newest sample at {newest}, resumed at {resumed}"
+    );
 }

@@ -10,6 +10,8 @@ pulls until killed (or --seconds), writing JSON lines to --log:
   channel_format, labels, units, types}} per stream;
 - {"clock": {"unix_minus_lsl": ...}}: this machine's unix - LSL clock now;
 - {"ready": true} once every inlet is open;
+- with --pause-after, {"paused": seconds} and {"resumed": true} around a
+  pause in pulling (the inlets stay open, nothing is read);
 - {"stream": s, "t": [lsl stamps], "bits": [[float32 bits per channel]]}
   per chunk of a numeric stream (bits: the test compares bit for bit);
 - {"stream": "markers", "t": [...], "values": [...]} per marker chunk.
@@ -64,6 +66,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=3600.0)
     ap.add_argument("--resolve-timeout", type=float, default=30.0)
     ap.add_argument("--log", required=True)
+    ap.add_argument("--pause-after", type=float, default=None,
+                    help="stop pulling this many seconds after ready (a stuck consumer)")
+    ap.add_argument("--pause-for", type=float, default=30.0)
     a = ap.parse_args()
     log = open(a.log, "w", buffering=1)
 
@@ -79,8 +84,15 @@ def main():
         put({"meta": meta(s, inlet)})
     put({"clock": {"unix_minus_lsl": time.time() - pylsl.local_clock()}})
     put({"ready": True})
-    end = time.monotonic() + a.seconds
+    start = time.monotonic()
+    end = start + a.seconds
+    pause = None if a.pause_after is None else start + a.pause_after
     while time.monotonic() < end:
+        if pause is not None and time.monotonic() >= pause:
+            put({"paused": a.pause_for})
+            time.sleep(a.pause_for)
+            put({"resumed": True})
+            pause = None
         got = False
         for s, inlet in inlets.items():
             try:
