@@ -314,11 +314,19 @@ fn outlets_match_the_journal_and_survive_a_restart_and_a_reload() {
     let env = Env::new("");
     env.write("devices/eeg.toml", &config());
     let log = env.path().join("inlets.jsonl");
+    let restarted = record_across_restart(&env, &ns, &log);
+    check_recording(&env, &log, restarted);
+}
+
+/// Run the daemon with inlets on its outlets, a mark, a reload of
+/// `[lsl_outlet]`, a restart and another mark. Returns when it restarted
+/// (unix).
+fn record_across_restart(env: &Env, ns: &NetNs, log: &std::path::Path) -> f64 {
     let lsl_env = [("LSLAPICFG", LSL_CFG)];
     let d = env.spawn_wrapped(&ns.exec(), &lsl_env);
     d.wait_streaming(Duration::from_secs(20));
-    let _peer = start_inlets(&ns, &log);
-    wait_ready(&log, &d);
+    let peer = start_inlets(ns, log);
+    wait_ready(log, &d);
     std::thread::sleep(Duration::from_secs(1));
     mark(&d, "hello-outlet");
     std::thread::sleep(Duration::from_secs(6));
@@ -332,7 +340,7 @@ fn outlets_match_the_journal_and_survive_a_restart_and_a_reload() {
     assert!(outlets["filtered"].pushed >= 250 * 6, "{outlets:?}");
     assert_eq!(outlets["filtered"].dropped, 0, "{outlets:?}");
     assert_eq!(outlets["markers"].pushed, 1, "{outlets:?}");
-    let metrics = reload_outlets(&env, &d);
+    let metrics = reload_outlets(env, &d);
     assert!(
         metrics.contains("neuroedge_outlet_pushed_total{device=\"eeg\",stream=\"raw\"}"),
         "{metrics}"
@@ -347,15 +355,19 @@ fn outlets_match_the_journal_and_survive_a_restart_and_a_reload() {
     mark(&d, "after-restart");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(d.terminate(), 0);
-    drop(_peer);
+    drop(peer);
+    restarted
+}
 
-    let lines = read_log(&log);
+/// What the inlets received against the journal.
+fn check_recording(env: &Env, log: &std::path::Path, restarted: f64) {
+    let lines = read_log(log);
     let bands: Vec<String> = neuroedge::config::FeaturesSection::default()
         .bands
         .into_keys()
         .collect();
     check_metadata(&lines, &bands);
-    let m = match_filtered(&received(&lines, "filtered"), &journal_samples(&env));
+    let m = match_filtered(&received(&lines, "filtered"), &journal_samples(env));
     let runs = m.runs;
     eprintln!("outlets: (offset, samples) per constant offset: {runs:?}");
     // One constant per daemon run (both runs map unix to LSL time through
@@ -379,9 +391,9 @@ fn outlets_match_the_journal_and_survive_a_restart_and_a_reload() {
         );
     }
     let offsets: Vec<f64> = runs.iter().map(|r| r.0).collect();
-    let (bp, q) = check_features(&env, &lines, &offsets);
+    let (bp, q) = check_features(env, &lines, &offsets);
     assert!(bp >= 10 && q >= 10, "{bp} band_power, {q} quality samples");
-    check_markers(&env, &lines, &offsets, &["hello-outlet", "after-restart"]);
+    check_markers(env, &lines, &offsets, &["hello-outlet", "after-restart"]);
 }
 
 /// Add `raw` to `[lsl_outlet]` and reload: the outlets alone are
@@ -447,15 +459,7 @@ fn a_stuck_consumer_costs_the_journal_nothing() {
         &["--pause-after", "2", "--pause-for", "30"],
     );
     wait_ready(&log, &d);
-    let start = Instant::now();
-    while !read_log(&log).iter().any(|v| v["resumed"] == true) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the peer never resumed"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let resumed = neuroedge::clock::wall_unix();
+    let resumed = wait_resumed(&log);
     std::thread::sleep(Duration::from_secs(3));
     let r = d.report().expect("status");
     let dev = device(&r, DEV);
@@ -467,13 +471,7 @@ fn a_stuck_consumer_costs_the_journal_nothing() {
         dev.outlets
     );
     assert_eq!(d.terminate(), 0);
-    let batches = env.device_batches(DEV);
-    let mut next = 0;
-    for (_, b) in &batches {
-        assert!(b.gaps.is_empty(), "{:?}", b.gaps);
-        assert_eq!(b.first_sample, next, "contiguous");
-        next = b.end_sample();
-    }
+    assert_contiguous(&env);
     // Fresh samples after the pause: stamped (unix) after it ended.
     let lines = read_log(&log);
     let clock = lines
@@ -486,4 +484,29 @@ fn a_stuck_consumer_costs_the_journal_nothing() {
         newest > resumed,
         "newest sample at {newest}, resumed at {resumed}"
     );
+}
+
+/// The journal holds every sample of the device: no gap, indices
+/// contiguous from 0.
+fn assert_contiguous(env: &Env) {
+    let mut next = 0;
+    for (_, b) in env.device_batches(DEV) {
+        assert!(b.gaps.is_empty(), "{:?}", b.gaps);
+        assert_eq!(b.first_sample, next, "contiguous");
+        next = b.end_sample();
+    }
+    assert!(next > 0, "no batch");
+}
+
+/// Wait until the peer pulls again after its pause; returns when (unix).
+fn wait_resumed(log: &std::path::Path) -> f64 {
+    let start = Instant::now();
+    while !read_log(log).iter().any(|v| v["resumed"] == true) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the peer never resumed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    neuroedge::clock::wall_unix()
 }
