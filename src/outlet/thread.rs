@@ -85,12 +85,12 @@ impl Outlets {
     pub fn configure(&mut self, section: &OutletSection) {
         self.stop();
         let kinds = section.kinds();
-        self.counters.set_enabled(section.mask());
         if kinds.is_empty() {
             return;
         }
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = WorkerCtx {
+            mask: section.mask(),
             kinds,
             rx: self.rx.clone(),
             free: self.free.clone(),
@@ -126,6 +126,9 @@ impl Drop for Outlets {
 }
 
 struct WorkerCtx {
+    /// The streams, as published to the processing stage once liblsl is
+    /// loaded (loading it may take a second: nothing queues up meanwhile).
+    mask: u8,
     kinds: Vec<StreamKind>,
     rx: Receiver<Msg>,
     free: Sender<Chunk>,
@@ -150,6 +153,9 @@ impl WorkerCtx {
                 None
             }
         };
+        // From now on the processing stage copies the streams (without
+        // liblsl they are counted as dropped).
+        self.counters.set_enabled(self.mask);
         let mut live: Option<Live> = None;
         while !self.stop.load(Ordering::Relaxed) {
             match self.rx.recv_timeout(POLL) {
