@@ -43,7 +43,7 @@
 //! | --- | --- | --- |
 //! | ring (acquisition → processing) | `[buffer] ring_seconds` of frames | the **oldest** frames are dropped, counted (`dropped_samples`) and become an `overflow` gap |
 //! | marker queue (socket/driver → processing) | 1024 markers | the new marker is dropped with a warning; `mark` answers with an error |
-//! | LSL outlet queue (processing → outlet thread) | 64 blocks, features or markers | the new one is dropped and counted (`outlets.<stream>.dropped`); never waited on; the journal keeps everything |
+//! | LSL outlet queue (processing → outlet thread) | 64 blocks, features or markers (pooled buffers, ≤ 64 MiB) | the new one is dropped and counted (`outlets.<stream>.dropped`); never waited on; the journal keeps everything |
 //! | journal queue (processing → writer) | 64 batches | the batch is dropped, counted, and carried as a `journal` gap into the device's next batch (never waits; only the unpaced synthetic source waits instead) |
 //! | writer's unsealed queue (a failing disk) | 64 MiB | the writer stops taking batches: the journal queue fills (above) |
 //! | quota (`[journal] max_bytes`) | bytes on disk | `when_full`: evict the oldest (uploaded first), or refuse the new batch; counted, logged, audited |

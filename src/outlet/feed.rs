@@ -16,6 +16,12 @@ pub const QUEUE: usize = 64;
 /// one being filled).
 pub const POOL: usize = QUEUE + 2;
 
+/// Bytes of sample data the pool may hold (at 30 kHz x 384 channels a
+/// block is 4.6 MB: 14 buffers, not 66). At least [`MIN_POOL`] buffers.
+pub const POOL_BYTES: usize = 64 << 20;
+
+pub const MIN_POOL: usize = 4;
+
 /// Samples of one stream, frame-major, stamped in unix seconds.
 #[derive(Debug, Default)]
 pub struct Chunk {
@@ -44,6 +50,8 @@ pub struct OutletFeed {
     free: Receiver<Chunk>,
     /// Buffers this feed has allocated.
     allocated: usize,
+    /// Buffers it may allocate: [`POOL`], fewer for large blocks.
+    limit: usize,
     /// A buffer whose chunk the queue refused, kept for the next one.
     spare: Option<Chunk>,
     counters: Arc<OutletCounters>,
@@ -55,6 +63,7 @@ impl OutletFeed {
             tx,
             free,
             allocated: 0,
+            limit: POOL,
             spare: None,
             counters,
         }
@@ -76,15 +85,18 @@ impl OutletFeed {
     }
 
     /// An empty buffer: a recycled one, else a new one while the pool is
-    /// not full; `None` when every buffer is in the queue.
-    fn buffer(&mut self) -> Option<Chunk> {
+    /// not full; `None` when every buffer is in the queue. `values`: how
+    /// many floats it is for (bounds the pool in bytes).
+    fn buffer(&mut self, values: usize) -> Option<Chunk> {
+        let fit = (POOL_BYTES / (values * 4).max(1)).clamp(MIN_POOL, POOL);
+        self.limit = self.limit.min(fit);
         if let Some(c) = self.spare.take() {
             return Some(c);
         }
         if let Ok(c) = self.free.try_recv() {
             return Some(c);
         }
-        if self.allocated < POOL {
+        if self.allocated < self.limit {
             self.allocated += 1;
             return Some(Chunk::default());
         }
@@ -97,7 +109,7 @@ impl OutletFeed {
         if !self.wants(kind) || stamps.is_empty() {
             return;
         }
-        self.send_with(kind, stamps.len() as u64, |c| {
+        self.send_with(kind, samples.len(), stamps.len() as u64, |c| {
             c.data.extend_from_slice(samples);
             c.stamps.extend_from_slice(stamps);
         });
@@ -108,7 +120,8 @@ impl OutletFeed {
     pub fn features(&mut self, rec: &FeatureRecord) {
         if self.wants(StreamKind::BandPower) {
             let channels = rec.rms.len();
-            self.send_with(StreamKind::BandPower, 1, |c| {
+            let values = channels * rec.band_power.len();
+            self.send_with(StreamKind::BandPower, values, 1, |c| {
                 for ch in 0..channels {
                     for (_, powers) in &rec.band_power {
                         c.data
@@ -119,7 +132,7 @@ impl OutletFeed {
             });
         }
         if self.wants(StreamKind::Quality) {
-            self.send_with(StreamKind::Quality, 1, |c| {
+            self.send_with(StreamKind::Quality, rec.rms.len(), 1, |c| {
                 c.data.extend(rec.rms.iter().map(|&r| r as f32));
                 c.stamps.push(rec.t);
             });
@@ -137,8 +150,14 @@ impl OutletFeed {
         }
     }
 
-    fn send_with(&mut self, kind: StreamKind, n: u64, fill: impl FnOnce(&mut Chunk)) {
-        let Some(mut c) = self.buffer() else {
+    fn send_with(
+        &mut self,
+        kind: StreamKind,
+        values: usize,
+        n: u64,
+        fill: impl FnOnce(&mut Chunk),
+    ) {
+        let Some(mut c) = self.buffer(values) else {
             self.counters().add_dropped(kind, n);
             return;
         };
@@ -208,6 +227,19 @@ mod tests {
             (first.data.as_slice(), first.stamps.as_slice()),
             (&data[..], &ts[..])
         );
+    }
+
+    #[test]
+    fn large_blocks_get_a_smaller_pool() {
+        let (mut f, rx, _free, c) = feed(StreamKind::Raw.bit());
+        // 3000 frames x 384 channels (30 kHz, 100 ms): 4.6 MB a block.
+        let block = vec![0.5f32; 3000 * 384];
+        let ts = vec![1.0; 3000];
+        for _ in 0..20 {
+            f.samples(StreamKind::Raw, &block, &ts);
+        }
+        assert_eq!(rx.len(), 14, "64 MiB / 4.6 MB");
+        assert_eq!(c.dropped(StreamKind::Raw), 6 * 3000);
     }
 
     #[test]
