@@ -264,7 +264,7 @@ fn check_lsl(env: &Env, log: &std::path::Path, extra: &[&str]) -> Value {
     serde_json::from_str(stdout.trim()).expect("summary")
 }
 
-struct Peer(Child);
+pub(crate) struct Peer(Child);
 
 impl Drop for Peer {
     fn drop(&mut self) {
@@ -273,7 +273,7 @@ impl Drop for Peer {
     }
 }
 
-fn start_peer(
+pub(crate) fn start_peer(
     ns: &NetNs,
     name: &str,
     source_id: &str,

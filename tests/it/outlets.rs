@@ -28,10 +28,12 @@ impl Drop for Peer {
 }
 
 fn start_inlets(ns: &NetNs, log: &std::path::Path) -> Peer {
-    start_inlets_with(ns, log, STREAMS, &[])
+    start_inlets_with(ns, log, &format!("{DEV}:{STREAMS}"), &[])
 }
 
-fn start_inlets_with(ns: &NetNs, log: &std::path::Path, streams: &str, extra: &[&str]) -> Peer {
+/// The inlet peer on `device:stream,stream,...`.
+fn start_inlets_with(ns: &NetNs, log: &std::path::Path, what: &str, extra: &[&str]) -> Peer {
+    let (device, streams) = what.split_once(':').expect("device:streams");
     let [ip, netns, exec, ns_name] = ns.exec();
     Peer(
         Command::new(ip)
@@ -41,7 +43,7 @@ fn start_inlets_with(ns: &NetNs, log: &std::path::Path, streams: &str, extra: &[
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/peers/lsl_outlet_inlet.py"
             ))
-            .args(["--device", DEV, "--streams", streams])
+            .args(["--device", device, "--streams", streams])
             .args(extra)
             .arg("--log")
             .arg(log)
@@ -249,7 +251,7 @@ fn check_features(env: &Env, lines: &[Value], offsets: &[f64]) -> (usize, usize)
 }
 
 /// The markers received: (value, LSL stamp).
-fn markers(lines: &[Value]) -> Vec<(String, f64)> {
+fn markers_of(lines: &[Value]) -> Vec<(String, f64)> {
     let mut out = Vec::new();
     for l in lines.iter().filter(|l| l["stream"] == "markers") {
         for (t, v) in l["t"]
@@ -270,7 +272,7 @@ fn check_markers(env: &Env, lines: &[Value], offsets: &[f64], want: &[&str]) {
         .into_iter()
         .flat_map(|(_, b)| b.markers)
         .collect();
-    let got = markers(lines);
+    let got = markers_of(lines);
     for w in want {
         let (_, tl) = got
             .iter()
@@ -455,7 +457,7 @@ fn a_stuck_consumer_costs_the_journal_nothing() {
     let _peer = start_inlets_with(
         &ns,
         &log,
-        "raw,filtered",
+        &format!("{DEV}:raw,filtered"),
         &["--pause-after", "2", "--pause-for", "30"],
     );
     wait_ready(&log, &d);
@@ -509,4 +511,57 @@ fn wait_resumed(log: &std::path::Path) -> f64 {
         std::thread::sleep(Duration::from_millis(500));
     }
     neuroedge::clock::wall_unix()
+}
+
+/// Markers a device's LSL marker inlet receives (the LSL driver's
+/// `markers`) go out on its `markers` outlet, as the journal has them.
+#[test]
+fn lsl_inlet_markers_go_out_on_the_markers_outlet() {
+    if !peer_available("pylsl") {
+        return;
+    }
+    let Some(ns) = lsl_namespace("outlets-markers") else {
+        return;
+    };
+    let name = format!("neuroedge-outlet-test-{}", std::process::id());
+    let markers = format!("{name}-markers");
+    let env = Env::new("");
+    env.write(
+        "devices/lsl.toml",
+        &format!(
+            "id = \"lsl\"\ndriver = \"lsl\"\nenabled = true\n[connection]\nname = \"{name}\"\n\
+             resolve_timeout_s = 1.0\nmarkers = \"{markers}\"\n[lsl_outlet]\nstreams = [\"markers\"]\n"
+        ),
+    );
+    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
+    let source = env.path().join("source.jsonl");
+    let _source = crate::drivers_bflsl::start_peer(&ns, &name, "src", &markers, 1, &source, &[]);
+    d.wait_streaming(Duration::from_secs(30));
+    let log = env.path().join("inlets.jsonl");
+    let _inlets = start_inlets_with(&ns, &log, "lsl:markers", &[]);
+    wait_ready(&log, &d);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(d.terminate(), 0);
+    let got = markers_of(&read_log(&log));
+    assert!(got.len() >= 5, "{got:?}");
+    let journal: Vec<neuroedge::batch::Marker> = env
+        .device_batches("lsl")
+        .into_iter()
+        .flat_map(|(_, b)| b.markers)
+        .collect();
+    let offset = journal
+        .iter()
+        .find(|m| m.value == got[0].0)
+        .expect("journaled")
+        .t
+        - got[0].1;
+    for (v, tl) in &got {
+        assert!(v.starts_with("m1-"), "{v}");
+        let m = journal.iter().find(|m| m.value == *v).expect("journaled");
+        assert!(
+            (m.t - offset - tl).abs() < 1e-6,
+            "{v}: journal {} LSL {tl}",
+            m.t
+        );
+    }
 }
