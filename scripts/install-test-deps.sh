@@ -12,7 +12,8 @@ set -euo pipefail
 # in the clock-step test, debootstrap for the fresh-machine and package
 # checks' chroot (scripts/check-fresh.sh, scripts/check-deb.sh), lintian
 # for the package (about 1 min and 60 MB of packages on a fresh machine),
-# tmux to drive `neuroedge scope` in a real terminal (under 1 MB, a second).
+# tmux to drive `neuroedge scope` in a real terminal (under 1 MB, a second),
+# strace to inject I/O faults into the journal's syscalls (tests/it/faults.rs).
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v mount >/dev/null || need_apt+=(mount)
@@ -24,6 +25,7 @@ command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v lintian >/dev/null || need_apt+=(lintian)
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 command -v tmux >/dev/null || need_apt+=(tmux)
+command -v strace >/dev/null || need_apt+=(strace)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   SUDO=""

@@ -477,6 +477,15 @@ pub fn read_header(envelope: &[u8]) -> Result<EnvelopeParts, BatchError> {
     })
 }
 
+/// Authenticate an envelope (AES-GCM over header and body) without
+/// decompressing or decoding it: the check before an upload.
+pub fn authenticate(keys: &Keyring, envelope: &[u8]) -> Result<BatchHeader, BatchError> {
+    let parts = read_header(envelope)?;
+    let key = keys.get(&parts.header.key_id)?;
+    key.open(&parts.nonce, &parts.header_bytes, &parts.ciphertext)?;
+    Ok(parts.header)
+}
+
 /// Open an envelope with the key its header names; returns header and data.
 pub fn open(keys: &Keyring, envelope: &[u8]) -> Result<(BatchHeader, BatchData), BatchError> {
     let EnvelopeParts {

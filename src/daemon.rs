@@ -47,6 +47,7 @@ pub fn load_keyring(cfg: &Config) -> Result<(Keyring, bool), KeyError> {
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let epoch = Instant::now();
     let (keyring, key_created) = load_keyring(&cfg)?;
+    let keyring = Arc::new(keyring);
     let key_id = keyring.current().id().to_string();
     if key_created {
         tracing::warn!(key_file = %cfg.daemon.crypto.key_file.display(), key_id = %key_id, "generated a new batch key; back it up: batches cannot be read without it");
@@ -57,7 +58,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     tracing::info!(path = %jcfg.path.display(), devices_known = cursors.len(), "journal open and checked");
     let writer = journal::spawn_writer(
         journal,
-        Arc::new(keyring),
+        keyring.clone(),
         WriterConfig {
             site_id: cfg.daemon.daemon.site_id.clone(),
             node_id: cfg.node_id.clone(),
@@ -146,7 +147,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             jcfg.path.clone(),
             jtx.clone(),
             uplink_shared.clone(),
-            crate::uplink::EngineOptions::default(),
+            crate::uplink::EngineOptions {
+                keys: Some(keyring.clone()),
+                ..Default::default()
+            },
         )
     });
 

@@ -12,6 +12,8 @@ use std::process::ExitCode;
 
 #[path = "cli/export.rs"]
 mod export_cmd;
+#[path = "cli/salvage.rs"]
+mod salvage_cmd;
 use export_cmd::ExportArgs;
 
 #[derive(Parser)]
@@ -159,6 +161,15 @@ enum JournalCommand {
     },
     /// Export recordings: CSV, XDF, EDF+/BDF+ or a BIDS dataset (see docs/export.md).
     Export(Box<ExportArgs>),
+    /// Copy every readable, authentic batch and the audit trail of a
+    /// damaged journal into a new one, and report exactly what was lost.
+    Salvage {
+        /// The new journal (must not exist)
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Decrypt one batch and print it as JSON.
     Decrypt {
         #[arg(long, conflicts_with_all = ["device", "seq"])]
@@ -448,6 +459,7 @@ fn journal_cmd(
                 JournalCommand::Verify { .. }
                     | JournalCommand::Decrypt { .. }
                     | JournalCommand::Export(..)
+                    | JournalCommand::Salvage { .. }
             ));
     // An export also reads the device files when --config is given (a
     // Cyton's documented range, its manufacturer).
@@ -470,6 +482,18 @@ fn journal_cmd(
                 path.display()
             ),
         ));
+    }
+    if let JournalCommand::Salvage { out, json } = &cmd {
+        // The damaged journal may not even open: salvage reads it itself.
+        let keys = open_keyring(cfg.as_ref(), &keys)?;
+        return match salvage_cmd::run(&path, out, &keys, *json) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Fail(
+                3,
+                "some batches or audit records were lost (listed above)".into(),
+            )),
+            Err(e) => Err(Fail(1, e)),
+        };
     }
     let j = Journal::open_readonly(&path)?;
     match cmd {
@@ -560,6 +584,7 @@ fn journal_cmd(
             }
         }
         JournalCommand::Export(args) => export_cmd::export(&j, cfg.as_ref(), &keys, *args),
+        JournalCommand::Salvage { .. } => unreachable!("handled before the journal is opened"),
         JournalCommand::Decrypt {
             batch_id,
             device,

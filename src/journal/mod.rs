@@ -13,6 +13,7 @@
 pub mod config;
 pub mod inspect;
 pub mod reader;
+pub mod salvage;
 pub mod writer;
 
 pub use reader::{BatchRow, ReadBatch, RowKey, Selection, Unreadable};
@@ -81,7 +82,7 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("journal {path} is corrupt ({detail}); move it aside and restart, or run `neuroedge journal verify`")]
+    #[error("journal {path} is corrupt ({detail}); nothing more is written to it. Next: `neuroedge journal salvage --journal {path} --out NEW.db` copies every readable batch into a new journal and lists what was lost; then point [journal] path at NEW.db (keep the damaged file)")]
     Corrupt { path: PathBuf, detail: String },
     #[error("journal {path} has schema version {found}, newer than this neuroedge ({supported}); upgrade neuroedge")]
     TooNew {
@@ -238,6 +239,8 @@ pub struct DeviceCursor {
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
+    /// The sync level it was opened for writing with (`None`: read-only).
+    writable: Option<SyncMode>,
 }
 
 fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
@@ -278,6 +281,7 @@ impl Journal {
         let mut j = Journal {
             conn,
             path: path.to_path_buf(),
+            writable: Some(sync),
         };
         j.migrate()?;
         let check: String = j
@@ -316,11 +320,29 @@ impl Journal {
         Ok(Journal {
             conn,
             path: path.to_path_buf(),
+            writable: None,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Close and open again for writing, with the start-up checks
+    /// (`quick_check`). After a failed write or sync nothing the old
+    /// connection holds in memory is trusted: SQLite rebuilds its view of
+    /// the WAL from the file, as after a crash (the lesson PostgreSQL
+    /// learned about fsync errors: do not retry on state the kernel may
+    /// have dropped; recover from what is on disk).
+    pub fn reopen(&mut self) -> Result<(), JournalError> {
+        let Some(sync) = self.writable else {
+            return Err(JournalError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other("opened read-only; cannot reopen for writing"),
+            });
+        };
+        *self = Journal::open(&self.path, sync)?;
+        Ok(())
     }
 
     fn migrate(&mut self) -> Result<(), JournalError> {

@@ -203,6 +203,8 @@ pub fn spawn_writer(
         shared,
         commits: commits_tx,
         failing: None,
+        reopen: false,
+        uncertain: None,
         brx,
         arx,
         mrx,
@@ -273,6 +275,10 @@ struct Tally {
     marks: MarkTally,
     /// Audit rows this transaction writes itself.
     audits: Vec<AuditEvent>,
+    /// How many of the writer's queued audit records and upload marks
+    /// the transaction took (more may arrive before a retry).
+    audits_taken: usize,
+    marks_taken: usize,
 }
 
 struct Writer {
@@ -292,6 +298,10 @@ struct Writer {
     /// Batches committed since the daemon started, for the delivery engine.
     commits: watch::Sender<u64>,
     failing: Option<Failing>,
+    /// A write or sync failed: reopen (and recheck) before the next try.
+    reopen: bool,
+    /// A transaction whose COMMIT failed: on disk or not, to be decided.
+    uncertain: Option<Tally>,
     brx: Receiver<BatchData>,
     arx: Receiver<AuditEvent>,
     mrx: Receiver<UploadMark>,
@@ -393,6 +403,14 @@ impl Writer {
     /// Commit until the queue is empty or a commit fails (then retry
     /// later with backoff; the batches stay queued, unsealed).
     fn commit_all(&mut self) {
+        if self.reopen {
+            if let Err(e) = self.reopen_and_recheck() {
+                let msg = e.to_string();
+                tracing::warn!(error = %msg, "journal cannot be reopened yet; batches kept in memory");
+                self.retry_later(msg);
+                return;
+            }
+        }
         loop {
             match self.try_commit() {
                 Ok(()) => {
@@ -420,13 +438,58 @@ impl Writer {
         }
     }
 
+    /// Reopen after a failed write, then compare each device's cursor on
+    /// disk with what this writer believes committed. A commit that was
+    /// reported but is not on disk is reported loudly and audited; the
+    /// cursors in memory stay ahead so that no seq is ever reused.
+    fn reopen_and_recheck(&mut self) -> Result<(), super::JournalError> {
+        self.journal.reopen()?;
+        self.reopen = false;
+        let on_disk = self.journal.cursors()?;
+        if let Some(t) = self.uncertain.take() {
+            // All or nothing: the transaction landed if every device it
+            // advanced is where it would have left it.
+            let landed =
+                !t.cursors.is_empty() && t.cursors.iter().all(|(d, c)| on_disk.get(d) == Some(c));
+            if landed {
+                tracing::warn!(batches = t.added.0, "the commit that reported a failure is on disk after all: counted as committed, not written twice");
+                self.after_commit(t);
+            }
+        }
+        let mut lost = Vec::new();
+        for (device, mem) in &self.cursors {
+            let disk = on_disk.get(device).copied().unwrap_or_default();
+            if disk.next_seq < mem.next_seq {
+                lost.push(serde_json::json!({
+                    "device": device, "from_seq": disk.next_seq, "to_seq": mem.next_seq - 1,
+                }));
+            }
+        }
+        if lost.is_empty() {
+            tracing::info!(
+                "journal reopened and rechecked after a failed write: every commit is on disk"
+            );
+        } else {
+            tracing::error!(lost = %serde_json::Value::from(lost.clone()), "batches reported committed are missing after a failed sync; their seqs are not reused");
+            self.audits.push(AuditEvent::new(
+                "journal_lost_commits",
+                None,
+                serde_json::json!({ "lost": lost }),
+            ));
+        }
+        Ok(())
+    }
+
     fn commit_failed(&mut self, e: rusqlite::Error) {
-        let storage = super::is_storage_error(&e);
-        let msg = e.to_string();
+        self.reopen = true;
+        self.retry_later(e.to_string());
+    }
+
+    fn retry_later(&mut self, msg: String) {
         let now = Instant::now();
         let (attempts, since) = match self.failing.take() {
             None => {
-                tracing::warn!(error = %msg, storage, queued = self.queue.len(), "journal write failed; batches kept in memory and retried");
+                tracing::warn!(error = %msg, queued = self.queue.len(), "journal write failed; batches kept in memory, retried after reopening the journal");
                 (1, now)
             }
             Some(f) => {
@@ -455,6 +518,8 @@ impl Writer {
         let now = crate::clock::wall_unix();
         let mut t = Tally {
             total: self.total_bytes,
+            audits_taken: self.audits.len(),
+            marks_taken: self.marks.len(),
             ..Default::default()
         };
         let tx = self
@@ -477,7 +542,12 @@ impl Writer {
         for ev in &t.audits {
             insert_audit(&tx, ev)?;
         }
-        tx.commit()?;
+        if let Err(e) = tx.commit() {
+            // The commit itself failed (e.g. its sync): it may or may not
+            // be on disk. Decided after reopening (`reopen_and_recheck`).
+            self.uncertain = Some(t);
+            return Err(e);
+        }
         self.after_commit(t);
         Ok(())
     }
@@ -485,8 +555,8 @@ impl Writer {
     /// The transaction committed: bring memory, counters and status up to
     /// date. Cannot fail.
     fn after_commit(&mut self, t: Tally) {
-        self.audits.clear();
-        self.marks.clear();
+        self.audits.drain(..t.audits_taken.min(self.audits.len()));
+        self.marks.drain(..t.marks_taken.min(self.marks.len()));
         self.cursors.extend(t.cursors);
         self.total_bytes = t.total;
         let evicted_pending = log_evictions(&t.evicted);

@@ -49,6 +49,10 @@ pub struct EngineOptions {
     pub poll: Duration,
     /// At shutdown, how long requests in flight may finish.
     pub stop_grace: Duration,
+    /// The batch keys: every envelope is authenticated (AES-GCM) before it
+    /// is sent, and an altered one is quarantined, never uploaded. The
+    /// daemon always gives them; `None` only in benches of the engine.
+    pub keys: Option<Arc<crate::crypto::Keyring>>,
 }
 
 impl Default for EngineOptions {
@@ -61,6 +65,7 @@ impl Default for EngineOptions {
             total_bytes: 16 << 20,
             poll: Duration::from_millis(200),
             stop_grace: Duration::from_secs(2),
+            keys: None,
         }
     }
 }
@@ -109,6 +114,40 @@ pub fn spawn(
         stop: stop_tx,
         task,
         shared,
+    }
+}
+
+/// Does this envelope authenticate with the keys (AES-GCM: any changed
+/// byte fails) and name the batch and device it was read as? Off the
+/// runtime's threads: a high-density batch takes milliseconds. Without
+/// keys (engine benches) every envelope passes.
+async fn authenticate(
+    keys: Option<Arc<crate::crypto::Keyring>>,
+    device: String,
+    batch_id: String,
+    envelope: Vec<u8>,
+) -> Result<Vec<u8>, Outcome> {
+    let Some(keys) = keys else {
+        return Ok(envelope);
+    };
+    let check = tokio::task::spawn_blocking(move || {
+        let h = crate::batch::authenticate(&keys, &envelope).map_err(|e| e.to_string())?;
+        if h.batch_id != batch_id || h.device_id != device {
+            return Err(format!(
+                "its header names batch {} of {}",
+                h.batch_id, h.device_id
+            ));
+        }
+        Ok(envelope)
+    });
+    match check.await {
+        Ok(Ok(envelope)) => Ok(envelope),
+        Ok(Err(reason)) => Err(Outcome::Altered { reason }),
+        // Not a verdict on the batch: try again later.
+        Err(e) => Err(Outcome::Transport {
+            kind: policy::TransportKind::Broken,
+            message: format!("authentication task failed: {e}"),
+        }),
     }
 }
 
@@ -537,8 +576,12 @@ impl Engine {
             let t = transport.clone();
             let bid = batch_id.clone();
             let dev = device.clone();
+            let keys = self.opts.keys.clone();
             let h = self.tasks.spawn(async move {
-                let outcome = t.post(&bid, body).await;
+                let outcome = match authenticate(keys, dev.clone(), bid.clone(), body).await {
+                    Ok(body) => t.post(&bid, body).await,
+                    Err(not_sent) => not_sent,
+                };
                 Finished {
                     device: dev,
                     batch_id: bid,
@@ -604,7 +647,7 @@ impl Engine {
                     self.halt = None;
                 }
                 if let Verdict::Quarantine { reason } = verdict {
-                    tracing::error!(device = %f.device, seq, batch_id = %f.batch_id, reason = %reason, "backend refused the batch: quarantined (kept in the journal)");
+                    tracing::error!(device = %f.device, seq, batch_id = %f.batch_id, reason = %reason, "batch quarantined: kept in the journal, never sent again");
                     self.quarantined += 1;
                     self.last_error = Some(format!(
                         "batch {} ({} seq {seq}) quarantined: {reason}",

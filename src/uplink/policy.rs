@@ -11,6 +11,9 @@ pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 /// What one upload attempt came back with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
+    /// Not sent: the envelope in the journal does not authenticate with
+    /// the keys (altered on disk) or disagrees with its row.
+    Altered { reason: String },
     /// The server answered with this status; `retry_after` is the parsed
     /// `Retry-After` header, if any.
     Http {
@@ -64,6 +67,7 @@ pub enum Class {
 
 pub fn classify(o: &Outcome) -> Class {
     match o {
+        Outcome::Altered { .. } => Class::Quarantine,
         Outcome::Transport { .. } => Class::Retry { offline: true },
         Outcome::Http { status, .. } => match *status {
             200..=202 => Class::Ack,
@@ -124,6 +128,9 @@ pub fn decide(o: &Outcome, backoff: &Backoff, attempt: u32, jitter: f64) -> Verd
     let describe = || match o {
         Outcome::Http { status, .. } => format!("HTTP {status}"),
         Outcome::Transport { kind, message } => format!("{}: {message}", kind.as_str()),
+        Outcome::Altered { reason } => {
+            format!("altered in the journal, not sent ({reason}); see `neuroedge journal verify`")
+        }
     };
     match classify(o) {
         Class::Ack => Verdict::Ack,
@@ -223,6 +230,23 @@ pub fn derive_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn altered_batches_are_quarantined_not_retried() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let o = Outcome::Altered {
+            reason: "authentication failed".into(),
+        };
+        match decide(&o, &b, 1, 0.5) {
+            Verdict::Quarantine { reason } => {
+                assert!(reason.contains("altered") && reason.contains("authentication failed"))
+            }
+            v => panic!("{v:?}"),
+        }
+    }
 
     fn http(status: u16) -> Outcome {
         Outcome::Http {

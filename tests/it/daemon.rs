@@ -273,6 +273,115 @@ fn kill9_loop_never_loses_a_batch_a_reader_saw_committed() {
     );
 }
 
+/// A damaged page in the journal: the daemon refuses to start and names
+/// the next step; `journal salvage` copies what reads into a new journal,
+/// lists what was lost, and the daemon continues on it without reusing a
+/// seq.
+#[test]
+fn corrupt_journal_refused_then_salvaged_and_continued() {
+    let env = Env::new("[journal]\nbatch_seconds = 0.25");
+    env.write("devices/a.toml", &synthetic_device("a", 32, 1000.0, ""));
+    let d = env.spawn();
+    d.wait_streaming(Duration::from_secs(10));
+    d.wait_for(Duration::from_secs(20), "40 committed batches", |s| {
+        s["journal"]["committed_batches"].as_u64() >= Some(40)
+    });
+    assert_eq!(d.terminate(), 0);
+    let before = journal_batches(&env);
+    let journal = env.journal();
+    // Garbage over a page in the middle of the file.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let len = std::fs::metadata(&journal).unwrap().len();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&journal)
+            .unwrap();
+        f.seek(SeekFrom::Start((len / 4096 / 2) * 4096)).unwrap();
+        f.write_all(&[0x5A; 4096]).unwrap();
+    }
+    let mut d = env.spawn();
+    let start = Instant::now();
+    let code = loop {
+        if let Some(st) = d.child.try_wait().unwrap() {
+            break st.code();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still running on a corrupt journal"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = d.log_text();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains("corrupt") && log.contains("journal salvage"),
+        "{log}"
+    );
+
+    let out_path = env.path().join("salvaged.db");
+    let out = env.cmd(&[
+        "journal",
+        "salvage",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--key",
+        env.key().to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+        "--json",
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let copied = report["batches_copied"].as_u64().unwrap();
+    let complete = out.status.code() == Some(0);
+    assert!(matches!(out.status.code(), Some(0) | Some(3)), "{report}");
+    assert!(copied >= before.len() as u64 / 2, "{report}");
+    if !complete {
+        assert!(
+            copied < before.len() as u64,
+            "losses reported but all copied: {report}"
+        );
+    }
+    // Refuses to overwrite.
+    let again = env.cmd(&[
+        "journal",
+        "salvage",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--key",
+        env.key().to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+
+    // The daemon continues on the salvaged journal.
+    std::fs::rename(&journal, env.path().join("damaged.db")).unwrap();
+    let _ = std::fs::remove_file(journal.with_extension("db-wal"));
+    let _ = std::fs::remove_file(journal.with_extension("db-shm"));
+    std::fs::rename(&out_path, &journal).unwrap();
+    let d = env.spawn();
+    d.wait_streaming(Duration::from_secs(10));
+    d.wait_for(Duration::from_secs(20), "2 new batches", |s| {
+        s["journal"]["committed_batches"].as_u64() >= Some(2)
+    });
+    assert_eq!(d.terminate(), 0);
+    let after = journal_batches(&env);
+    let old_max = before.iter().map(|b| b.1).max().unwrap();
+    let new: Vec<_> = after.iter().filter(|b| b.1 > old_max).collect();
+    assert!(new.len() >= 2, "new batches continue after seq {old_max}");
+    assert_eq!(new[0].1, old_max + 1, "seq continues, never reused");
+    assert_eq!(after.len() as u64, copied + new.len() as u64);
+    let conn = rusqlite::Connection::open(&journal).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let salvage_audits = env.audit("journal_salvage");
+    assert_eq!(salvage_audits.len(), 1);
+}
+
 #[test]
 fn broken_configs_exit_2_naming_file_and_key() {
     let cases: &[(&str, &str, &str, &str)] = &[

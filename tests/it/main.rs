@@ -14,6 +14,7 @@
 //! - [`outlets`]: the daemon's own LSL outlets read by pylsl inlets;
 //! - [`export`]: XDF, EDF+/BDF+ and BIDS exports read back by pyxdf,
 //!   pyedflib, MNE, mne-bids and the BIDS validator.
+//! - [`faults`]: the journal under injected I/O faults (`strace --inject`);
 //! - [`upgrade`]: a journal of an earlier release opens and grows.
 //! - [`scope`]: `subscribe` read by a Python client against the journal,
 //!   and `neuroedge scope` driven under tmux.
@@ -27,6 +28,7 @@ mod daemon;
 mod drivers_bflsl;
 mod drivers_serial;
 mod export;
+mod faults;
 mod ops;
 mod outlets;
 mod scope;

@@ -544,3 +544,77 @@ fn check_config_refuses_unsafe_uplink_settings() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A batch altered in the journal (one byte of its envelope) is
+/// quarantined, never sent; the batches after it are uploaded in order.
+#[test]
+fn altered_batch_is_quarantined_never_uploaded() {
+    let pki = make_pki();
+    let mut server = TestServer::new(&pki, TOKEN, false);
+    let env = uplink_env(&pki, &server, "[journal]\nbatch_seconds = 0.5\n");
+    env.write("devices/eeg.toml", &synthetic_device("eeg", 4, 250.0, ""));
+    // The backend is down: a backlog builds.
+    let d = env.spawn();
+    d.wait_for(Duration::from_secs(15), "a backlog of 6", |s| {
+        s["journal"]["pending_batches"].as_u64() >= Some(6)
+    });
+    assert_eq!(d.terminate(), 0);
+    let altered_id = wait_journal_row(&env, "eeg", 2, Duration::from_secs(1));
+    {
+        let c = rusqlite::Connection::open(env.journal()).expect("open");
+        let mut envelope: Vec<u8> = c
+            .query_row(
+                "SELECT envelope FROM batches WHERE batch_id = ?1",
+                [&altered_id],
+                |r| r.get(0),
+            )
+            .expect("envelope");
+        let middle = envelope.len() / 2;
+        envelope[middle] ^= 1;
+        let n = c
+            .execute(
+                "UPDATE batches SET envelope = ?1 WHERE batch_id = ?2",
+                rusqlite::params![envelope, altered_id],
+            )
+            .expect("alter");
+        assert_eq!(n, 1);
+    }
+    // `journal verify` reports it.
+    let out = env.cmd(&[
+        "journal",
+        "verify",
+        "--journal",
+        env.journal().to_str().unwrap(),
+        "--key",
+        env.key().to_str().unwrap(),
+        "--json",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("verify --json");
+    assert!(v.to_string().contains(&altered_id), "{v}");
+
+    server.start();
+    let d = env.spawn();
+    let s = d.wait_for(Duration::from_secs(20), "quarantined, the rest sent", |s| {
+        s["uplink"]["quarantined_batches"].as_u64() >= Some(1)
+            && s["uplink"]["uploaded_batches"].as_u64() >= Some(5)
+    });
+    assert_eq!(s["uplink"]["quarantined_batches"], 1, "{s}");
+    let log = d.log_text();
+    assert!(
+        log.contains("quarantined") && log.contains("altered in the journal"),
+        "{log}"
+    );
+    assert_eq!(d.terminate(), 0);
+    let rows = journal_rows(&env);
+    let row = |seq: u64| rows.iter().find(|r| r.seq == seq).expect("row");
+    assert_eq!(row(2).state, "quarantined");
+    for seq in [0, 1, 3, 4, 5] {
+        assert_eq!(row(seq).state, "uploaded", "seq {seq}");
+    }
+    let st = server.state.lock().unwrap();
+    assert!(
+        !st.stored.contains_key(&altered_id),
+        "the altered batch reached the backend"
+    );
+    assert!(st.violations.is_empty(), "{:?}", st.violations);
+}

@@ -1,0 +1,201 @@
+//! Injected I/O faults on the journal: the real daemon under `strace
+//! --inject` (fsync failing with EIO, pwrite64 with ENOSPC and EIO, at an
+//! early, a middle and a late call). The rules: a batch whose commit failed
+//! is never reported committed and is retried; once the fault clears the
+//! journal passes `integrity_check` and `journal verify`, and nothing a
+//! reader saw committed before the fault is lost or changed.
+
+use crate::util::{synthetic_device, Daemon, Env};
+use neuroedge::crypto::{load_key_file, Keyring};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Batch id → envelope, as a read-only reader sees them committed now.
+fn committed(env: &Env) -> HashMap<String, Vec<u8>> {
+    let Ok(c) = rusqlite::Connection::open_with_flags(
+        env.journal(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) else {
+        return HashMap::new();
+    };
+    let _ = c.busy_timeout(Duration::from_secs(5));
+    let Ok(mut st) = c.prepare("SELECT batch_id, envelope FROM batches") else {
+        return HashMap::new();
+    };
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}
+
+/// SIGTERM to the daemon itself (strace's child), then wait for strace.
+fn stop_traced(mut d: Daemon) -> i32 {
+    let tracer = d.child.id();
+    let children = std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children"))
+        .unwrap_or_default();
+    let daemon: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the daemon under strace");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = d.child.try_wait() {
+            return st.code().unwrap_or(-1);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not stopped 30 s after SIGTERM; log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Per (device): seq gapless from 0, sample indices contiguous.
+fn assert_continuous(env: &Env) {
+    let keys = Keyring::new(load_key_file(&env.key()).expect("key"));
+    let mut rows: Vec<(String, u64, u64, u64)> = committed(env)
+        .values()
+        .map(|e| {
+            let (h, _) = neuroedge::batch::open(&keys, e).expect("every batch opens");
+            (h.device_id, h.seq, h.first_sample, h.n_samples)
+        })
+        .collect();
+    rows.sort();
+    let mut next = (0u64, 0u64);
+    for (_, seq, first, n) in &rows {
+        assert_eq!((*seq, *first), next, "seq gapless, samples contiguous");
+        next = (seq + 1, first + n);
+    }
+}
+
+fn run_with_fault(syscall: &str, error: &str, when: &str) {
+    let env = Env::new("[journal]\nbatch_seconds = 0.1\n");
+    env.write("devices/a.toml", &synthetic_device("a", 8, 250.0, ""));
+    let inject = format!("inject={syscall}:error={error}:when={when}");
+    let d = env.spawn_wrapped(
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "--seccomp-bpf",
+            "-o",
+            "/dev/null",
+            "-e",
+            &format!("trace={syscall}"),
+            "-e",
+            &inject,
+        ],
+        &[],
+    );
+    let what = format!("{syscall} {error} at call {when}");
+    let mut seen: HashMap<String, Vec<u8>> = HashMap::new();
+    let start = Instant::now();
+    let mut hit = false;
+    let mut last: Option<Value> = None;
+    // Until the fault has hit, cleared, and 20 more batches committed.
+    let mut committed_at_recovery: Option<u64> = None;
+    while start.elapsed() < Duration::from_secs(40) {
+        seen.extend(committed(&env));
+        if let Some(s) = d.status() {
+            let j = &s["journal"];
+            hit |= j["write_errors"].as_u64() > Some(0);
+            let n = j["committed_batches"].as_u64().unwrap_or(0);
+            if hit && j["state"] == "ok" && committed_at_recovery.is_none() {
+                committed_at_recovery = Some(n);
+            }
+            let done = committed_at_recovery.is_some_and(|c| n >= c + 20);
+            last = Some(s);
+            if done {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        hit && committed_at_recovery.is_some(),
+        "{what}: the fault did not hit and clear; last status {last:?}\nlog:\n{}",
+        d.log_text()
+    );
+    let log = d.log.clone();
+    assert_eq!(stop_traced(d), 0, "{what}");
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(text.contains("journal write failed"), "{what}: {text}");
+    assert!(
+        !text.contains("journal_lost_commits") && !text.contains("missing after a failed sync"),
+        "{what}: {text}"
+    );
+
+    let now = committed(&env);
+    for (id, envelope) in &seen {
+        assert_eq!(
+            now.get(id),
+            Some(envelope),
+            "{what}: batch {id} lost or changed"
+        );
+    }
+    let c = rusqlite::Connection::open(env.journal()).expect("open");
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok", "{what}");
+    drop(c);
+    let out = env.cmd(&[
+        "journal",
+        "verify",
+        "--journal",
+        env.journal().to_str().unwrap(),
+        "--key",
+        env.key().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{what}: verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_continuous(&env);
+}
+
+fn strace_available() -> bool {
+    std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn fsync_eio_early_middle_late() {
+    if !strace_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "strace is missing (CI installs it)"
+        );
+        return;
+    }
+    // Opening a new journal takes the first few syncs (a failure there is
+    // a clear start-up error); then one sync per commit, ten a second.
+    for when in ["15", "40", "80..81"] {
+        run_with_fault("fsync", "EIO", when);
+    }
+}
+
+#[test]
+fn pwrite_enospc_and_eio() {
+    if !strace_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "strace is missing (CI installs it)"
+        );
+        return;
+    }
+    // Each retry (backoff from 0.25 s) meets the next failing call.
+    run_with_fault("pwrite64", "ENOSPC", "60..62");
+    run_with_fault("pwrite64", "EIO", "200");
+    run_with_fault("pwrite64", "EIO", "400..401");
+}
