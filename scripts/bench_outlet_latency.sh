@@ -4,8 +4,8 @@
 # - everything LSL in a network namespace of its own (loopback only,
 #   multicast routed to lo; LSLAPICFG = tests/peers/lsl_api.cfg);
 # - neuroedge with one paced synthetic device: load A 8 ch x 250 Hz,
-#   load B 384 ch x 30 kHz (the default filters of the profile: none, and
-#   the default features);
+#   load B 384 ch x 30 kHz, and M (64 ch x 2 kHz) in between; no filters,
+#   the default features;
 # - run 1: `[lsl_outlet] streams = ["filtered"]` and a pylsl inlet pulling
 #   into numpy: latency of each sample = the inlet's local_clock() when the
 #   chunk arrives - the sample's LSL stamp (= its arrival at the driver,
@@ -17,7 +17,7 @@
 #
 # Needs root (network namespace), python3 with pylsl and numpy. Usage:
 #   scripts/bench_outlet_latency.sh [--bin target/release/neuroedge]
-#       [--seconds 20] [--loads A,B]
+#       [--seconds 20] [--loads A,B] (A, M, B)
 # Prints one row per load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -134,6 +134,7 @@ printf '| --- | --- | --- | --- | --- | --- | --- |\n'
 for load in ${LOADS//,/ }; do
   case $load in
     A) ch=8; rate=250 ;;
+    M) ch=64; rate=2000 ;;
     B) ch=384; rate=30000 ;;
     *) echo "unknown load $load" >&2; exit 2 ;;
   esac
