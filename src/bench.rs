@@ -366,6 +366,7 @@ fn bench_end_to_end(
         features: s.features.clone(),
         quality: s.quality.clone(),
         buffer: crate::config::BufferSection { ring_seconds: 10.0 },
+        lsl_outlet: Default::default(),
     };
     let start = Instant::now();
     let h = runner::spawn(
@@ -375,6 +376,7 @@ fn bench_end_to_end(
             batch_seconds: 1.0,
             first_sample: 0,
             timing: Default::default(),
+            node_id: "bench".into(),
         },
     )
     .map_err(|e| format!("cannot start the device thread: {e}"))?;

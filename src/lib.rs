@@ -9,6 +9,7 @@
 //! ```text
 //! device ─(acquisition thread `acq-<id>`)─► ring ─► processing thread `dsp-<id>`
 //!   filter chain ─ features/quality ─ batcher
+//!     ├─► outlet queue ─► LSL outlet thread `lsl-out-<id>` (owns the liblsl outlets)
 //!     └─► journal queue ─► journal writer thread `journal` (owns SQLite)
 //!                            └─(commit watch)─► uplink engine (tokio task) ─► HTTPS
 //! telemetry atomics + journal/uplink status ─► typed status report ─► socket, /metrics, health, CLI
@@ -23,6 +24,9 @@
 //!   (the one stall rule). It never touches disk, network or sockets.
 //! - Per device, the **processing thread** ([`pipeline`]) owns the filter
 //!   and feature state and the open batch. It allocates nothing per sample.
+//! - Per device with `[lsl_outlet]`, the **outlet thread** ([`outlet`])
+//!   owns the liblsl stream infos and outlets; it takes pooled buffers off
+//!   its queue, restamps them on LSL's clock and pushes them.
 //! - The **journal writer thread** ([`journal::writer`]) owns the SQLite
 //!   connection that writes: it seals (seq is assigned at commit), enforces
 //!   the quota and applies the uplink's verdicts.
@@ -39,6 +43,7 @@
 //! | --- | --- | --- |
 //! | ring (acquisition → processing) | `[buffer] ring_seconds` of frames | the **oldest** frames are dropped, counted (`dropped_samples`) and become an `overflow` gap |
 //! | marker queue (socket/driver → processing) | 1024 markers | the new marker is dropped with a warning; `mark` answers with an error |
+//! | LSL outlet queue (processing → outlet thread) | 64 blocks, features or markers (pooled buffers, ≤ 64 MiB) | the new one is dropped and counted (`outlets.<stream>.dropped`); never waited on; the journal keeps everything |
 //! | journal queue (processing → writer) | 64 batches | the batch is dropped, counted, and carried as a `journal` gap into the device's next batch (never waits; only the unpaced synthetic source waits instead) |
 //! | writer's unsealed queue (a failing disk) | 64 MiB | the writer stops taking batches: the journal queue fills (above) |
 //! | quota (`[journal] max_bytes`) | bytes on disk | `when_full`: evict the oldest (uploaded first), or refuse the new batch; counted, logged, audited |
@@ -71,6 +76,7 @@ pub mod journal;
 pub mod logging;
 pub mod lsl_ffi;
 pub mod notify;
+pub mod outlet;
 pub mod pipeline;
 pub mod ring;
 pub mod source;

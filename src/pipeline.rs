@@ -10,6 +10,7 @@ use crate::dsp::{
     QualityThresholds,
 };
 use crate::journal::JournalTx;
+use crate::outlet::{OutletFeed, StreamKind};
 use crate::ring::{Block, Consumer};
 use crate::stream::StreamInfo;
 use crate::telemetry::{DeviceStats, QualitySnapshot};
@@ -182,6 +183,8 @@ pub struct Processing {
     /// The live view for socket subscribers (folds nothing while nobody
     /// subscribed; never waits).
     pub view: ViewWriter,
+    /// The device's LSL outlets (copies what they publish; never waits).
+    pub outlets: OutletFeed,
 }
 
 struct Batcher {
@@ -276,8 +279,11 @@ impl Processing {
         }
     }
 
-    fn take_markers(&self, batcher: &mut Batcher) {
+    /// Markers from `mark`, the driver (LSL marker inlet, BrainFlow) go
+    /// into the batches and out on the `markers` outlet.
+    fn take_markers(&mut self, batcher: &mut Batcher) {
         while let Ok(m) = self.markers.try_recv() {
+            self.outlets.marker(&m);
             batcher.markers.push(m);
         }
     }
@@ -323,7 +329,13 @@ impl Processing {
         self.filters.process(raw, out);
         let ts = block.timestamps();
         self.view.push(first, raw, out, ts);
+        self.outlets.samples(StreamKind::Raw, raw, ts);
+        self.outlets.samples(StreamKind::Filtered, out, ts);
+        let emitted = self.features.pending.len();
         self.features.push(raw, out, ts, &self.stats);
+        for rec in &self.features.pending[emitted..] {
+            self.outlets.features(rec);
+        }
         let mut k = 0;
         while k < n {
             let b = &mut batcher.current;
@@ -421,6 +433,16 @@ mod tests {
         queue: usize,
         before: impl FnOnce(&mut ring::Producer),
     ) -> Stage {
+        stage_with(capacity, queue, before, OutletFeed::disabled())
+    }
+
+    /// As [`stage_after`], publishing on `outlets`.
+    fn stage_with(
+        capacity: usize,
+        queue: usize,
+        before: impl FnOnce(&mut ring::Producer),
+        outlets: OutletFeed,
+    ) -> Stage {
         let info = StreamInfo {
             sample_rate: RATE,
             channels: CH,
@@ -451,6 +473,7 @@ mod tests {
             markers: mrx,
             stats: stats.clone(),
             view: ViewWriter::new(crate::view::View::new("d", RATE, &info.channel_names, "uV")),
+            outlets,
         };
         let h = std::thread::spawn(move || p.run(consumer));
         (producer, h, rx, mtx, stats)
@@ -635,6 +658,59 @@ mod tests {
             "the run's last batch takes the rest"
         );
         let _ = stats;
+    }
+
+    #[test]
+    fn outlets_get_the_batches_filtered_samples_features_and_markers() {
+        use crate::outlet::{Msg, OutletCounters};
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let (_free_tx, free_rx) = crossbeam_channel::bounded(8);
+        let counters = Arc::new(OutletCounters::default());
+        counters.set_enabled(
+            StreamKind::Filtered.bit() | StreamKind::Quality.bit() | StreamKind::Markers.bit(),
+        );
+        let feed = OutletFeed::new(tx, free_rx, counters.clone());
+        let (mut p, h, jrx, m, _stats) = stage_with(1000, 64, |_| {}, feed);
+        m.send(Marker {
+            t: 10.2,
+            value: "stim".into(),
+        })
+        .unwrap();
+        push_from(&mut p, 1000, 250);
+        drop(p);
+        h.join().unwrap();
+        let batches = collect(&jrx);
+        let (mut filtered, mut stamps, mut quality, mut markers) = (vec![], vec![], vec![], vec![]);
+        for msg in rx.try_iter() {
+            match msg {
+                Msg::Chunk(c) if c.kind == Some(StreamKind::Filtered) => {
+                    filtered.extend(c.data);
+                    stamps.extend(c.stamps);
+                }
+                Msg::Chunk(c) => quality.push((c.kind, c.stamps, c.data)),
+                Msg::Marker(m) => markers.push(m),
+            }
+        }
+        let journal_filtered: Vec<f32> = batches.iter().flat_map(|b| b.filtered.clone()).collect();
+        let journal_stamps: Vec<f64> = batches.iter().flat_map(|b| b.timestamps.clone()).collect();
+        assert_eq!(filtered, journal_filtered, "the same samples, bit for bit");
+        assert_eq!(stamps, journal_stamps);
+        let features: Vec<&FeatureRecord> = batches.iter().flat_map(|b| &b.features).collect();
+        assert_eq!(
+            quality.len(),
+            features.len(),
+            "one quality sample per feature record"
+        );
+        assert!(!features.is_empty());
+        for ((kind, t, rms), f) in quality.iter().zip(features) {
+            assert_eq!(*kind, Some(StreamKind::Quality));
+            assert_eq!(t.as_slice(), [f.t]);
+            let want: Vec<f32> = f.rms.iter().map(|v| *v as f32).collect();
+            assert_eq!(*rms, want);
+        }
+        assert_eq!(markers.len(), 1);
+        assert_eq!(markers[0].value, "stim");
+        assert_eq!(counters.dropped(StreamKind::Filtered), 0);
     }
 
     fn push_from(p: &mut ring::Producer, offset: u64, n: usize) {

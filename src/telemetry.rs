@@ -102,6 +102,8 @@ pub struct DeviceStats {
     /// The live view of the device's current run (set when its pipeline
     /// starts; read by `subscribe`).
     view: Mutex<Option<Arc<crate::view::View>>>,
+    /// LSL outlets: streams published, pushed and dropped per stream.
+    pub outlets: Arc<crate::outlet::OutletCounters>,
 }
 
 impl DeviceStats {
@@ -132,6 +134,7 @@ impl DeviceStats {
             channel_names: Mutex::new(Vec::new()),
             features: Mutex::new(FeatureSnapshot::default()),
             view: Mutex::new(None),
+            outlets: Arc::default(),
         }
     }
 

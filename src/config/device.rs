@@ -1,6 +1,7 @@
 //! Device files: one TOML file per device instance.
 
 use super::problem::{ConfigError, Problem, SourceText};
+pub use crate::outlet::config::{OutletSection, StreamKind};
 use crate::source::{ConnectionVisitor, DriverConfig};
 use crate::validate::Findings;
 use serde::Deserialize;
@@ -163,6 +164,8 @@ struct DeviceFile<C> {
     quality: QualitySection,
     #[serde(default)]
     buffer: BufferSection,
+    #[serde(default)]
+    lsl_outlet: OutletSection,
 }
 
 /// First pass: only the driver, to pick the connection type.
@@ -188,9 +191,21 @@ pub struct DeviceConfig {
     pub features: FeaturesSection,
     pub quality: QualitySection,
     pub buffer: BufferSection,
+    /// `[lsl_outlet]`: the streams published on LSL (contract §10).
+    pub lsl_outlet: OutletSection,
 }
 
 impl DeviceConfig {
+    /// Whether `other` differs from this config in `[lsl_outlet]` only (a
+    /// reload then re-creates the device's outlets without restarting it).
+    pub fn differs_only_in_outlets(&self, other: &DeviceConfig) -> bool {
+        self.lsl_outlet != other.lsl_outlet
+            && DeviceConfig {
+                lsl_outlet: other.lsl_outlet.clone(),
+                ..self.clone()
+            } == *other
+    }
+
     /// Sample rate and channel count when the config states them (the
     /// BrainFlow and LSL drivers learn them from the device).
     pub fn declared_layout(&self) -> Option<(f64, usize)> {
@@ -227,6 +242,7 @@ fn parse_as<C: serde::de::DeserializeOwned>(
         features: f.features,
         quality: f.quality,
         buffer: f.buffer,
+        lsl_outlet: f.lsl_outlet,
     })
 }
 
@@ -269,6 +285,7 @@ pub fn parse_device(path: &Path, text: String) -> Result<DeviceConfig, Vec<Probl
         features: f.features,
         quality: f.quality,
         buffer: f.buffer,
+        lsl_outlet: f.lsl_outlet,
     };
     let problems = validate_device(&dev, &src);
     if problems.is_empty() {
@@ -309,8 +326,10 @@ fn validate_device(d: &DeviceConfig, src: &SourceText) -> Vec<Problem> {
     d.quality.validate(&mut quality);
     let mut buffer = Findings::new("buffer");
     d.buffer.validate(&mut buffer);
+    let mut outlet = Findings::new("lsl_outlet");
+    d.lsl_outlet.validate(&mut outlet);
     [
-        top, connection, channels, filters, features, quality, buffer,
+        top, connection, channels, filters, features, quality, buffer, outlet,
     ]
     .into_iter()
     .flat_map(Findings::into_vec)
@@ -535,6 +554,40 @@ mod tests {
         );
         assert_eq!(d.features.bands.len(), 5);
         assert_eq!(d.buffer.ring_seconds, 10.0);
+    }
+
+    #[test]
+    fn lsl_outlet_streams_are_checked_and_located() {
+        let base = "id = \"s\"\ndriver = \"synthetic\"\nenabled = true\n[lsl_outlet]\n";
+        let d = parse(&format!("{base}streams = [\"filtered\", \"markers\"]\n")).unwrap();
+        assert_eq!(
+            d.lsl_outlet.kinds(),
+            [StreamKind::Filtered, StreamKind::Markers]
+        );
+        let e = parse(&format!(
+            "{base}streams = [\"filtered\", \"alpha\", \"filtered\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e
+            .iter()
+            .all(|p| p.key.as_deref() == Some("lsl_outlet.streams")));
+        assert!(e.iter().all(|p| p.line_col.is_some()), "{e:?}");
+        assert!(
+            e[0].message.contains("\"alpha\" is not a stream"),
+            "{}",
+            e[0]
+        );
+        assert!(e[1].message.contains("listed twice"), "{}", e[1]);
+        let e = parse(&format!("{base}stream = [\"raw\"]\n")).unwrap_err();
+        assert!(e[0].message.contains("unknown field `stream`"), "{}", e[0]);
+        // Only [lsl_outlet] differs: a reload re-creates the outlets alone.
+        let mut other = d.clone();
+        other.lsl_outlet.streams.push("raw".into());
+        assert!(d.differs_only_in_outlets(&other));
+        other.enabled = false;
+        assert!(!d.differs_only_in_outlets(&other));
+        assert!(!d.differs_only_in_outlets(&d));
     }
 
     #[test]

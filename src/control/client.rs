@@ -1,6 +1,6 @@
 //! `neuroedge status`: ask the socket, print a summary or the raw JSON.
 
-use super::report::{QualityReport, StatusReport};
+use super::report::{DeviceReport, QualityReport, StatusReport};
 use crate::dsp::QualityStatus;
 use crate::journal::JournalState;
 use serde_json::Value;
@@ -154,6 +154,23 @@ fn summarise_quality(q: &[QualityReport], width: usize) -> String {
 }
 
 /// A technician-readable summary of a `status` report, `width` columns wide.
+/// `    lsl outlets  filtered 1250 pushed, markers 2 pushed 1 dropped`, or
+/// nothing for a device without outlets.
+fn outlets_line(d: &DeviceReport) -> String {
+    if d.outlets.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = d
+        .outlets
+        .iter()
+        .map(|(s, o)| match o.dropped {
+            0 => format!("{s} {} pushed", o.pushed),
+            n => format!("{s} {} pushed {n} dropped", o.pushed),
+        })
+        .collect();
+    format!("    lsl outlets  {}\n", parts.join(", "))
+}
+
 pub fn render(status: &StatusReport, width: usize) -> String {
     let mut out = String::new();
     out += &format!(
@@ -212,6 +229,7 @@ pub fn render(status: &StatusReport, width: usize) -> String {
                 (d.effective_rate / d.sample_rate - 1.0) * 1e6
             );
         }
+        out += &outlets_line(d);
         if let Some(e) = &d.last_error {
             out += &format!("    last error: {e}\n");
         }
@@ -275,7 +293,7 @@ pub fn terminal_width() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::report::{ClockReport, DeviceReport, UplinkReport, UplinkState};
+    use crate::control::report::{ClockReport, UplinkReport, UplinkState};
     use crate::telemetry::DeviceState;
 
     fn q(states: &[QualityStatus]) -> Vec<QualityReport> {
@@ -309,6 +327,7 @@ mod tests {
             quality: vec![],
             band_power: Default::default(),
             last_error: None,
+            outlets: Default::default(),
         }
     }
 
@@ -371,6 +390,32 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("…)"), "{line}");
+    }
+
+    #[test]
+    fn outlets_are_listed_under_their_device() {
+        let mut d = device("eeg", DeviceState::Streaming, 250.0);
+        let none = render(&report(vec![d.clone()]), 100);
+        assert!(!none.contains("lsl outlets"), "{none}");
+        d.outlets.insert(
+            "filtered".into(),
+            crate::control::report::OutletReport {
+                pushed: 1250,
+                dropped: 0,
+            },
+        );
+        d.outlets.insert(
+            "markers".into(),
+            crate::control::report::OutletReport {
+                pushed: 2,
+                dropped: 1,
+            },
+        );
+        let text = render(&report(vec![d]), 100);
+        assert!(
+            text.contains("    lsl outlets  filtered 1250 pushed, markers 2 pushed 1 dropped\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -360,6 +360,36 @@ const UPLINK_FAMILIES: [(&str, &str, &str, UplinkFigure); 4] = [
     ),
 ];
 
+/// `neuroedge_outlet_{pushed,dropped}_total{device,stream}`: one sample per
+/// LSL outlet of each device.
+fn outlet_families(e: &mut Exposition, devices: &[DeviceReport]) {
+    type OutletFigure = fn(&crate::control::report::OutletReport) -> u64;
+    let families: [(&str, &str, OutletFigure); 2] = [
+        (
+            "neuroedge_outlet_pushed_total",
+            "Samples pushed on the device's LSL outlet since the daemon started.",
+            |o| o.pushed,
+        ),
+        (
+            "neuroedge_outlet_dropped_total",
+            "Samples not pushed on the LSL outlet (its queue full, liblsl missing); the journal keeps them.",
+            |o| o.dropped,
+        ),
+    ];
+    for (name, help, figure) in families {
+        e.family(name, "counter", help);
+        for d in devices {
+            for (stream, o) in &d.outlets {
+                e.sample(
+                    name,
+                    &[("device", &d.id), ("stream", stream)],
+                    Some(figure(o).into()),
+                );
+            }
+        }
+    }
+}
+
 /// The whole `/metrics` body, from the typed status report.
 pub fn exposition(state: &DaemonState) -> String {
     render(&state.report())
@@ -390,6 +420,7 @@ pub fn render(status: &StatusReport) -> String {
             );
         }
     }
+    outlet_families(&mut e, &status.devices);
     for (name, kind, help, figure) in JOURNAL_FAMILIES {
         e.family(name, kind, help);
         e.sample(name, &[], figure(&status.journal));
@@ -486,6 +517,13 @@ mod tests {
         d.dropped_samples.store(2, Relaxed);
         d.samples_per_s.store(250.0);
         d.last_sample_mono.store(0.0);
+        {
+            use crate::outlet::StreamKind;
+            d.outlets
+                .set_enabled(StreamKind::Filtered.bit() | StreamKind::Markers.bit());
+            d.outlets.add_pushed(StreamKind::Filtered, 500);
+            d.outlets.add_dropped(StreamKind::Filtered, 7);
+        }
         let off = Arc::new(DeviceStats::new("off", "lsl", false));
         let journal = Arc::new(JournalShared::default());
         journal.update(|j| {
@@ -622,6 +660,33 @@ mod tests {
                 n == name && l.get("state").map(String::as_str) == Some(state) && *v == 1.0
             })
         };
+        let outlet = |name: &str, stream: &str| {
+            samples
+                .iter()
+                .find(|(n, l, _)| {
+                    n == name
+                        && l.get("device").map(String::as_str) == Some(ODD_ID)
+                        && l.get("stream").map(String::as_str) == Some(stream)
+                })
+                .map(|s| s.2)
+        };
+        assert_eq!(
+            outlet("neuroedge_outlet_pushed_total", "filtered"),
+            Some(500.0)
+        );
+        assert_eq!(
+            outlet("neuroedge_outlet_dropped_total", "filtered"),
+            Some(7.0)
+        );
+        assert_eq!(
+            outlet("neuroedge_outlet_pushed_total", "markers"),
+            Some(0.0)
+        );
+        assert_eq!(
+            outlet("neuroedge_outlet_pushed_total", "raw"),
+            None,
+            "not published"
+        );
         assert!(on("neuroedge_device_state", "streaming"));
         assert!(on("neuroedge_device_state", "disabled"));
         assert!(on("neuroedge_uplink_state", "disabled"));

@@ -63,6 +63,17 @@ pub struct DeviceReport {
     /// Band name → power per channel (latest feature window).
     pub band_power: BTreeMap<String, Vec<Float>>,
     pub last_error: Option<String>,
+    /// LSL outlets by stream (`[lsl_outlet]`; empty when none).
+    #[serde(default)]
+    pub outlets: BTreeMap<String, OutletReport>,
+}
+
+/// One LSL outlet of a device: samples pushed, and samples dropped before
+/// the outlet (its queue full, liblsl missing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutletReport {
+    pub pushed: u64,
+    pub dropped: u64,
 }
 
 /// The `uplink` object.
@@ -171,9 +182,19 @@ mod tests {
             }],
             band_power: [("alpha".to_string(), vec![Float(f64::INFINITY)])].into(),
             last_error: None,
+            outlets: [(
+                "filtered".to_string(),
+                OutletReport {
+                    pushed: 5,
+                    dropped: 1,
+                },
+            )]
+            .into(),
         };
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["state"], "streaming");
+        assert_eq!(v["outlets"]["filtered"]["pushed"], 5);
+        assert_eq!(v["outlets"]["filtered"]["dropped"], 1);
         assert!(v["effective_rate"].is_null());
         assert_eq!(v["quality"][0]["state"], "railed");
         assert!(v["quality"][0]["rms_uv"].is_null());

@@ -75,6 +75,7 @@ impl DaemonState {
                 .map(|(band, v)| (band, v.into_iter().map(Float).collect()))
                 .collect(),
             last_error: d.last_error(),
+            outlets: d.outlets.report(),
         }
     }
 
@@ -401,6 +402,7 @@ mod tests {
                 .collect(),
             band_power: Default::default(),
             last_error: Some("why".into()),
+            outlets: Default::default(),
         }
     }
 

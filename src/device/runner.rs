@@ -6,6 +6,7 @@ use crate::backoff::Backoff;
 use crate::batch::Marker;
 use crate::config::DeviceConfig;
 use crate::journal::{AuditEvent, JournalTx};
+use crate::outlet::{Layout, OutletLink, OutletSection, Outlets};
 use crate::pipeline::{FeatureStage, FilterStage, Processing};
 use crate::ring;
 use crate::source::{BuildContext, Sink, Source, SourceError, StreamInfo, Timing};
@@ -44,6 +45,9 @@ pub struct DeviceHandle {
     pub markers: crossbeam_channel::Sender<Marker>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The device's LSL outlets (their own thread; re-created on a reload
+    /// that changes `[lsl_outlet]` only).
+    outlets: Outlets,
 }
 
 impl DeviceHandle {
@@ -53,12 +57,19 @@ impl DeviceHandle {
     }
 
     /// Wait until the driver is closed and the processing thread has sent
-    /// its last batch.
+    /// its last batch; then the outlets leave the network.
     pub fn join(mut self) {
         self.request_stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.outlets.stop();
+    }
+
+    /// Publish `section`'s streams instead of the current ones: the outlet
+    /// thread is re-created; acquisition, processing and the journal go on.
+    pub fn set_outlets(&mut self, section: &OutletSection) {
+        self.outlets.configure(section);
     }
 }
 
@@ -70,6 +81,8 @@ pub struct DeviceContext {
     /// Journal-wide index of this run's first sample.
     pub first_sample: u64,
     pub timing: RunnerTiming,
+    /// The node's id (in the LSL outlets' source ids).
+    pub node_id: String,
 }
 
 /// Start a device: its driver is built from its `[connection]`.
@@ -87,19 +100,26 @@ pub fn spawn_with(
     let stats = Arc::new(DeviceStats::new(&cfg.id, cfg.driver.name(), true));
     let (marker_tx, marker_rx) = crossbeam_channel::bounded(1024);
     let stop = Arc::new(AtomicBool::new(false));
+    let (mut outlets, link) = Outlets::new(&cfg.id, stats.outlets.clone());
+    outlets.configure(&cfg.lsl_outlet);
     let thread = {
         let stats = stats.clone();
         let stop = stop.clone();
-        let driver_markers = marker_tx.clone();
+        let ends = Ends {
+            markers_tx: marker_tx.clone(),
+            markers_rx: marker_rx,
+            outlets: link,
+        };
         std::thread::Builder::new()
             .name(format!("acq-{}", cfg.id))
-            .spawn(move || acquisition(cfg, ctx, source, stats, stop, driver_markers, marker_rx))?
+            .spawn(move || acquisition(cfg, ctx, source, stats, stop, ends))?
     };
     Ok(DeviceHandle {
         stats,
         markers: marker_tx,
         stop,
         thread: Some(thread),
+        outlets,
     })
 }
 
@@ -147,12 +167,33 @@ struct Pipe {
     processing: JoinHandle<()>,
 }
 
+/// The acquisition thread's ends of the device's queues.
+struct Ends {
+    markers_tx: crossbeam_channel::Sender<Marker>,
+    markers_rx: crossbeam_channel::Receiver<Marker>,
+    outlets: OutletLink,
+}
+
+/// What the outlets need to describe the device's streams.
+fn outlet_layout(cfg: &DeviceConfig, ctx: &DeviceContext, info: &StreamInfo) -> Layout {
+    Layout {
+        node_id: ctx.node_id.clone(),
+        device_id: cfg.id.clone(),
+        sample_rate: info.sample_rate,
+        channel_names: info.channel_names.clone(),
+        units: cfg.channels.units.clone(),
+        bands: cfg.features.bands.keys().cloned().collect(),
+        step_s: cfg.features.step_s,
+    }
+}
+
 fn start_pipe(
     cfg: &DeviceConfig,
     ctx: &DeviceContext,
     stats: &Arc<DeviceStats>,
     info: StreamInfo,
     markers: crossbeam_channel::Receiver<Marker>,
+    outlets: &OutletLink,
 ) -> Result<Pipe, String> {
     let mut info = info;
     if let Some(names) = &cfg.channels.names {
@@ -185,6 +226,7 @@ fn start_pipe(
         markers,
         stats: stats.clone(),
         view: crate::view::ViewWriter::new(view),
+        outlets: outlets.feed(outlet_layout(cfg, ctx, &info)),
     };
     let processing = std::thread::Builder::new()
         .name(format!("dsp-{}", cfg.id))
@@ -203,9 +245,13 @@ fn acquisition(
     given: Option<Box<dyn Source>>,
     stats: Arc<DeviceStats>,
     stop: Arc<AtomicBool>,
-    marker_tx: crossbeam_channel::Sender<Marker>,
-    markers_rx: crossbeam_channel::Receiver<Marker>,
+    ends: Ends,
 ) {
+    let Ends {
+        markers_tx: marker_tx,
+        markers_rx,
+        outlets,
+    } = ends;
     let journal = ctx.journal.clone();
     let built = match given {
         Some(s) => Ok(s),
@@ -266,7 +312,7 @@ fn acquisition(
             }
         } else {
             let Some(rx) = markers_rx.take() else { break };
-            match start_pipe(&cfg, &ctx, &stats, info, rx) {
+            match start_pipe(&cfg, &ctx, &stats, info, rx, &outlets) {
                 Ok(p) => pipe = Some(p),
                 Err(m) => {
                     source.close();
@@ -469,6 +515,7 @@ mod tests {
             journal,
             batch_seconds: 0.1,
             first_sample: 0,
+            node_id: "test-node".into(),
             timing: RunnerTiming {
                 reopen: Backoff::new(Duration::from_millis(20), Duration::from_millis(80)),
                 stall_after: Duration::from_millis(300),

@@ -24,6 +24,9 @@ pub struct ReloadPlan {
     pub removed: Vec<String>,
     /// Same id, different settings: restarted (its sample index continues).
     pub changed: Vec<String>,
+    /// Same id, only `[lsl_outlet]` differs: its outlets are re-created,
+    /// the device itself goes on.
+    pub outlets_changed: Vec<String>,
     /// Not touched at all.
     pub unchanged: Vec<String>,
 }
@@ -34,6 +37,9 @@ pub fn plan(old: &[DeviceConfig], new: &[DeviceConfig]) -> ReloadPlan {
     for d in new {
         match old.iter().find(|o| o.id == d.id) {
             Some(o) if o == d => p.unchanged.push(d.id.clone()),
+            Some(o) if o.differs_only_in_outlets(d) && o.enabled => {
+                p.outlets_changed.push(d.id.clone())
+            }
             Some(_) => p.changed.push(d.id.clone()),
             None => p.added.push(d.id.clone()),
         }
@@ -71,6 +77,8 @@ pub struct Supervisor {
     devices: Vec<Running>,
     /// Where the running set is shown to the control plane.
     registry: Arc<DeviceRegistry>,
+    /// In the LSL outlets' source ids.
+    node_id: String,
 }
 
 impl Supervisor {
@@ -88,6 +96,7 @@ impl Supervisor {
             next_sample,
             devices: Vec::new(),
             registry,
+            node_id: cfg.node_id.clone(),
         }
     }
 
@@ -129,6 +138,7 @@ impl Supervisor {
             batch_seconds: self.batch_seconds,
             first_sample: self.next_sample.get(&cfg.id).copied().unwrap_or(0),
             timing: Default::default(),
+            node_id: self.node_id.clone(),
         };
         match runner::spawn(cfg.clone(), ctx) {
             Ok(h) => {
@@ -191,6 +201,16 @@ impl Supervisor {
         );
     }
 
+    /// A device whose `[lsl_outlet]` alone changed: new outlets, same run.
+    fn reconfigure_outlets(mut r: Running, new: &DeviceConfig) -> Running {
+        if let Some(h) = r.handle.as_mut() {
+            h.set_outlets(&new.lsl_outlet);
+            tracing::info!(device = %new.id, streams = ?new.lsl_outlet.streams, "LSL outlets re-created");
+        }
+        r.cfg = new.clone();
+        r
+    }
+
     fn reload(&mut self) -> Value {
         tracing::info!(config = %self.config_path.display(), "reloading the configuration");
         let new = match crate::config::load(&self.config_path) {
@@ -245,6 +265,7 @@ impl Supervisor {
         }
         for d in &new.devices {
             let r = match old.remove(&d.id) {
+                Some(r) if plan.outlets_changed.contains(&d.id) => Self::reconfigure_outlets(r, d),
                 Some(r) => r,
                 None => self.launch(d.clone()),
             };
@@ -252,7 +273,8 @@ impl Supervisor {
         }
         self.publish();
         let summary = json!({
-            "added": plan.added, "removed": plan.removed, "changed": plan.changed, "unchanged": plan.unchanged,
+            "added": plan.added, "removed": plan.removed, "changed": plan.changed,
+            "outlets_changed": plan.outlets_changed, "unchanged": plan.unchanged,
         });
         tracing::info!(added = ?summary["added"], removed = ?summary["removed"], changed = ?summary["changed"], "configuration reloaded");
         for r in &restart_needed {
@@ -290,5 +312,17 @@ mod tests {
         let mut off = dev("c", 8);
         off.enabled = false;
         assert_eq!(plan(&old, &[off]).changed, ["c"]);
+        // Only [lsl_outlet] differs: the outlets are re-created, the
+        // device is not restarted.
+        let mut out = dev("c", 8);
+        out.lsl_outlet.streams = vec!["filtered".into()];
+        let p = plan(&old, &[out.clone()]);
+        assert_eq!(
+            (p.outlets_changed, p.changed),
+            (vec!["c".to_string()], vec![])
+        );
+        // Outlets and anything else: a restart.
+        out.channels.units = "mV".into();
+        assert_eq!(plan(&old, &[out]).changed, ["c"]);
     }
 }

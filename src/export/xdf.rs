@@ -232,7 +232,8 @@ impl DeviceRun<'_> {
     }
 }
 
-fn unit_name(units: &str) -> &str {
+/// The unit name XDF (and the LSL outlets) write for a device's `units`.
+pub(crate) fn unit_name(units: &str) -> &str {
     match units {
         "uV" | "µV" => "microvolts",
         "mV" => "millivolts",

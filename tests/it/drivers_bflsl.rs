@@ -20,7 +20,7 @@ fn python_has(module: &str) -> bool {
 /// Whether a test needing `module` may run. Outside CI a missing package
 /// skips the test (saying so); in CI (`CI` set, as `.ci/run` runs) it is a
 /// failure, so a broken install step cannot pass as a skipped test.
-fn peer_available(module: &str) -> bool {
+pub(crate) fn peer_available(module: &str) -> bool {
     if python_has(module) {
         return true;
     }
@@ -167,13 +167,13 @@ fn brainflow_synthetic_board_streams_and_bad_setups_are_errors() {
 
 /// liblsl's configuration for every LSL party of the tests (one multicast
 /// group, TTL 0).
-const LSL_CFG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/lsl_api.cfg");
+pub(crate) const LSL_CFG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/lsl_api.cfg");
 
 /// A network namespace of the test's own, with nothing but loopback (and
 /// multicast routed to it): the daemon's liblsl and the pylsl peers find
 /// each other there, and nothing LSL sends (its resolver multicasts) can
 /// reach a real network. Needs root (CI runs as root).
-struct NetNs(String);
+pub(crate) struct NetNs(String);
 
 impl NetNs {
     /// A namespace named after this process and `tag` (tests run in
@@ -211,7 +211,7 @@ impl NetNs {
     }
 
     /// The command prefix that runs a program inside the namespace.
-    fn exec(&self) -> [&str; 4] {
+    pub(crate) fn exec(&self) -> [&str; 4] {
         ["ip", "netns", "exec", &self.0]
     }
 }
@@ -224,7 +224,7 @@ impl Drop for NetNs {
 
 /// The namespace for an LSL test, or None (saying why) when it cannot be
 /// made outside CI; in CI that is a failure.
-fn lsl_namespace(tag: &str) -> Option<NetNs> {
+pub(crate) fn lsl_namespace(tag: &str) -> Option<NetNs> {
     match NetNs::new(tag) {
         Ok(ns) => Some(ns),
         Err(e) => {
@@ -264,7 +264,7 @@ fn check_lsl(env: &Env, log: &std::path::Path, extra: &[&str]) -> Value {
     serde_json::from_str(stdout.trim()).expect("summary")
 }
 
-struct Peer(Child);
+pub(crate) struct Peer(Child);
 
 impl Drop for Peer {
     fn drop(&mut self) {
@@ -273,7 +273,7 @@ impl Drop for Peer {
     }
 }
 
-fn start_peer(
+pub(crate) fn start_peer(
     ns: &NetNs,
     name: &str,
     source_id: &str,

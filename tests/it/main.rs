@@ -11,6 +11,7 @@
 //! - [`clock_steps`]: a stepped wall clock under libfaketime;
 //! - [`drivers_serial`]: Cyton and ASCII serial devices behind ptys;
 //! - [`drivers_bflsl`]: BrainFlow's real library and real LSL outlets;
+//! - [`outlets`]: the daemon's own LSL outlets read by pylsl inlets;
 //! - [`export`]: XDF, EDF+/BDF+ and BIDS exports read back by pyxdf,
 //!   pyedflib, MNE, mne-bids and the BIDS validator.
 //! - [`faults`]: the journal under injected I/O faults (`strace --inject`);
@@ -29,6 +30,7 @@ mod drivers_serial;
 mod export;
 mod faults;
 mod ops;
+mod outlets;
 mod scope;
 mod upgrade;
 mod uplink;

@@ -475,6 +475,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             last_error: None,
+            outlets: Default::default(),
         }
     }
 

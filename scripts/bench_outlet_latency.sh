@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Latency and CPU cost of the LSL outlets (docs/outlets.md), issue 12:
+#
+# - everything LSL in a network namespace of its own (loopback only,
+#   multicast routed to lo; LSLAPICFG = tests/peers/lsl_api.cfg);
+# - neuroedge with one paced synthetic device: load A 8 ch x 250 Hz,
+#   load B 384 ch x 30 kHz, and M (64 ch x 2 kHz) in between; no filters,
+#   the default features;
+# - run 1: `[lsl_outlet] streams = ["filtered"]` and a pylsl inlet pulling
+#   into numpy: latency of each sample = the inlet's local_clock() when the
+#   chunk arrives - the sample's LSL stamp (= its arrival at the driver,
+#   the synthetic source stamps samples as it makes them), p50 / p99;
+#   target p99 <= one ring block (100 ms) + 20 ms;
+# - run 2: the same device without outlets;
+# - CPU = utime + stime of neuroedge (/proc/PID/stat) over SECONDS after a
+#   3 s warm-up; ratio = run 1 / run 2 (target <= 1.3).
+#
+# Needs root (network namespace), python3 with pylsl and numpy. Usage:
+#   scripts/bench_outlet_latency.sh [--bin target/release/neuroedge]
+#       [--seconds 20] [--loads A,B] (A, M, B)
+# Prints one row per load.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+BIN=target/release/neuroedge
+SECONDS_RUN=20
+LOADS=A,B
+while [ $# -gt 0 ]; do
+  case $1 in
+    --bin) BIN=$2; shift 2 ;;
+    --seconds) SECONDS_RUN=$2; shift 2 ;;
+    --loads) LOADS=$2; shift 2 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" -eq 0 ] || { echo "needs root (network namespace)" >&2; exit 2; }
+[ -x "$BIN" ] || { echo "no neuroedge binary at $BIN (cargo build --release, or --bin)" >&2; exit 2; }
+BIN=$(realpath "$BIN")
+python3 -c 'import pylsl, numpy' 2>/dev/null || { echo "python3 lacks pylsl or numpy" >&2; exit 2; }
+
+NS="neoutbench-$$"
+WORK=$(mktemp -d /tmp/neuroedge-outbench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ip netns add "$NS"
+ip netns exec "$NS" ip link set lo up
+ip netns exec "$NS" ip link set lo multicast on
+ip netns exec "$NS" ip route add 224.0.0.0/4 dev lo
+export LSLAPICFG=$ROOT/tests/peers/lsl_api.cfg
+
+cat > "$WORK/inlet.py" <<'EOF'
+import sys, time
+import numpy as np
+import pylsl
+name, seconds, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+info = pylsl.resolve_byprop("name", name, 1, 30.0)[0]
+inlet = pylsl.StreamInlet(info, max_buflen=30)
+inlet.open_stream(10.0)
+n = info.channel_count()
+buf = np.empty((65536, n), dtype=np.float32)
+stamps = np.empty(65536)
+lat = []
+end = time.monotonic() + seconds
+warm = time.monotonic() + 3.0
+while time.monotonic() < end:
+    k = inlet.pull_chunk(timeout=0.0, max_samples=65536, dest_obj=buf)[1]
+    now = pylsl.local_clock()
+    if k:
+        if time.monotonic() > warm:
+            lat.append(now - np.asarray(k))
+    else:
+        time.sleep(0.001)
+lat = np.concatenate(lat) * 1000.0
+with open(out, "w") as f:
+    f.write(f"{np.percentile(lat, 50):.1f} {np.percentile(lat, 99):.1f} {len(lat)}\n")
+EOF
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run LOAD CHANNELS RATE OUTLETS(0|1) -> prints "cpu_percent [p50 p99 n]"
+run() {
+  local dir=$WORK/$1-$4 channels=$2 rate=$3 outlets=$4
+  mkdir -p "$dir/devices"
+  cat > "$dir/neuroedge.toml" <<EOF
+[daemon]
+site_id = "bench"
+node_id = "bench"
+devices_dir = "devices"
+[crypto]
+key_file = "var/batch.key"
+generate_if_missing = true
+[status]
+socket = "var/run/ne.sock"
+[journal]
+path = "var/journal.db"
+EOF
+  {
+    printf 'id = "bench"\ndriver = "synthetic"\nenabled = true\n'
+    printf '[connection]\nsample_rate = %s\nchannels = %s\npace = true\n' "$rate" "$channels"
+    [ "$outlets" = 1 ] && printf '[lsl_outlet]\nstreams = ["filtered"]\n'
+  } > "$dir/devices/bench.toml"
+  ip netns exec "$NS" "$BIN" run --config "$dir/neuroedge.toml" 2> "$dir/daemon.log" &
+  local pid=$!
+  PIDS+=("$pid")
+  local inlet=""
+  if [ "$outlets" = 1 ]; then
+    ip netns exec "$NS" python3 "$WORK/inlet.py" bench.filtered $((SECONDS_RUN + 3)) "$dir/lat" &
+    inlet=$!
+    PIDS+=("$inlet")
+  fi
+  sleep 3
+  local t0 c0
+  t0=$(date +%s.%N); c0=$(cpu_ticks "$pid")
+  sleep "$SECONDS_RUN"
+  local t1 c1
+  t1=$(date +%s.%N); c1=$(cpu_ticks "$pid")
+  [ -n "$inlet" ] && wait "$inlet"
+  kill -TERM "$pid"; wait "$pid" || true
+  local hz; hz=$(getconf CLK_TCK)
+  local cpu; cpu=$(echo "($c1 - $c0) / $hz / ($t1 - $t0) * 100" | bc -l)
+  printf '%.1f %s\n' "$cpu" "$( [ -f "$dir/lat" ] && cat "$dir/lat" )"
+}
+
+printf '| load | p50 ms | p99 ms | samples | CPU with outlet %% | CPU without %% | ratio |\n'
+printf '| --- | --- | --- | --- | --- | --- | --- |\n'
+for load in ${LOADS//,/ }; do
+  case $load in
+    A) ch=8; rate=250 ;;
+    M) ch=64; rate=2000 ;;
+    B) ch=384; rate=30000 ;;
+    *) echo "unknown load $load" >&2; exit 2 ;;
+  esac
+  read -r cpu1 p50 p99 n <<< "$(run "$load" "$ch" "$rate" 1)"
+  read -r cpu0 <<< "$(run "$load" "$ch" "$rate" 0)"
+  ratio=$(echo "$cpu1 / $cpu0" | bc -l)
+  printf '| %s (%s ch x %s Hz) | %s | %s | %s | %s | %s | %.2f |\n' \
+    "$load" "$ch" "$rate" "$p50" "$p99" "$n" "$cpu1" "$cpu0" "$ratio"
+done
