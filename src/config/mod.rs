@@ -104,7 +104,7 @@ impl Default for StatusSection {
             socket_mode: "0660".into(),
             control_uids: Vec::new(),
             idle_timeout_s: 30.0,
-            max_connections_per_uid: 32,
+            max_connections_per_uid: 128,
         }
     }
 }
@@ -441,7 +441,7 @@ fn validate_daemon(c: &DaemonConfig, src: &SourceText, out: &mut Vec<Problem>) {
         bad(
             "status.max_connections_per_uid",
             format!("{} is out of range", c.status.max_connections_per_uid),
-            "use 1 to 256 (default 32; the socket serves 256 connections in all)",
+            "use 1 to 256 (default 128, half of the 256 connections the socket serves)",
         );
     }
     let mut uplink = Findings::new("uplink");

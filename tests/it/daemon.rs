@@ -207,6 +207,7 @@ fn committed_envelopes(journal: &std::path::Path) -> Vec<(String, Vec<u8>)> {
 /// (`NEUROEDGE_KILL_SEED` replays a run's moments).
 #[test]
 fn kill9_loop_never_loses_a_batch_a_reader_saw_committed() {
+    let _guard = crate::util::heavy();
     let rounds: usize = std::env::var("NEUROEDGE_KILL_LOOP")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -279,6 +280,7 @@ fn kill9_loop_never_loses_a_batch_a_reader_saw_committed() {
 /// seq.
 #[test]
 fn corrupt_journal_refused_then_salvaged_and_continued() {
+    let _guard = crate::util::heavy();
     let env = Env::new("[journal]\nbatch_seconds = 0.25");
     env.write("devices/a.toml", &synthetic_device("a", 32, 1000.0, ""));
     let d = env.spawn();
@@ -462,6 +464,7 @@ fn group_readable_key_is_refused() {
 
 #[test]
 fn socket_survives_concurrent_clients_garbage_and_malformed_requests() {
+    let _guard = crate::util::heavy();
     use std::io::{BufRead, BufReader, Write};
     let env = Env::new("");
     env.write(
@@ -557,6 +560,7 @@ fn socket_survives_concurrent_clients_garbage_and_malformed_requests() {
 /// peer that never reads its replies is dropped, not buffered for.
 #[test]
 fn idle_hostile_and_non_reading_clients_cannot_lock_out_status() {
+    let _guard = crate::util::heavy();
     use std::io::{BufRead, BufReader, Read, Write};
     use std::os::unix::process::CommandExt;
     if !nix::unistd::geteuid().is_root() {

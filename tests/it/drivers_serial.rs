@@ -164,6 +164,7 @@ fn strip_ansi(s: &str) -> String {
 /// without losing a packet; timestamp jitter measured.
 #[test]
 fn cyton_values_gaps_resync_and_jitter() {
+    let _guard = crate::util::quiet();
     let env = Env::new("");
     let mut peer = Peer::cyton(&env, false);
     env.write(

@@ -48,6 +48,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn exports_read_back_exactly_by_pyxdf_pyedflib_mne_and_the_bids_validator() {
+    let _guard = crate::util::heavy();
     let env = Env::new("");
     env.write(
         "neuroedge.toml",

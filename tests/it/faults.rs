@@ -171,6 +171,7 @@ fn strace_available() -> bool {
 
 #[test]
 fn fsync_eio_early_middle_late() {
+    let _guard = crate::util::heavy();
     if !strace_available() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -187,6 +188,7 @@ fn fsync_eio_early_middle_late() {
 
 #[test]
 fn pwrite_enospc_and_eio() {
+    let _guard = crate::util::heavy();
     if !strace_available() {
         assert!(
             std::env::var_os("CI").is_none(),

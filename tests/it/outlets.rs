@@ -435,6 +435,7 @@ fn reload_outlets(env: &Env, d: &Daemon) -> String {
 /// fresh samples again.
 #[test]
 fn a_stuck_consumer_costs_the_journal_nothing() {
+    let _guard = crate::util::heavy();
     if !peer_available("pylsl") {
         return;
     }

@@ -15,6 +15,22 @@ pub struct Env {
     pub dir: tempfile::TempDir,
 }
 
+/// Tests that measure timing (jitter) take this exclusively; tests that
+/// load both cores for a while (many daemon starts, fault injection,
+/// high-rate devices, heavy Python readers) share it. So a timing figure is
+/// not a measure of what else the test binary happened to run.
+static QUIET: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// For a timing-sensitive test: no heavy test runs meanwhile.
+pub fn quiet() -> std::sync::RwLockWriteGuard<'static, ()> {
+    QUIET.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// For a heavy test: never beside a timing-sensitive one.
+pub fn heavy() -> std::sync::RwLockReadGuard<'static, ()> {
+    QUIET.read().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn synthetic_device(id: &str, channels: usize, rate: f64, extra: &str) -> String {
     format!(
         "id = \"{id}\"\ndriver = \"synthetic\"\nenabled = true\n[connection]\nsample_rate = {rate:?}\nchannels = {channels}\nseed = 1\n{extra}"
