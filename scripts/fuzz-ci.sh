@@ -24,12 +24,13 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz"
   cargo install --quiet --locked cargo-fuzz
 fi
+logs=$(mktemp -d /tmp/neuroedge-fuzz.XXXXXX)
 cd fuzz
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo +nightly fuzz list)
 fi
-if ! cargo +nightly fuzz build -O >/tmp/neuroedge-fuzz-build.log 2>&1; then
-  tail -n 30 /tmp/neuroedge-fuzz-build.log >&2
+if ! cargo +nightly fuzz build -O >"$logs/build.log" 2>&1; then
+  tail -n 30 "$logs/build.log" >&2
   echo "fuzz: build failed" >&2
   exit 1
 fi
@@ -38,7 +39,7 @@ for t in "${targets[@]}"; do
   echo "== fuzz $t for ${seconds}s"
   # -max_len bounds inputs (configs and envelopes are the largest seeds);
   # -rss_limit_mb catches unbounded allocation.
-  log="/tmp/neuroedge-fuzz-$t.log"
+  log="$logs/$t.log"
   status=0
   cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
     -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1 || status=$?
@@ -49,4 +50,4 @@ for t in "${targets[@]}"; do
     exit 1
   fi
 done
-echo "fuzz: ${#targets[@]} targets, ${seconds}s each, no crash"
+echo "fuzz: ${#targets[@]} targets, ${seconds}s each, no crash (logs in $logs)"
