@@ -223,8 +223,8 @@ fn read_batch(conn: &Connection, id: i64) -> rusqlite::Result<Full> {
 /// Is this batch authentic? `Ok(true)` verified, `Ok(false)` key not
 /// given, `Err(reason)` altered.
 fn authentic(keys: &Keyring, row: &BatchRow) -> Result<bool, String> {
-    match crate::batch::open(keys, &row.envelope) {
-        Ok((header, _)) => match header_mismatch(&header, row) {
+    match crate::batch::authenticate(keys, &row.envelope) {
+        Ok(header) => match header_mismatch(&header, row) {
             Some(field) => Err(format!("header disagrees with its row ({field})")),
             None => Ok(true),
         },

@@ -1,6 +1,6 @@
 //! End-to-end tests: the real `neuroedge` binary on temp folders.
 
-use crate::util::{synthetic_device, Env};
+use crate::util::{committed_envelopes, synthetic_device, Env};
 use neuroedge::crypto::{load_key_file, Keyring};
 use neuroedge::journal::Journal;
 use serde_json::Value;
@@ -181,24 +181,6 @@ fn kill9_then_restart_keeps_committed_batches_and_continues_seq() {
     );
 }
 
-/// Batch ids and envelopes a read-only reader sees committed right now.
-fn committed_envelopes(journal: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    use rusqlite::OpenFlags;
-    let Ok(conn) = rusqlite::Connection::open_with_flags(journal, OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return Vec::new(); // not created yet
-    };
-    conn.busy_timeout(Duration::from_secs(5))
-        .expect("busy timeout");
-    let Ok(mut st) = conn.prepare("SELECT batch_id, envelope FROM batches") else {
-        return Vec::new(); // schema not created yet
-    };
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect()
-}
-
 /// kill -9 at random moments (including start-up), again and again, with
 /// a fast and a slow device and 0.25 s batches: every batch a reader saw
 /// committed before a kill is there afterwards byte for byte, the journal
@@ -238,8 +220,7 @@ fn kill9_loop_never_loses_a_batch_a_reader_saw_committed() {
         std::thread::sleep(at);
         let before = committed_envelopes(&env.journal());
         d.kill9();
-        let after: std::collections::HashMap<_, _> =
-            committed_envelopes(&env.journal()).into_iter().collect();
+        let after = committed_envelopes(&env.journal());
         for (id, envelope) in before {
             seen.insert(id, envelope);
         }

@@ -5,28 +5,11 @@
 //! journal passes `integrity_check` and `journal verify`, and nothing a
 //! reader saw committed before the fault is lost or changed.
 
-use crate::util::{synthetic_device, Daemon, Env};
+use crate::util::{committed_envelopes, synthetic_device, Daemon, Env};
 use neuroedge::crypto::{load_key_file, Keyring};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-/// Batch id → envelope, as a read-only reader sees them committed now.
-fn committed(env: &Env) -> HashMap<String, Vec<u8>> {
-    let Ok(c) = rusqlite::Connection::open_with_flags(
-        env.journal(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) else {
-        return HashMap::new();
-    };
-    let _ = c.busy_timeout(Duration::from_secs(5));
-    let Ok(mut st) = c.prepare("SELECT batch_id, envelope FROM batches") else {
-        return HashMap::new();
-    };
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map(|rows| rows.filter_map(Result::ok).collect())
-        .unwrap_or_default()
-}
 
 /// SIGTERM to the daemon itself (strace's child), then wait for strace.
 fn stop_traced(mut d: Daemon) -> i32 {
@@ -59,7 +42,7 @@ fn stop_traced(mut d: Daemon) -> i32 {
 /// Per (device): seq gapless from 0, sample indices contiguous.
 fn assert_continuous(env: &Env) {
     let keys = Keyring::new(load_key_file(&env.key()).expect("key"));
-    let mut rows: Vec<(String, u64, u64, u64)> = committed(env)
+    let mut rows: Vec<(String, u64, u64, u64)> = committed_envelopes(&env.journal())
         .values()
         .map(|e| {
             let (h, _) = neuroedge::batch::open(&keys, e).expect("every batch opens");
@@ -101,7 +84,7 @@ fn run_with_fault(syscall: &str, error: &str, when: &str) {
     // Until the fault has hit, cleared, and 20 more batches committed.
     let mut committed_at_recovery: Option<u64> = None;
     while start.elapsed() < Duration::from_secs(40) {
-        seen.extend(committed(&env));
+        seen.extend(committed_envelopes(&env.journal()));
         if let Some(s) = d.status() {
             let j = &s["journal"];
             hit |= j["write_errors"].as_u64() > Some(0);
@@ -131,7 +114,7 @@ fn run_with_fault(syscall: &str, error: &str, when: &str) {
         "{what}: {text}"
     );
 
-    let now = committed(&env);
+    let now = committed_envelopes(&env.journal());
     for (id, envelope) in &seen {
         assert_eq!(
             now.get(id),
@@ -162,21 +145,23 @@ fn run_with_fault(syscall: &str, error: &str, when: &str) {
     assert_continuous(&env);
 }
 
+/// strace is there (CI installs it: missing there is a failure).
 fn strace_available() -> bool {
-    std::process::Command::new("strace")
+    let ok = std::process::Command::new("strace")
         .arg("-V")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "strace is missing (CI installs it)"
+    );
+    ok
 }
 
 #[test]
 fn fsync_eio_early_middle_late() {
     let _guard = crate::util::heavy();
     if !strace_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "strace is missing (CI installs it)"
-        );
         return;
     }
     // Opening a new journal takes the first few syncs (a failure there is
@@ -190,10 +175,6 @@ fn fsync_eio_early_middle_late() {
 fn pwrite_enospc_and_eio() {
     let _guard = crate::util::heavy();
     if !strace_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "strace is missing (CI installs it)"
-        );
         return;
     }
     // Each retry (backoff from 0.25 s) meets the next failing call.

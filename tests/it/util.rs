@@ -31,6 +31,22 @@ pub fn heavy() -> std::sync::RwLockReadGuard<'static, ()> {
     QUIET.read().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Batch id → envelope of every batch a read-only reader sees committed
+/// in `journal` now (empty before the journal or its schema exists).
+pub fn committed_envelopes(journal: &Path) -> std::collections::HashMap<String, Vec<u8>> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let Ok(conn) = rusqlite::Connection::open_with_flags(journal, flags) else {
+        return Default::default();
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    let Ok(mut st) = conn.prepare("SELECT batch_id, envelope FROM batches") else {
+        return Default::default();
+    };
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}
+
 pub fn synthetic_device(id: &str, channels: usize, rate: f64, extra: &str) -> String {
     format!(
         "id = \"{id}\"\ndriver = \"synthetic\"\nenabled = true\n[connection]\nsample_rate = {rate:?}\nchannels = {channels}\nseed = 1\n{extra}"
