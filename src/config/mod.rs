@@ -350,7 +350,22 @@ fn apply_env_overrides(
                 ),
             ));
         }
-        let default = defaults.get(section).and_then(|s| s.get(key));
+        // A sub-table of the section (`[uplink.s3]`): NEUROEDGE_UPLINK_S3_BUCKET.
+        let sub = key.split_once('_').filter(|(t, _)| {
+            defaults
+                .get(section)
+                .and_then(|s| s.get(*t))
+                .is_some_and(toml::Value::is_table)
+        });
+        let (section_path, key) = match sub {
+            Some((t, k)) => (vec![section, t], k),
+            None => (vec![section], key),
+        };
+        let mut default = defaults.get(section);
+        for t in &section_path[1..] {
+            default = default.and_then(|s| s.get(*t));
+        }
+        let default = default.and_then(|s| s.get(key));
         let value = match default {
             Some(toml::Value::String(_)) | None => toml::Value::String(raw.clone()),
             Some(_) => {
@@ -361,9 +376,17 @@ fn apply_env_overrides(
                 }
             }
         };
-        let entry = table
+        let mut entry = table
             .entry(section.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        for t in &section_path[1..] {
+            entry = match entry {
+                toml::Value::Table(tab) => tab
+                    .entry(t.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+                _ => break,
+            };
+        }
         match entry {
             toml::Value::Table(t) => {
                 t.insert(key.to_string(), value);
@@ -552,6 +575,15 @@ mod tests {
                 "2.5".to_string(),
             ),
             ("NEUROEDGE_DAEMON_NODE_ID".to_string(), "123".to_string()),
+            ("NEUROEDGE_UPLINK_SINK".to_string(), "s3".to_string()),
+            (
+                "NEUROEDGE_UPLINK_S3_BUCKET".to_string(),
+                "eeg-archive".to_string(),
+            ),
+            (
+                "NEUROEDGE_UPLINK_S3_PATH_STYLE".to_string(),
+                "false".to_string(),
+            ),
             ("NEUROEDGE_CONFIG".to_string(), "ignored".to_string()),
             ("NEUROEDGE_LSL_LIB".to_string(), "/x/liblsl.so".to_string()),
             (
@@ -563,6 +595,10 @@ mod tests {
         assert_eq!(c.daemon.uplink.endpoint.as_deref(), Some("https://b"));
         assert_eq!(c.daemon.journal.batch_seconds, 2.5);
         assert_eq!(c.node_id, "123");
+        assert_eq!(c.daemon.uplink.sink, crate::uplink::config::SinkKind::S3);
+        assert_eq!(c.daemon.uplink.s3.bucket.as_deref(), Some("eeg-archive"));
+        assert!(!c.daemon.uplink.s3.path_style);
+        assert_eq!(c.daemon.uplink.s3.region, "us-east-1");
         let bad = vec![(
             "NEUROEDGE_JOURNAL_BATCH_SECONDS".to_string(),
             "x".to_string(),

@@ -20,7 +20,7 @@
 use super::config::UplinkSection;
 use super::policy::{self, Backoff, Halt, Outcome, UplinkState, Verdict};
 use super::ratelimit::TokenBucket;
-use super::transport::Transport;
+use super::sink::{self, Deliver};
 use super::UplinkShared;
 use crate::journal::{AuditEvent, Journal, JournalTx, PendingBatch, UploadMark};
 use rand::{Rng, SeedableRng};
@@ -118,30 +118,32 @@ pub fn spawn(
 }
 
 /// Does this envelope authenticate with the keys (AES-GCM: any changed
-/// byte fails) and name the batch and device it was read as? Off the
-/// runtime's threads: a high-density batch takes milliseconds. Without
-/// keys (engine benches) every envelope passes.
+/// byte fails) and name the batch and device it was read as? Returns the
+/// header (the sink may need it: the object key). Off the runtime's
+/// threads: a high-density batch takes milliseconds. Without keys (engine
+/// benches) the header is only read.
 async fn authenticate(
     keys: Option<Arc<crate::crypto::Keyring>>,
     device: String,
     batch_id: String,
     envelope: Vec<u8>,
-) -> Result<Vec<u8>, Outcome> {
-    let Some(keys) = keys else {
-        return Ok(envelope);
-    };
+) -> Result<(crate::batch::BatchHeader, Vec<u8>), Outcome> {
     let check = tokio::task::spawn_blocking(move || {
-        let h = crate::batch::authenticate(&keys, &envelope).map_err(|e| e.to_string())?;
+        let h = match &keys {
+            Some(keys) => crate::batch::authenticate(keys, &envelope),
+            None => crate::batch::read_header(&envelope).map(|p| p.header),
+        }
+        .map_err(|e| e.to_string())?;
         if h.batch_id != batch_id || h.device_id != device {
             return Err(format!(
                 "its header names batch {} of {}",
                 h.batch_id, h.device_id
             ));
         }
-        Ok(envelope)
+        Ok((h, envelope))
     });
     match check.await {
-        Ok(Ok(envelope)) => Ok(envelope),
+        Ok(Ok(checked)) => Ok(checked),
         Ok(Err(reason)) => Err(Outcome::Altered { reason }),
         // Not a verdict on the batch: try again later.
         Err(e) => Err(Outcome::Transport {
@@ -198,7 +200,7 @@ struct Engine {
     reader: Option<Arc<Mutex<Journal>>>,
     jtx: JournalTx,
     shared: Arc<UplinkShared>,
-    transport: Option<Arc<Transport>>,
+    transport: Option<Arc<dyn Deliver>>,
     devices: HashMap<String, Dev>,
     order: Vec<String>,
     rr: usize,
@@ -318,7 +320,7 @@ impl Engine {
     }
 
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let endpoint = self.cfg.endpoint.clone();
+        let endpoint = sink::describe(&self.cfg);
         self.shared.update(|s| s.endpoint = endpoint);
         self.build_transport(Instant::now());
         loop {
@@ -360,10 +362,10 @@ impl Engine {
     }
 
     fn build_transport(&mut self, now: Instant) {
-        match Transport::build(&self.cfg) {
+        match sink::connect(&self.cfg) {
             Ok(t) => {
-                tracing::info!(url = %t.url(), "uplink ready");
-                self.transport = Some(Arc::new(t));
+                tracing::info!(target = %t.target(), "uplink ready");
+                self.transport = Some(t);
                 if self.halt_from_build {
                     self.halt = None;
                     self.halt_from_build = false;
@@ -579,7 +581,7 @@ impl Engine {
             let keys = self.opts.keys.clone();
             let h = self.tasks.spawn(async move {
                 let outcome = match authenticate(keys, dev.clone(), bid.clone(), body).await {
-                    Ok(body) => t.post(&bid, body).await,
+                    Ok((header, body)) => t.deliver(&header, body).await,
                     Err(not_sent) => not_sent,
                 };
                 Finished {
@@ -689,13 +691,7 @@ impl Engine {
                 });
             }
             Verdict::AuthFailed { delay, error } | Verdict::Misconfigured { delay, error } => {
-                let h = if matches!(
-                    f.outcome,
-                    Outcome::Http {
-                        status: 401 | 403,
-                        ..
-                    }
-                ) {
+                let h = if policy::classify(&f.outcome) == policy::Class::AuthFailed {
                     Halt::AuthFailed
                 } else {
                     Halt::Misconfigured

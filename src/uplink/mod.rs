@@ -1,11 +1,17 @@
-//! HTTPS uplink (contract §7): pending batches are read from the journal
-//! through the uplink's own read-only connection, POSTed byte for byte,
-//! and the verdicts go back to the journal writer as [`UploadMark`]s.
+//! The uplink (contract §7, §11): pending batches are read from the
+//! journal through the uplink's own read-only connection, delivered byte
+//! for byte to the configured sink (the backend over HTTPS, or an
+//! S3-compatible bucket), and the verdicts go back to the journal writer
+//! as [`UploadMark`]s.
 //!
 //! - [`policy`]: the pure retry policy (status classes, backoff with
 //!   jitter, `Retry-After`, the state shown in `status`);
 //! - [`ratelimit`]: the `max_bytes_per_sec` token bucket;
-//! - [`transport`]: the rustls client, endpoint rules, token;
+//! - [`sink`]: the [`sink::Deliver`] trait (one batch in, one outcome out)
+//!   and the choice of sink;
+//! - [`transport`]: the HTTPS sink: the rustls client, endpoint rules, token;
+//! - [`s3`]: the object-storage sink: key layout, metadata, SigV4
+//!   (`rusty-s3`), credentials file, S3 error codes;
 //! - [`engine`]: the task: keyset paging, per-device order, in-flight
 //!   requests, verdicts, state changes, `flush`.
 //!
@@ -17,6 +23,8 @@ pub mod config;
 pub mod engine;
 pub mod policy;
 pub mod ratelimit;
+pub mod s3;
+pub mod sink;
 pub mod transport;
 
 pub use engine::{spawn, EngineOptions, UplinkHandle};

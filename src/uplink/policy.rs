@@ -20,6 +20,14 @@ pub enum Outcome {
         status: u16,
         retry_after: Option<Duration>,
     },
+    /// An object store answered a PUT with an error (S3 error document):
+    /// classified by its `code` first, then by `status` (contract §11).
+    Store {
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// No answer: connect / TLS / timeout / reset. `message` is already
     /// free of secrets.
     Transport {
@@ -80,6 +88,48 @@ pub fn classify(o: &Outcome) -> Class {
             // endpoint must be fixed in the config) and nonsense codes.
             _ => Class::Misconfigured,
         },
+        Outcome::Store { status, code, .. } => classify_store(*status, code),
+    }
+}
+
+/// S3 error codes (AWS's list; MinIO, Ceph and moto use the same names).
+/// Only errors that are about the object itself quarantine a batch; an
+/// unknown 4xx pauses (misconfigured) rather than quarantine: with object
+/// storage a 400 is far more often a wrong region or bucket setting than a
+/// bad batch, and a pause loses nothing.
+fn classify_store(status: u16, code: &str) -> Class {
+    match code {
+        "SlowDown"
+        | "ServiceUnavailable"
+        | "InternalError"
+        | "RequestTimeout"
+        | "OperationAborted"
+        | "RequestTimeTooSkewed"
+        | "Busy"
+        | "ServerBusy" => Class::Retry { offline: false },
+        "AccessDenied"
+        | "InvalidAccessKeyId"
+        | "SignatureDoesNotMatch"
+        | "ExpiredToken"
+        | "InvalidToken"
+        | "TokenRefreshRequired"
+        | "AccountProblem" => Class::AuthFailed,
+        "NoSuchBucket"
+        | "PermanentRedirect"
+        | "AuthorizationHeaderMalformed"
+        | "InvalidBucketName"
+        | "IllegalLocationConstraintException"
+        | "InvalidRequest"
+        | "MethodNotAllowed"
+        | "NotImplemented" => Class::Misconfigured,
+        "EntityTooLarge" | "BadDigest" | "InvalidDigest" | "MetadataTooLarge"
+        | "KeyTooLongError" | "InvalidObjectName" => Class::Quarantine,
+        _ => match status {
+            200..=299 => Class::Ack,
+            401 | 403 => Class::AuthFailed,
+            408 | 409 | 429 | 500..=599 => Class::Retry { offline: false },
+            _ => Class::Misconfigured,
+        },
     }
 }
 
@@ -127,6 +177,18 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 pub fn decide(o: &Outcome, backoff: &Backoff, attempt: u32, jitter: f64) -> Verdict {
     let describe = || match o {
         Outcome::Http { status, .. } => format!("HTTP {status}"),
+        Outcome::Store {
+            status,
+            code,
+            message,
+            ..
+        } => {
+            if message.is_empty() {
+                format!("S3 {status} {code}")
+            } else {
+                format!("S3 {status} {code}: {message}")
+            }
+        }
         Outcome::Transport { kind, message } => format!("{}: {message}", kind.as_str()),
         Outcome::Altered { reason } => {
             format!("altered in the journal, not sent ({reason}); see `neuroedge journal verify`")
@@ -137,6 +199,10 @@ pub fn decide(o: &Outcome, backoff: &Backoff, attempt: u32, jitter: f64) -> Verd
         Class::Retry { offline } => {
             let mut delay = backoff.delay(attempt, jitter);
             if let Outcome::Http {
+                retry_after: Some(ra),
+                ..
+            }
+            | Outcome::Store {
                 retry_after: Some(ra),
                 ..
             } = o
@@ -152,17 +218,31 @@ pub fn decide(o: &Outcome, backoff: &Backoff, attempt: u32, jitter: f64) -> Verd
         }
         Class::AuthFailed => Verdict::AuthFailed {
             delay: backoff.max,
-            error: format!(
-                "{}: the backend refused the token (check token_file)",
-                describe()
-            ),
+            error: if matches!(o, Outcome::Store { .. }) {
+                format!(
+                    "{}: the store refused the credentials (check [uplink.s3] credentials_file and the key's policy)",
+                    describe()
+                )
+            } else {
+                format!(
+                    "{}: the backend refused the token (check token_file)",
+                    describe()
+                )
+            },
         },
         Class::Misconfigured => Verdict::Misconfigured {
             delay: backoff.max,
-            error: format!(
-                "{}: the endpoint does not accept batches (check [uplink] endpoint)",
-                describe()
-            ),
+            error: if matches!(o, Outcome::Store { .. }) {
+                format!(
+                    "{}: the store does not take objects there (check [uplink.s3] endpoint, bucket, region, path_style)",
+                    describe()
+                )
+            } else {
+                format!(
+                    "{}: the endpoint does not accept batches (check [uplink] endpoint)",
+                    describe()
+                )
+            },
         },
         Class::Quarantine => Verdict::Quarantine { reason: describe() },
     }
@@ -259,6 +339,69 @@ mod tests {
         initial: Duration::from_millis(100),
         max: Duration::from_secs(10),
     };
+
+    fn store(status: u16, code: &str) -> Outcome {
+        Outcome::Store {
+            status,
+            code: code.into(),
+            message: "m".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn s3_answers_per_contract_11() {
+        assert_eq!(classify(&store(403, "AccessDenied")), Class::AuthFailed);
+        assert_eq!(
+            classify(&store(403, "SignatureDoesNotMatch")),
+            Class::AuthFailed
+        );
+        assert_eq!(classify(&store(404, "NoSuchBucket")), Class::Misconfigured);
+        assert_eq!(
+            classify(&store(301, "PermanentRedirect")),
+            Class::Misconfigured
+        );
+        assert_eq!(
+            classify(&store(400, "AuthorizationHeaderMalformed")),
+            Class::Misconfigured
+        );
+        assert_eq!(
+            classify(&store(503, "SlowDown")),
+            Class::Retry { offline: false }
+        );
+        assert_eq!(
+            classify(&store(400, "RequestTimeout")),
+            Class::Retry { offline: false }
+        );
+        assert_eq!(classify(&store(500, "")), Class::Retry { offline: false });
+        assert_eq!(classify(&store(400, "EntityTooLarge")), Class::Quarantine);
+        // An unknown 4xx pauses, never quarantines.
+        assert_eq!(classify(&store(400, "SomethingNew")), Class::Misconfigured);
+        assert_eq!(classify(&store(418, "")), Class::Misconfigured);
+        match decide(&store(403, "InvalidAccessKeyId"), &B, 1, 0.5) {
+            Verdict::AuthFailed { error, .. } => {
+                assert!(
+                    error.contains("S3 403 InvalidAccessKeyId")
+                        && error.contains("credentials_file"),
+                    "{error}"
+                )
+            }
+            v => panic!("{v:?}"),
+        }
+        let slow = Outcome::Store {
+            status: 503,
+            code: "SlowDown".into(),
+            message: String::new(),
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        match decide(&slow, &B, 1, 0.0) {
+            Verdict::Retry { delay, error, .. } => {
+                assert!(delay >= Duration::from_secs(7));
+                assert_eq!(error, "S3 503 SlowDown");
+            }
+            v => panic!("{v:?}"),
+        }
+    }
 
     #[test]
     fn every_status_class_of_the_contract() {

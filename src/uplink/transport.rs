@@ -12,14 +12,27 @@ use std::time::{Duration, SystemTime};
 /// Path appended to `endpoint` (contract §7).
 pub const BATCHES_PATH: &str = "v1/neural-data/batches";
 
-/// Check `endpoint` and build the batch URL. `https://` is required;
-/// `http://` is accepted only for a loopback host (127.0.0.0/8, ::1,
-/// localhost), for a local relay or a test backend.
+/// Check `endpoint` and build the batch URL (see [`checked_url`]).
 pub fn batches_url(endpoint: &str) -> Result<Url, String> {
+    let url = checked_url(endpoint)?;
+    let mut base = url.to_string();
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    Url::parse(&base)
+        .and_then(|b| b.join(BATCHES_PATH))
+        .map_err(|err| format!("{:?}: {err}", endpoint.trim()))
+}
+
+/// Check an endpoint (the backend's or the object store's): `https://`
+/// is required; `http://` is accepted only for a loopback host
+/// (127.0.0.0/8, ::1, localhost), for a local relay or a test server. No
+/// credentials, query or fragment in it.
+pub fn checked_url(endpoint: &str) -> Result<Url, String> {
     let e = endpoint.trim();
     let url = Url::parse(e).map_err(|err| format!("{e:?} is not a URL ({err})"))?;
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("the endpoint must not carry credentials; put the token in token_file".into());
+        return Err("the endpoint must not carry credentials; put them in their file".into());
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err("the endpoint must not have a query or fragment".into());
@@ -43,16 +56,10 @@ pub fn batches_url(endpoint: &str) -> Result<Url, String> {
         }
         other => return Err(format!("scheme {other:?} is not supported; use https://")),
     }
-    let mut base = url.to_string();
-    if !base.ends_with('/') {
-        base.push('/');
-    }
-    Url::parse(&base)
-        .and_then(|b| b.join(BATCHES_PATH))
-        .map_err(|err| format!("{e:?}: {err}"))
+    Ok(url)
 }
 
-/// The bearer token; never printed.
+/// A secret (the bearer token, an S3 secret key); never printed.
 #[derive(Clone)]
 pub struct Secret(String);
 
@@ -63,6 +70,14 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
+    pub(super) fn new(s: String) -> Secret {
+        Secret(s)
+    }
+
+    pub(super) fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// Remove the secret from a text (an error message, a log line).
     pub fn redact(&self, text: &str) -> String {
         if self.0.len() >= 4 {
@@ -134,55 +149,7 @@ impl Transport {
                 )
             })?;
         auth.set_sensitive(true);
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(cfg.timeout.0)
-            .connect_timeout(cfg.timeout.0)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(cfg.max_in_flight.max(1) as usize)
-            .user_agent(concat!("neuroedge/", env!("CARGO_PKG_VERSION")))
-            .https_only(url.scheme() == "https");
-        if let Some(ca) = &cfg.ca_file {
-            let pem = read_file("ca_file", ca)?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                format!(
-                    "ca_file {}: not a PEM certificate bundle ({e})",
-                    ca.display()
-                )
-            })?;
-            if certs.is_empty() {
-                return Err(format!(
-                    "ca_file {}: no certificate in it (expected PEM \"BEGIN CERTIFICATE\")",
-                    ca.display()
-                ));
-            }
-            // A private CA replaces the public roots: the backend is
-            // pinned to it.
-            b = b.tls_built_in_root_certs(false);
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        match (&cfg.client_cert, &cfg.client_key) {
-            (Some(cert), Some(key)) => {
-                let mut pem = read_file("client_key", key)?;
-                pem.push(b'\n');
-                pem.extend(read_file("client_cert", cert)?);
-                let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                    format!(
-                        "client_cert {} / client_key {}: not a PEM certificate and private key ({e})",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-                b = b.identity(id);
-            }
-            (None, None) => {}
-            _ => return Err("client_cert and client_key go together; set both or neither".into()),
-        }
-        let client = b
-            .build()
-            .map_err(|e| format!("cannot set up TLS: {}", error_text(&e, &token)))?;
+        let client = http_client(cfg, url.scheme() == "https", &[&token])?;
         Ok(Transport {
             client,
             url,
@@ -222,22 +189,84 @@ impl Transport {
                     retry_after,
                 }
             }
-            Err(e) => Outcome::Transport {
-                kind: if e.is_timeout() {
-                    TransportKind::Timeout
-                } else if e.is_connect() {
-                    TransportKind::Connect
-                } else {
-                    TransportKind::Broken
-                },
-                message: error_text(&e, &self.token),
-            },
+            Err(e) => transport_failure(&e, &[&self.token]),
         }
     }
 }
 
-/// The error and its causes, without the URL and without the token.
-fn error_text(e: &reqwest::Error, token: &Secret) -> String {
+/// The HTTP client both sinks use: rustls (ring), the system roots or
+/// `ca_file` alone, optional client certificate, no redirects, `timeout`.
+pub(super) fn http_client(
+    cfg: &UplinkSection,
+    https_only: bool,
+    secrets: &[&Secret],
+) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(cfg.timeout.0)
+        .connect_timeout(cfg.timeout.0)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(cfg.max_in_flight.max(1) as usize)
+        .user_agent(concat!("neuroedge/", env!("CARGO_PKG_VERSION")))
+        .https_only(https_only);
+    if let Some(ca) = &cfg.ca_file {
+        let pem = read_file("ca_file", ca)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            format!(
+                "ca_file {}: not a PEM certificate bundle ({e})",
+                ca.display()
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(format!(
+                "ca_file {}: no certificate in it (expected PEM \"BEGIN CERTIFICATE\")",
+                ca.display()
+            ));
+        }
+        // A private CA replaces the public roots: the backend is
+        // pinned to it.
+        b = b.tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    match (&cfg.client_cert, &cfg.client_key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read_file("client_key", key)?;
+            pem.push(b'\n');
+            pem.extend(read_file("client_cert", cert)?);
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                format!(
+                    "client_cert {} / client_key {}: not a PEM certificate and private key ({e})",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            b = b.identity(id);
+        }
+        (None, None) => {}
+        _ => return Err("client_cert and client_key go together; set both or neither".into()),
+    }
+    b.build()
+        .map_err(|e| format!("cannot set up TLS: {}", error_text(&e, secrets)))
+}
+
+/// A request that got no (complete) answer, as an outcome.
+pub(super) fn transport_failure(e: &reqwest::Error, secrets: &[&Secret]) -> Outcome {
+    Outcome::Transport {
+        kind: if e.is_timeout() {
+            TransportKind::Timeout
+        } else if e.is_connect() {
+            TransportKind::Connect
+        } else {
+            TransportKind::Broken
+        },
+        message: error_text(e, secrets),
+    }
+}
+
+/// The error and its causes, without the URL and without the secrets.
+pub(super) fn error_text(e: &reqwest::Error, secrets: &[&Secret]) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     let head = match e.url() {
@@ -255,7 +284,10 @@ fn error_text(e: &reqwest::Error, token: &Secret) -> String {
         }
         cur = s.source();
     }
-    let text = token.redact(&parts.join(": "));
+    let mut text = parts.join(": ");
+    for s in secrets {
+        text = s.redact(&text);
+    }
     let mut text: String = text.chars().take(300).collect();
     if text.is_empty() {
         text = "unknown error".into();
