@@ -44,13 +44,14 @@ fi
 # (bids-validator-deno: the maintained schema validator, shipped on PyPI as
 # JavaScript run by the `deno` wheel; about 100 MB on disk, 10 s to
 # install, runs offline; the legacy npm `bids-validator` 1.x pulls ~700 MB of unused
-# dependencies and takes minutes).
+# dependencies and takes minutes); for the S3 sink, moto's S3 server
+# (moto[server]: a local S3 API) and boto3 (the backend's reader).
 PY=${NEUROEDGE_TEST_PYTHON:-python3}
 need_py=()
 for spec in cbor2:cbor2 zstandard:zstandard cryptography:cryptography numpy:numpy \
             scipy:scipy prometheus_client:prometheus-client brainflow:brainflow pylsl:pylsl \
             pyxdf:pyxdf pyedflib:pyedflib mne:mne mne_bids:mne-bids \
-            bids_validator_deno:bids-validator-deno; do
+            bids_validator_deno:bids-validator-deno boto3:boto3 moto.server:moto[server]; do
   mod=${spec%%:*}
   pkg=${spec#*:}
   "$PY" -c "import $mod" 2>/dev/null || need_py+=("$pkg")

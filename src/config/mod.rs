@@ -279,6 +279,7 @@ fn resolve_paths(c: &mut DaemonConfig, base: &Path) {
     for p in [
         &mut c.uplink.token_file,
         &mut c.uplink.ca_file,
+        &mut c.uplink.s3.credentials_file,
         &mut c.uplink.client_cert,
         &mut c.uplink.client_key,
     ]

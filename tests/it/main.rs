@@ -31,6 +31,7 @@ mod export;
 mod faults;
 mod ops;
 mod outlets;
+mod s3;
 mod scope;
 mod upgrade;
 mod uplink;
