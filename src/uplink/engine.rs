@@ -53,6 +53,9 @@ pub struct EngineOptions {
     /// is sent, and an altered one is quarantined, never uploaded. The
     /// daemon always gives them; `None` only in benches of the engine.
     pub keys: Option<Arc<crate::crypto::Keyring>>,
+    /// Deliver here instead of the sink `[uplink]` configures (the
+    /// engine's model test).
+    pub sink: Option<Arc<dyn Deliver>>,
 }
 
 impl Default for EngineOptions {
@@ -66,6 +69,7 @@ impl Default for EngineOptions {
             poll: Duration::from_millis(200),
             stop_grace: Duration::from_secs(2),
             keys: None,
+            sink: None,
         }
     }
 }
@@ -362,7 +366,11 @@ impl Engine {
     }
 
     fn build_transport(&mut self, now: Instant) {
-        match sink::connect(&self.cfg) {
+        let built = match &self.opts.sink {
+            Some(s) => Ok(s.clone()),
+            None => sink::connect(&self.cfg),
+        };
+        match built {
             Ok(t) => {
                 tracing::info!(target = %t.target(), "uplink ready");
                 self.transport = Some(t);
@@ -503,9 +511,14 @@ impl Engine {
         if d.last_known_seq().is_some_and(|s| b.seq <= s) {
             return Accept::Known; // queued already, or finished (the mark is on its way)
         }
+        // Full, for this device or for all of them: skip the row and
+        // re-read it once there is room (a page is read whole, so the
+        // bounds are checked row by row, not only before the read).
         if d.overflow
             || d.queue.len() >= self.opts.device_batches
             || d.queue_bytes >= self.opts.device_bytes
+            || self.buffered >= self.opts.total_batches
+            || self.buffered_bytes >= self.opts.total_bytes
         {
             d.overflow = true;
             let from = b.id - 1;

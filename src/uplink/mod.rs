@@ -21,6 +21,8 @@
 
 pub mod config;
 pub mod engine;
+#[cfg(test)]
+mod model;
 pub mod policy;
 pub mod ratelimit;
 pub mod s3;

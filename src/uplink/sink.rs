@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub type Delivery<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
 /// A place batches are delivered to.
-pub trait Deliver: Send + Sync + 'static {
+pub trait Deliver: std::fmt::Debug + Send + Sync + 'static {
     /// Where batches go, for `status` and the log (no secrets).
     fn target(&self) -> String;
 
