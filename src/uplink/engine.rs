@@ -1,22 +1,19 @@
-//! The uplink task.
+//! The uplink task: reads committed batches from the journal into the
+//! backlog (`backlog.rs`: order, memory bounds, skipped rows), hands them
+//! to the sink (`Deliver`: HTTPS or S3) up to `max_in_flight` at a time,
+//! applies the policy's verdict to each answer (`policy.rs`) and sends the
+//! verdicts to the journal writer.
 //!
-//! Reading: keyset pages (`Journal::pending_page`) through a read-only
-//! connection, into small per-device queues with bounds on count and bytes,
-//! so memory stays flat whatever the backlog. A device whose queue is full
-//! (or whose tail was shed to make room for other devices while it is in
-//! backoff) is marked `overflow`; its rows are skipped and re-read later
-//! from the lowest skipped row id (`rescan_from`).
+//! New commits arrive on the writer's watch channel; while caught up the
+//! engine sleeps until one does (or the poll interval passes, in case the
+//! writer is gone). Pauses (an auth_failed or misconfigured answer, or no
+//! client could be built) are one `Pause` value.
 //!
-//! Order: at most one request in flight per device, so a device's batch
-//! N+1 is sent only after N was acknowledged or quarantined; different
-//! devices go in parallel, up to `max_in_flight` requests.
-//!
-//! No double sends: verdicts reach the journal asynchronously (through the
-//! writer thread), so a finished batch may still read as pending. Each
-//! device remembers the last finished `seq`, and rows at or below it (or
-//! already queued) are skipped. A batch is sent again only as a retry of
-//! the same `Idempotency-Key`.
+//! No double sends: a batch is sent again only as a retry of the same
+//! `Idempotency-Key` (the backlog remembers what finished before the
+//! journal's mark arrives).
 
+use super::backlog::{Backlog, Limits};
 use super::config::UplinkSection;
 use super::policy::{self, Backoff, Halt, Outcome, UplinkState, Verdict};
 use super::ratelimit::TokenBucket;
@@ -157,43 +154,58 @@ async fn authenticate(
     }
 }
 
-#[derive(Default)]
-struct Dev {
-    queue: VecDeque<PendingBatch>,
-    queue_bytes: usize,
-    /// Highest seq acknowledged or quarantined in this run.
-    done_seq: Option<u64>,
-    in_flight: bool,
-    retry_at: Option<Instant>,
-    /// Consecutive failures of the head batch.
-    attempts: u32,
-    /// The head batch is waiting for a retry.
-    failing: bool,
-    /// Rows of this device were skipped (queue full or shed).
-    overflow: bool,
-}
-
-impl Dev {
-    fn last_known_seq(&self) -> Option<u64> {
-        match (self.queue.back().map(|b| b.seq), self.done_seq) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
-
-enum Accept {
-    Queued,
-    /// The device's queue is full: read again later.
-    Skipped,
-    /// Already queued or finished.
-    Known,
-}
-
 struct Finished {
     device: String,
     batch_id: String,
     outcome: Outcome,
+}
+
+/// Whether requests may go.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pause {
+    /// They may.
+    Running,
+    /// An answer said auth_failed or misconfigured: no request before
+    /// `until`; then the client is rebuilt (the token or certificates may
+    /// have been fixed) and requests probe. The halt is shown until an
+    /// answer says otherwise.
+    Answered {
+        halt: Halt,
+        until: Instant,
+        rebuilt: bool,
+    },
+    /// No client could be built (configuration, token, certificates):
+    /// build it again at `until`.
+    NoClient { until: Instant },
+}
+
+impl Pause {
+    /// The halt `status` shows.
+    fn halt(&self) -> Option<Halt> {
+        match self {
+            Pause::Running => None,
+            Pause::Answered { halt, .. } => Some(*halt),
+            Pause::NoClient { .. } => Some(Halt::Misconfigured),
+        }
+    }
+
+    /// When the pause ends, if it is still ahead.
+    fn ends(&self, now: Instant) -> Option<Instant> {
+        match *self {
+            Pause::Running => None,
+            Pause::Answered { until, .. } | Pause::NoClient { until } => {
+                (until > now).then_some(until)
+            }
+        }
+    }
+
+    /// An answer that is not a halt (a store, or a refusal that is not
+    /// about the connection) ends a halt an answer began.
+    fn answered(&mut self) {
+        if matches!(self, Pause::Answered { .. }) {
+            *self = Pause::Running;
+        }
+    }
 }
 
 struct Engine {
@@ -202,32 +214,18 @@ struct Engine {
     backoff: Backoff,
     journal_path: PathBuf,
     reader: Option<Arc<Mutex<Journal>>>,
+    /// Open the journal again (after a failure) not before this.
+    reopen_at: Instant,
     jtx: JournalTx,
     shared: Arc<UplinkShared>,
     transport: Option<Arc<dyn Deliver>>,
-    devices: HashMap<String, Dev>,
-    order: Vec<String>,
-    rr: usize,
-    cursor: i64,
-    rescan_from: Option<i64>,
-    at_end: bool,
-    /// A whole page was skipped (full queues): stop reading for now.
-    stalled: bool,
-    last_committed: u64,
+    pause: Pause,
+    backlog: Backlog,
     /// The writer's commit counter: a change means new rows to read.
     commits: watch::Receiver<u64>,
     commits_closed: bool,
-    next_poll: Instant,
-    buffered: usize,
-    buffered_bytes: usize,
     tasks: JoinSet<Finished>,
     task_devices: HashMap<tokio::task::Id, (String, String)>,
-    halt: Option<Halt>,
-    halt_until: Instant,
-    /// The halt came from building the client (not from an answer).
-    halt_from_build: bool,
-    /// Rebuild the client (re-read token and certificates) when the pause ends.
-    rebuild_due: bool,
     last_failure_offline: bool,
     bucket: Option<TokenBucket>,
     rate_wake: Option<Instant>,
@@ -278,6 +276,13 @@ impl Engine {
         let bucket = cfg
             .max_bytes_per_sec
             .map(|b| TokenBucket::new(b.0, now.into_std()));
+        let limits = Limits {
+            page_size: opts.page_size,
+            device_batches: opts.device_batches,
+            device_bytes: opts.device_bytes,
+            total_batches: opts.total_batches,
+            total_bytes: opts.total_bytes,
+        };
         Engine {
             backoff: Backoff {
                 initial: cfg.backoff_initial.0,
@@ -287,28 +292,16 @@ impl Engine {
             opts,
             journal_path,
             reader: None,
+            reopen_at: now,
             jtx,
             shared,
             transport: None,
-            devices: HashMap::new(),
-            order: Vec::new(),
-            rr: 0,
-            cursor: 0,
-            rescan_from: None,
-            at_end: false,
-            stalled: false,
-            last_committed: 0,
+            pause: Pause::Running,
+            backlog: Backlog::new(limits, now),
             commits,
             commits_closed: false,
-            next_poll: now,
-            buffered: 0,
-            buffered_bytes: 0,
             tasks: JoinSet::new(),
             task_devices: HashMap::new(),
-            halt: None,
-            halt_until: now,
-            halt_from_build: false,
-            rebuild_due: false,
             last_failure_offline: false,
             bucket,
             rate_wake: None,
@@ -336,9 +329,7 @@ impl Engine {
             if self.reader.is_none() {
                 self.open_reader(now).await;
             }
-            if self.halt.is_some() && now >= self.halt_until {
-                self.end_of_pause(now);
-            }
+            self.end_of_pause(now);
             // Start what is ready before reading more, so journal reads
             // overlap requests in flight.
             self.dispatch(now);
@@ -356,7 +347,7 @@ impl Engine {
                 _ = self.shared.flushed() => self.on_flush(),
                 // A commit while caught up: read the new rows now.
                 // (A closed channel — the writer is gone — falls back to polling.)
-                r = self.commits.changed(), if self.at_end && !self.commits_closed => {
+                r = self.commits.changed(), if self.backlog.at_end() && !self.commits_closed => {
                     self.commits_closed = r.is_err();
                 }
                 _ = tokio::time::sleep_until(wake) => {}
@@ -374,25 +365,23 @@ impl Engine {
             Ok(t) => {
                 tracing::info!(target = %t.target(), "uplink ready");
                 self.transport = Some(t);
-                if self.halt_from_build {
-                    self.halt = None;
-                    self.halt_from_build = false;
+                if matches!(self.pause, Pause::NoClient { .. }) {
+                    self.pause = Pause::Running;
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, retry_in_s = self.backoff.max.as_secs_f64(), "uplink misconfigured; recording continues, batches stay in the journal");
                 self.transport = None;
-                self.halt = Some(Halt::Misconfigured);
-                self.halt_from_build = true;
-                self.rebuild_due = true;
-                self.halt_until = now + self.backoff.max;
+                self.pause = Pause::NoClient {
+                    until: now + self.backoff.max,
+                };
                 self.last_error = Some(e);
             }
         }
     }
 
     async fn open_reader(&mut self, now: Instant) {
-        if now < self.next_poll && self.last_error.is_some() {
+        if now < self.reopen_at {
             return;
         }
         match open_reader(self.journal_path.clone()).await {
@@ -403,154 +392,55 @@ impl Engine {
             Err(e) => {
                 tracing::warn!(error = %e, "uplink cannot read the journal; will retry");
                 self.last_error = Some(format!("cannot read the journal: {e}"));
-                self.next_poll = now + self.opts.poll.max(Duration::from_secs(1));
+                self.reopen_at = now + self.opts.poll.max(Duration::from_secs(1));
             }
         }
     }
 
-    /// A pause (auth_failed / misconfigured) is over: re-read the token and
-    /// certificates (they may have been fixed), then let requests probe;
-    /// the state stays until an answer says otherwise.
+    /// A pause is over: build the client again (the token, certificates
+    /// or configuration may have been fixed), then let requests probe; a
+    /// halt an answer began stays shown until an answer says otherwise.
     fn end_of_pause(&mut self, now: Instant) {
-        if self.rebuild_due {
-            self.rebuild_due = false;
-            self.build_transport(now);
+        match self.pause {
+            Pause::Answered {
+                halt,
+                until,
+                rebuilt: false,
+            } if now >= until => {
+                self.pause = Pause::Answered {
+                    halt,
+                    until,
+                    rebuilt: true,
+                };
+                self.build_transport(now);
+            }
+            Pause::NoClient { until } if now >= until => self.build_transport(now),
+            _ => {}
         }
     }
 
     fn paused(&self, now: Instant) -> bool {
-        self.transport.is_none() || (self.halt.is_some() && now < self.halt_until)
+        self.transport.is_none() || self.pause.ends(now).is_some()
     }
 
     async fn refill(&mut self, now: Instant) {
         let Some(reader) = self.reader.clone() else {
             return;
         };
-        // A device whose rows were skipped has room again: re-read from
-        // the first skipped row (rows already known are skipped by seq).
-        if let Some(r) = self.rescan_from {
-            let (half_n, half_b) = (self.opts.device_batches / 2, self.opts.device_bytes / 2);
-            if self.devices.values().any(|d| {
-                d.overflow && !d.failing && d.queue.len() <= half_n && d.queue_bytes <= half_b
-            }) {
-                self.cursor = self.cursor.min(r);
-                self.rescan_from = None;
-                for d in self.devices.values_mut() {
-                    d.overflow = false;
-                }
-                self.at_end = false;
-                self.stalled = false;
-            }
-        }
-        if self.stalled {
-            // The rows ahead belong to devices whose queues are full. If one
-            // of them is draining, wait for it (then rescan); if all of them
-            // wait for a retry, move on at the poll rate, skipping their
-            // rows, so other devices' new batches are still found.
-            if self.devices.values().any(|d| d.overflow && !d.failing) || now < self.next_poll {
-                return;
-            }
-            self.stalled = false;
-        }
         let committed = *self.commits.borrow_and_update();
-        if self.at_end {
-            if committed == self.last_committed && now < self.next_poll {
-                return;
-            }
-            self.at_end = false;
-        }
         let mut pages = 0;
-        while !self.at_end && !self.stalled && pages < 8 {
-            if self.buffered >= self.opts.total_batches
-                || self.buffered_bytes >= self.opts.total_bytes
-            {
-                self.shed();
-                if self.buffered >= self.opts.total_batches
-                    || self.buffered_bytes >= self.opts.total_bytes
-                {
-                    return;
-                }
-            }
-            let page = match read_page(reader.clone(), self.cursor, self.opts.page_size).await {
-                Ok(p) => p,
+        while pages < 8 && self.backlog.want_read(now, committed) {
+            let (after, limit) = (self.backlog.cursor(), self.backlog.page_size());
+            match read_page(reader.clone(), after, limit).await {
+                Ok(page) => self.backlog.take_page(page, now, committed, self.opts.poll),
                 Err(e) => {
                     tracing::warn!(error = %e, "uplink: reading the journal failed; will retry");
                     self.last_error = Some(format!("cannot read the journal: {e}"));
-                    self.at_end = true;
-                    self.next_poll = now + self.opts.poll;
+                    self.backlog.read_failed(now + self.opts.poll);
                     return;
                 }
-            };
+            }
             pages += 1;
-            let n = page.len();
-            let (mut accepted, mut skipped) = (0usize, 0usize);
-            for b in page {
-                self.cursor = self.cursor.max(b.id);
-                match self.accept(b) {
-                    Accept::Queued => accepted += 1,
-                    Accept::Skipped => skipped += 1,
-                    Accept::Known => {}
-                }
-            }
-            if n < self.opts.page_size {
-                self.at_end = true;
-                self.last_committed = committed;
-                self.next_poll = now + self.opts.poll;
-            } else if accepted == 0 && skipped > 0 {
-                self.stalled = true;
-                self.next_poll = now + self.opts.poll;
-            }
-        }
-    }
-
-    fn accept(&mut self, b: PendingBatch) -> Accept {
-        if !self.devices.contains_key(&b.device_id) {
-            self.order.push(b.device_id.clone());
-        }
-        let d = self.devices.entry(b.device_id.clone()).or_default();
-        if d.last_known_seq().is_some_and(|s| b.seq <= s) {
-            return Accept::Known; // queued already, or finished (the mark is on its way)
-        }
-        // Full, for this device or for all of them: skip the row and
-        // re-read it once there is room (a page is read whole, so the
-        // bounds are checked row by row, not only before the read).
-        if d.overflow
-            || d.queue.len() >= self.opts.device_batches
-            || d.queue_bytes >= self.opts.device_bytes
-            || self.buffered >= self.opts.total_batches
-            || self.buffered_bytes >= self.opts.total_bytes
-        {
-            d.overflow = true;
-            let from = b.id - 1;
-            self.rescan_from = Some(self.rescan_from.map_or(from, |r| r.min(from)));
-            return Accept::Skipped;
-        }
-        let size = b.envelope.len();
-        d.queue_bytes += size;
-        d.queue.push_back(b);
-        self.buffered += 1;
-        self.buffered_bytes += size;
-        Accept::Queued
-    }
-
-    /// Memory is full: drop the buffered tails of devices waiting for a
-    /// retry (they are re-read later), so the other devices keep flowing.
-    fn shed(&mut self) {
-        for d in self.devices.values_mut() {
-            if !d.failing || d.queue.len() < 2 {
-                continue;
-            }
-            let first_dropped = d.queue[1].id;
-            while d.queue.len() > 1 {
-                if let Some(b) = d.queue.pop_back() {
-                    d.queue_bytes -= b.envelope.len();
-                    self.buffered -= 1;
-                    self.buffered_bytes -= b.envelope.len();
-                }
-            }
-            d.overflow = true;
-            let from = first_dropped - 1;
-            self.rescan_from = Some(self.rescan_from.map_or(from, |r| r.min(from)));
         }
     }
 
@@ -562,38 +452,25 @@ impl Engine {
         let Some(transport) = self.transport.clone() else {
             return;
         };
-        let n = self.order.len();
-        for i in 0..n {
-            if self.tasks.len() >= self.cfg.max_in_flight.max(1) as usize {
+        while self.tasks.len() < self.cfg.max_in_flight.max(1) as usize {
+            let Some((idx, size)) = self.backlog.next_ready(now) else {
                 break;
-            }
-            let idx = (self.rr + i) % n;
-            let name = &self.order[idx];
-            let Some(d) = self.devices.get_mut(name) else {
-                continue;
-            };
-            if d.in_flight || d.retry_at.is_some_and(|t| t > now) {
-                continue;
-            }
-            let Some(head) = d.queue.front() else {
-                continue;
             };
             if let Some(bucket) = &mut self.bucket {
-                let w = bucket.take(head.envelope.len() as u64, now.into_std());
+                let w = bucket.take(size as u64, now.into_std());
                 if !w.is_zero() {
                     self.rate_wake = Some(now + w);
                     break;
                 }
             }
-            d.in_flight = true;
-            let (device, batch_id, body) =
-                (name.clone(), head.batch_id.clone(), head.envelope.clone());
+            let Some(s) = self.backlog.start(idx) else {
+                break;
+            };
             let t = transport.clone();
-            let bid = batch_id.clone();
-            let dev = device.clone();
+            let (dev, bid) = (s.device.clone(), s.batch_id.clone());
             let keys = self.opts.keys.clone();
             let h = self.tasks.spawn(async move {
-                let outcome = match authenticate(keys, dev.clone(), bid.clone(), body).await {
+                let outcome = match authenticate(keys, dev.clone(), bid.clone(), s.envelope).await {
                     Ok((header, body)) => t.deliver(&header, body).await,
                     Err(not_sent) => not_sent,
                 };
@@ -603,8 +480,7 @@ impl Engine {
                     outcome,
                 }
             });
-            self.task_devices.insert(h.id(), (device, batch_id));
-            self.rr = (idx + 1) % n;
+            self.task_devices.insert(h.id(), (s.device, s.batch_id));
         }
     }
 
@@ -634,33 +510,14 @@ impl Engine {
     fn on_finished(&mut self, f: Finished) {
         let now = Instant::now();
         let jitter: f64 = self.rng.gen();
-        let Some(d) = self.devices.get_mut(&f.device) else {
-            return;
+        let Some((seq, attempts)) = self.backlog.finish_head(&f.device, &f.batch_id) else {
+            return; // not the head any more: nothing to apply
         };
-        d.in_flight = false;
-        let Some(head) = d.queue.front() else {
-            return;
-        };
-        if head.batch_id != f.batch_id {
-            return;
-        }
-        let seq = head.seq;
-        let verdict = policy::decide(&f.outcome, &self.backoff, d.attempts + 1, jitter);
-        let mark;
-        match verdict {
+        let verdict = policy::decide(&f.outcome, &self.backoff, attempts + 1, jitter);
+        let mark = match verdict {
             Verdict::Ack | Verdict::Quarantine { .. } => {
-                if let Some(b) = d.queue.pop_front() {
-                    d.queue_bytes -= b.envelope.len();
-                    self.buffered -= 1;
-                    self.buffered_bytes -= b.envelope.len();
-                }
-                d.done_seq = Some(d.done_seq.map_or(seq, |s| s.max(seq)));
-                d.attempts = 0;
-                d.retry_at = None;
-                d.failing = false;
-                if !self.halt_from_build {
-                    self.halt = None;
-                }
+                self.backlog.done(&f.device);
+                self.pause.answered();
                 if let Verdict::Quarantine { reason } = verdict {
                     tracing::error!(device = %f.device, seq, batch_id = %f.batch_id, reason = %reason, "batch quarantined: kept in the journal, never sent again");
                     self.quarantined += 1;
@@ -668,19 +525,19 @@ impl Engine {
                         "batch {} ({} seq {seq}) quarantined: {reason}",
                         f.batch_id, f.device
                     ));
-                    mark = Some(UploadMark::Quarantined {
+                    UploadMark::Quarantined {
                         batch_id: f.batch_id,
                         reason,
-                    });
+                    }
                 } else {
                     self.uploaded += 1;
                     self.last_success = Some(std::time::Instant::now());
-                    if !self.devices.values().any(|d| d.failing) {
+                    if self.backlog.failing() == 0 {
                         self.last_error = None;
                     }
-                    mark = Some(UploadMark::Uploaded {
+                    UploadMark::Uploaded {
                         batch_id: f.batch_id,
-                    });
+                    }
                 }
             }
             Verdict::Retry {
@@ -688,45 +545,42 @@ impl Engine {
                 offline,
                 error,
             } => {
-                d.attempts += 1;
-                d.retry_at = Some(now + delay);
-                d.failing = true;
-                tracing::debug!(device = %f.device, seq, attempt = d.attempts, retry_in_ms = delay.as_millis() as u64, error = %error, "upload attempt failed");
-                if !offline && !self.halt_from_build {
-                    self.halt = None;
+                let attempt = self.backlog.retry(&f.device, now + delay);
+                tracing::debug!(device = %f.device, seq, attempt, retry_in_ms = delay.as_millis() as u64, error = %error, "upload attempt failed");
+                if !offline {
+                    self.pause.answered();
                 }
                 self.last_failure_offline = offline;
                 self.failed += 1;
                 self.last_error = Some(error.clone());
-                mark = Some(UploadMark::Attempt {
+                UploadMark::Attempt {
                     batch_id: f.batch_id,
                     error,
-                });
+                }
             }
             Verdict::AuthFailed { delay, error } | Verdict::Misconfigured { delay, error } => {
-                let h = if policy::classify(&f.outcome) == policy::Class::AuthFailed {
+                let halt = if policy::classify(&f.outcome) == policy::Class::AuthFailed {
                     Halt::AuthFailed
                 } else {
                     Halt::Misconfigured
                 };
-                if self.halt != Some(h) || now >= self.halt_until {
+                if self.pause.halt() != Some(halt) || self.pause.ends(now).is_none() {
                     tracing::error!(error = %error, pause_s = delay.as_secs_f64(), "uploads paused; nothing is dropped");
                 }
-                self.halt = Some(h);
-                self.halt_from_build = false;
-                self.rebuild_due = true;
-                self.halt_until = now + delay;
+                self.pause = Pause::Answered {
+                    halt,
+                    until: now + delay,
+                    rebuilt: false,
+                };
                 self.failed += 1;
                 self.last_error = Some(error.clone());
-                mark = Some(UploadMark::Attempt {
+                UploadMark::Attempt {
                     batch_id: f.batch_id,
                     error,
-                });
+                }
             }
-        }
-        if let Some(m) = mark {
-            self.mark(m);
-        }
+        };
+        self.mark(mark);
     }
 
     fn mark(&mut self, m: UploadMark) {
@@ -747,61 +601,38 @@ impl Engine {
     fn on_flush(&mut self) {
         let now = Instant::now();
         tracing::info!("flush: retrying every waiting batch now");
-        for d in self.devices.values_mut() {
-            d.retry_at = None;
+        self.backlog.flush(now);
+        match &mut self.pause {
+            Pause::Answered { until, .. } | Pause::NoClient { until } => *until = now,
+            Pause::Running => {}
         }
-        if self.halt.is_some() {
-            self.halt_until = now;
-        }
-        self.next_poll = now;
-        self.at_end = false;
-        self.stalled = false;
     }
 
     fn next_wake(&self, now: Instant) -> Instant {
         let mut wake = now + Duration::from_secs(1);
-        let mut at = |t: Instant| {
-            if t < wake {
+        let mut at = |t: Option<Instant>| {
+            if let Some(t) = t.filter(|t| *t < wake) {
                 wake = t;
             }
         };
         if !self.marks.is_empty() {
-            at(now + Duration::from_millis(20));
+            at(Some(now + Duration::from_millis(20)));
         }
-        if self.at_end || self.stalled {
-            at(self.next_poll.max(now + Duration::from_millis(5)));
-        } else if self.buffered < self.opts.total_batches / 2 {
-            at(now);
-        }
-        if self.halt.is_some() {
-            at(self.halt_until);
-        }
-        if let Some(t) = self.rate_wake {
-            at(t);
-        }
+        at(self.backlog.read_wake(now));
+        at(self.pause.ends(now));
+        at(self.rate_wake);
         if !self.paused(now) {
-            for d in self.devices.values() {
-                if let (Some(t), false, false) = (d.retry_at, d.in_flight, d.queue.is_empty()) {
-                    at(t);
-                }
-            }
+            at(self.backlog.retry_wake());
         }
         wake
     }
 
     fn publish(&mut self) {
         let now = Instant::now();
-        let failing = self
-            .devices
-            .values()
-            .filter(|d| d.failing && !d.queue.is_empty())
-            .count();
-        let ready = !self.paused(now)
-            && self.devices.values().any(|d| {
-                !d.in_flight && !d.queue.is_empty() && d.retry_at.is_none_or(|t| t <= now)
-            });
+        let failing = self.backlog.failing();
+        let ready = !self.paused(now) && self.backlog.any_ready(now);
         let state = policy::derive_state(
-            self.halt,
+            self.pause.halt(),
             failing,
             self.last_failure_offline,
             self.tasks.len(),
@@ -838,7 +669,7 @@ impl Engine {
         }
         let (uploaded, quarantined, failed) = (self.uploaded, self.quarantined, self.failed);
         let (last_success, last_error) = (self.last_success, self.last_error.clone());
-        let (in_flight, buffered) = (self.tasks.len(), self.buffered);
+        let (in_flight, buffered) = (self.tasks.len(), self.backlog.buffered());
         self.shared.update(|s| {
             s.state = state;
             s.uploaded_batches = uploaded;

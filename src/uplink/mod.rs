@@ -19,6 +19,7 @@
 //!
 //! [`UploadMark`]: crate::journal::UploadMark
 
+mod backlog;
 pub mod config;
 pub mod engine;
 #[cfg(test)]
