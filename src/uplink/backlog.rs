@@ -129,8 +129,27 @@ impl Backlog {
         self.cursor
     }
 
-    pub fn page_size(&self) -> usize {
-        self.limits.page_size
+    /// How many rows to read next: a page, or less when the queues have
+    /// less room (rows read into full queues are skipped and read again
+    /// later: each such row is an envelope copied out of SQLite for
+    /// nothing). Rows of devices not seen yet may lie ahead: a short page
+    /// only means they are found a few rows at a time.
+    pub fn page_limit(&self) -> usize {
+        let total_room = self.limits.total_batches.saturating_sub(self.buffered);
+        let device_room = if self.devices.is_empty() {
+            usize::MAX
+        } else {
+            self.devices
+                .values()
+                .filter(|d| !d.overflow)
+                .map(|d| self.limits.device_batches.saturating_sub(d.queue.len()))
+                .sum::<usize>()
+        };
+        self.limits
+            .page_size
+            .min(total_room)
+            .min(device_room)
+            .max(1)
     }
 
     /// Caught up with the journal: the engine waits for a commit.
@@ -176,6 +195,26 @@ impl Backlog {
             }
             self.at_end = false;
         }
+        if !self.devices.is_empty()
+            && self.devices.values().all(|d| {
+                !d.failing
+                    && (d.overflow
+                        || d.queue.len() >= self.limits.device_batches
+                        || d.queue_bytes >= self.limits.device_bytes)
+            })
+        {
+            // Every device seen has a full queue and is draining it: a page
+            // now would be skipped (and read again). Read on once one of
+            // them has drained to half (the rescan above).
+            for d in self.devices.values_mut() {
+                d.overflow = true;
+            }
+            let from = self.cursor;
+            self.rescan_from = Some(self.rescan_from.map_or(from, |r| r.min(from)));
+            self.stalled = true;
+            self.next_read = now;
+            return false;
+        }
         if self.full() {
             self.shed();
             if self.full() {
@@ -185,11 +224,13 @@ impl Backlog {
         true
     }
 
-    /// A page read after `cursor()`; `poll` is how long to wait before
-    /// reading again when it ends the journal or could not be taken.
+    /// A page of at most `limit` rows read after `cursor()`; `poll` is how
+    /// long to wait before reading again when it ends the journal or could
+    /// not be taken.
     pub fn take_page(
         &mut self,
         page: Vec<PendingBatch>,
+        limit: usize,
         now: Instant,
         committed: u64,
         poll: Duration,
@@ -204,7 +245,7 @@ impl Backlog {
                 Accept::Known => {}
             }
         }
-        if n < self.limits.page_size {
+        if n < limit {
             self.at_end = true;
             self.last_committed = committed;
             self.next_read = now + poll;
@@ -362,7 +403,10 @@ impl Backlog {
 
     /// When there is reading to do (now, or at the poll time), if any.
     pub fn read_wake(&self, now: Instant) -> Option<Instant> {
-        if self.at_end || self.stalled {
+        if self.stalled && self.devices.values().any(|d| d.overflow && !d.failing) {
+            // Waiting for a device to drain: a finished delivery wakes us.
+            None
+        } else if self.at_end || self.stalled {
             Some(self.next_read.max(now + Duration::from_millis(5)))
         } else if self.buffered < self.limits.total_batches / 2 {
             Some(now)
@@ -428,8 +472,9 @@ mod tests {
             if !bl.want_read(now, 1) {
                 return;
             }
-            let p = page(j, done, bl.cursor(), bl.page_size());
-            bl.take_page(p, now, 1, POLL);
+            let limit = bl.page_limit();
+            let p = page(j, done, bl.cursor(), limit);
+            bl.take_page(p, limit, now, 1, POLL);
         }
     }
 
@@ -518,6 +563,43 @@ mod tests {
     }
 
     #[test]
+    fn a_full_device_is_not_read_into_until_it_has_drained_to_half() {
+        let now = Instant::now();
+        let rows: Vec<(&str, u64)> = (0..12).map(|s| ("a", s)).collect();
+        let j = journal(&rows);
+        let mut bl = Backlog::new(LIMITS, now);
+        let mut read = 0;
+        let mut done: Vec<String> = Vec::new();
+        let mut next = 0u64;
+        while next < 12 {
+            // Read as the engine does, counting every row copied out.
+            for _ in 0..8 {
+                if !bl.want_read(now, 1) {
+                    break;
+                }
+                let limit = bl.page_limit();
+                assert!(limit <= LIMITS.device_batches);
+                let p = page(&j, &done, bl.cursor(), limit);
+                read += p.len();
+                bl.take_page(p, limit, now, 1, POLL);
+                assert!(bl.buffered() <= LIMITS.device_batches);
+            }
+            // Waiting for a delivery: no timer wake while the queue is full.
+            if bl.buffered() == LIMITS.device_batches && !bl.at_end() {
+                assert_eq!(bl.read_wake(now), None);
+            }
+            let s = bl.start(bl.next_ready(now).unwrap().0).unwrap();
+            assert_eq!(s.batch_id, format!("a-{next}"));
+            bl.finish_head("a", &s.batch_id);
+            bl.done("a");
+            done.push(s.batch_id);
+            next += 1;
+        }
+        // Every row read once: none skipped into a full queue and read again.
+        assert_eq!(read, 12);
+    }
+
+    #[test]
     fn known_rows_are_not_queued_twice() {
         let now = Instant::now();
         let j = journal(&[("a", 0), ("a", 1)]);
@@ -528,7 +610,7 @@ mod tests {
         bl.done("a");
         // The journal's mark is not there yet: a-0 reads as pending again.
         bl.flush(now);
-        bl.take_page(page(&j, &[], 0, 4), now, 2, POLL);
+        bl.take_page(page(&j, &[], 0, 4), 4, now, 2, POLL);
         assert_eq!(bl.buffered(), 1, "a-0 is finished, a-1 queued already");
     }
 
@@ -561,11 +643,11 @@ mod tests {
         let j = journal(&[("a", 0)]);
         let mut bl = Backlog::new(LIMITS, now);
         assert!(bl.want_read(now, 1));
-        bl.take_page(page(&j, &[], 0, 4), now, 1, POLL);
+        bl.take_page(page(&j, &[], 0, 4), 4, now, 1, POLL);
         assert!(bl.at_end());
         assert!(!bl.want_read(now, 1), "nothing new");
         assert!(bl.want_read(now, 2), "a commit");
-        bl.take_page(Vec::new(), now, 2, POLL);
+        bl.take_page(Vec::new(), 4, now, 2, POLL);
         assert!(bl.want_read(now + POLL, 2), "the poll");
         bl.read_failed(now + POLL * 2);
         assert!(!bl.want_read(now + POLL, 2));
