@@ -139,11 +139,14 @@ impl Backlog {
         let device_room = if self.devices.is_empty() {
             usize::MAX
         } else {
-            self.devices
-                .values()
-                .filter(|d| !d.overflow)
-                .map(|d| self.limits.device_batches.saturating_sub(d.queue.len()))
-                .sum::<usize>()
+            // Devices' rows usually interleave: a page fits when each
+            // open device can take its share of it.
+            let open = self.devices.values().filter(|d| !d.overflow);
+            let (n, min_room) = open.fold((0usize, usize::MAX), |(n, m), d| {
+                let room = self.limits.device_batches.saturating_sub(d.queue.len());
+                (n + 1, m.min(room))
+            });
+            n.saturating_mul(min_room)
         };
         self.limits
             .page_size
@@ -597,6 +600,34 @@ mod tests {
         }
         // Every row read once: none skipped into a full queue and read again.
         assert_eq!(read, 12);
+    }
+
+    #[test]
+    fn interleaved_devices_are_read_once_within_the_total_bound() {
+        let now = Instant::now();
+        let rows: Vec<(&str, u64)> = (0..12).flat_map(|s| [("a", s), ("b", s)]).collect();
+        let j = journal(&rows);
+        let mut bl = Backlog::new(LIMITS, now);
+        let (mut read, mut delivered) = (0, 0);
+        let mut done: Vec<String> = Vec::new();
+        while delivered < rows.len() {
+            for _ in 0..8 {
+                if !bl.want_read(now, 1) {
+                    break;
+                }
+                let limit = bl.page_limit();
+                let p = page(&j, &done, bl.cursor(), limit);
+                read += p.len();
+                bl.take_page(p, limit, now, 1, POLL);
+                assert!(bl.buffered() <= LIMITS.total_batches);
+            }
+            let s = bl.start(bl.next_ready(now).unwrap().0).unwrap();
+            bl.finish_head(&s.device, &s.batch_id);
+            bl.done(&s.device);
+            done.push(s.batch_id);
+            delivered += 1;
+        }
+        assert_eq!(read, rows.len());
     }
 
     #[test]
