@@ -228,6 +228,15 @@ pub struct PendingBatch {
     pub envelope: Vec<u8>,
 }
 
+/// A page of pending batches (`Journal::pending_page`).
+#[derive(Debug, Default)]
+pub struct PendingPage {
+    pub batches: Vec<PendingBatch>,
+    /// The page stopped at its byte budget: more rows may follow even if
+    /// it holds fewer than the rows asked for.
+    pub cut: bool,
+}
+
 /// Where the next batch of a device continues.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct DeviceCursor {
@@ -460,33 +469,43 @@ impl Journal {
     }
 
     /// Up to `limit` pending batches with row id > `after_id`, in commit
-    /// order (which is `seq` order per device). Keyset paging keeps memory
+    /// order (which is `seq` order per device), and no more envelope
+    /// bytes than `max_bytes` (the first row comes whatever its size; a row
+    /// that would pass the budget is not read). Keyset paging keeps memory
     /// flat whatever the backlog.
     pub fn pending_page(
         &self,
         after_id: i64,
         limit: usize,
-    ) -> Result<Vec<PendingBatch>, JournalError> {
+        max_bytes: usize,
+    ) -> Result<PendingPage, JournalError> {
         let e = sqlite_err(&self.path);
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT id, batch_id, device_id, seq, envelope FROM batches
+                "SELECT id, batch_id, device_id, seq, length(envelope), envelope FROM batches
                  WHERE state = 'pending' AND id > ?1 ORDER BY id LIMIT ?2",
             )
             .map_err(&e)?;
-        let rows = st
-            .query_map(params![after_id, limit as i64], |r| {
-                Ok(PendingBatch {
-                    id: r.get(0)?,
-                    batch_id: r.get(1)?,
-                    device_id: r.get(2)?,
-                    seq: r.get::<_, i64>(3)? as u64,
-                    envelope: r.get(4)?,
-                })
-            })
-            .map_err(&e)?;
-        rows.collect::<Result<_, _>>().map_err(&e)
+        let mut rows = st.query(params![after_id, limit as i64]).map_err(&e)?;
+        let mut page = PendingPage::default();
+        let mut bytes = 0usize;
+        while let Some(r) = rows.next().map_err(&e)? {
+            let size = r.get::<_, i64>(4).map_err(&e)? as usize;
+            if !page.batches.is_empty() && bytes + size > max_bytes {
+                page.cut = true;
+                break;
+            }
+            bytes += size;
+            page.batches.push(PendingBatch {
+                id: r.get(0).map_err(&e)?,
+                batch_id: r.get(1).map_err(&e)?,
+                device_id: r.get(2).map_err(&e)?,
+                seq: r.get::<_, i64>(3).map_err(&e)? as u64,
+                envelope: r.get(5).map_err(&e)?,
+            });
+        }
+        Ok(page)
     }
 
     /// Checkpoint the WAL into the main file (clean shutdown).

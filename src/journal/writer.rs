@@ -981,10 +981,19 @@ mod tests {
         }
         wait(&tx, |s| s.committed_batches == 3 && s.pending_batches == 3);
         let reader = Journal::open_readonly(&p).unwrap();
-        let page = reader.pending_page(0, 2).unwrap();
+        let page = reader.pending_page(0, 2, usize::MAX).unwrap();
+        assert!(!page.cut);
+        let page = page.batches;
         assert_eq!(page.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![0, 1]);
-        let rest = reader.pending_page(page[1].id, 10).unwrap();
-        assert_eq!(rest.len(), 1);
+        let rest = reader.pending_page(page[1].id, 10, usize::MAX).unwrap();
+        assert_eq!(rest.batches.len(), 1);
+        // A byte budget: the first row always, no row past the budget.
+        let size = page[0].envelope.len();
+        let one = reader.pending_page(0, 10, 1).unwrap();
+        assert_eq!((one.batches.len(), one.cut), (1, true));
+        let two = reader.pending_page(0, 10, 2 * size + size / 2).unwrap();
+        assert!(two.batches.len() <= 2 && two.cut);
+        assert!(two.batches.iter().map(|b| b.envelope.len()).sum::<usize>() <= 2 * size + size / 2);
         assert!(tx.mark_upload(UploadMark::Attempt {
             batch_id: page[0].batch_id.clone(),
             error: "503".into()
@@ -1007,7 +1016,14 @@ mod tests {
         });
         let s = tx.shared().snapshot();
         assert_eq!(s.pending_batches, 1);
-        assert_eq!(reader.pending_page(0, 10).unwrap().len(), 1);
+        assert_eq!(
+            reader
+                .pending_page(0, 10, usize::MAX)
+                .unwrap()
+                .batches
+                .len(),
+            1
+        );
         w.shutdown();
         let (state, attempts): (String, i64) = reader
             .conn

@@ -18,7 +18,7 @@
 //! finished batch may still read as pending. Each device remembers its
 //! last finished `seq`; rows at or below it (or already queued) are known.
 
-use crate::journal::PendingBatch;
+use crate::journal::{PendingBatch, PendingPage};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -60,6 +60,13 @@ impl Dev {
     fn ready(&self, now: Instant) -> bool {
         !self.in_flight && !self.queue.is_empty() && self.retry_at.is_none_or(|t| t <= now)
     }
+}
+
+/// What to read next (`Backlog::page_budget`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Budget {
+    pub rows: usize,
+    pub bytes: usize,
 }
 
 #[derive(Debug, PartialEq)]
@@ -129,30 +136,34 @@ impl Backlog {
         self.cursor
     }
 
-    /// How many rows to read next: a page, or less when the queues have
-    /// less room (rows read into full queues are skipped and read again
-    /// later: each such row is an envelope copied out of SQLite for
-    /// nothing). Rows of devices not seen yet may lie ahead: a short page
-    /// only means they are found a few rows at a time.
-    pub fn page_limit(&self) -> usize {
-        let total_room = self.limits.total_batches.saturating_sub(self.buffered);
-        let device_room = if self.devices.is_empty() {
-            usize::MAX
+    /// How much to read next: a page, or less when the queues have less
+    /// room, in rows and in bytes. Rows read into full queues are skipped
+    /// and read again later (an envelope copied out of SQLite for
+    /// nothing), and a page's envelopes are all in memory at once before
+    /// the bounds are checked: the byte budget keeps that transient within
+    /// the bounds too. Rows of devices not seen yet may lie ahead: a short
+    /// page only means they are found a few rows at a time.
+    pub fn page_budget(&self) -> Budget {
+        let l = &self.limits;
+        let total_rows = l.total_batches.saturating_sub(self.buffered);
+        let total_bytes = l.total_bytes.saturating_sub(self.buffered_bytes);
+        let (device_rows, device_bytes) = if self.devices.is_empty() {
+            (usize::MAX, usize::MAX)
         } else {
             // Devices' rows usually interleave: a page fits when each
             // open device can take its share of it.
             let open = self.devices.values().filter(|d| !d.overflow);
-            let (n, min_room) = open.fold((0usize, usize::MAX), |(n, m), d| {
-                let room = self.limits.device_batches.saturating_sub(d.queue.len());
-                (n + 1, m.min(room))
+            let (n, rows, bytes) = open.fold((0usize, usize::MAX, usize::MAX), |(n, r, b), d| {
+                let rows = l.device_batches.saturating_sub(d.queue.len());
+                let bytes = l.device_bytes.saturating_sub(d.queue_bytes);
+                (n + 1, r.min(rows), b.min(bytes))
             });
-            n.saturating_mul(min_room)
+            (n.saturating_mul(rows), n.saturating_mul(bytes))
         };
-        self.limits
-            .page_size
-            .min(total_room)
-            .min(device_room)
-            .max(1)
+        Budget {
+            rows: l.page_size.min(total_rows).min(device_rows).max(1),
+            bytes: total_bytes.min(device_bytes).max(1),
+        }
     }
 
     /// Caught up with the journal: the engine waits for a commit.
@@ -227,20 +238,20 @@ impl Backlog {
         true
     }
 
-    /// A page of at most `limit` rows read after `cursor()`; `poll` is how
-    /// long to wait before reading again when it ends the journal or could
-    /// not be taken.
+    /// A page read after `cursor()` with at most `rows` rows (the budget's);
+    /// `poll` is how long to wait before reading again when it ends the
+    /// journal or could not be taken.
     pub fn take_page(
         &mut self,
-        page: Vec<PendingBatch>,
-        limit: usize,
+        page: PendingPage,
+        rows: usize,
         now: Instant,
         committed: u64,
         poll: Duration,
     ) {
-        let n = page.len();
+        let n = page.batches.len();
         let (mut accepted, mut skipped) = (0usize, 0usize);
-        for b in page {
+        for b in page.batches {
             self.cursor = self.cursor.max(b.id);
             match self.accept(b) {
                 Accept::Queued => accepted += 1,
@@ -248,7 +259,7 @@ impl Backlog {
                 Accept::Known => {}
             }
         }
-        if n < limit {
+        if n < rows && !page.cut {
             self.at_end = true;
             self.last_committed = committed;
             self.next_read = now + poll;
@@ -455,29 +466,45 @@ mod tests {
             .collect()
     }
 
-    /// What `pending_page` returns: rows after `after`, not yet finished.
-    fn page(j: &[PendingBatch], done: &[String], after: i64, limit: usize) -> Vec<PendingBatch> {
-        j.iter()
+    /// What `pending_page` returns: rows after `after`, not yet finished,
+    /// within the budget.
+    fn page(j: &[PendingBatch], done: &[String], after: i64, budget: Budget) -> PendingPage {
+        let mut p = PendingPage::default();
+        let mut bytes = 0;
+        for b in j
+            .iter()
             .filter(|b| b.id > after && !done.contains(&b.batch_id))
-            .take(limit)
-            .map(|b| PendingBatch {
+            .take(budget.rows)
+        {
+            if !p.batches.is_empty() && bytes + b.envelope.len() > budget.bytes {
+                p.cut = true;
+                break;
+            }
+            bytes += b.envelope.len();
+            p.batches.push(PendingBatch {
                 id: b.id,
                 batch_id: b.batch_id.clone(),
                 device_id: b.device_id.clone(),
                 seq: b.seq,
                 envelope: b.envelope.clone(),
-            })
-            .collect()
+            });
+        }
+        p
     }
+
+    const ALL: Budget = Budget {
+        rows: 4,
+        bytes: usize::MAX,
+    };
 
     fn read_all(bl: &mut Backlog, j: &[PendingBatch], done: &[String], now: Instant) {
         for _ in 0..8 {
             if !bl.want_read(now, 1) {
                 return;
             }
-            let limit = bl.page_limit();
-            let p = page(j, done, bl.cursor(), limit);
-            bl.take_page(p, limit, now, 1, POLL);
+            let b = bl.page_budget();
+            let p = page(j, done, bl.cursor(), b);
+            bl.take_page(p, b.rows, now, 1, POLL);
         }
     }
 
@@ -580,11 +607,11 @@ mod tests {
                 if !bl.want_read(now, 1) {
                     break;
                 }
-                let limit = bl.page_limit();
-                assert!(limit <= LIMITS.device_batches);
+                let limit = bl.page_budget();
+                assert!(limit.rows <= LIMITS.device_batches);
                 let p = page(&j, &done, bl.cursor(), limit);
-                read += p.len();
-                bl.take_page(p, limit, now, 1, POLL);
+                read += p.batches.len();
+                bl.take_page(p, limit.rows, now, 1, POLL);
                 assert!(bl.buffered() <= LIMITS.device_batches);
             }
             // Waiting for a delivery: no timer wake while the queue is full.
@@ -615,10 +642,10 @@ mod tests {
                 if !bl.want_read(now, 1) {
                     break;
                 }
-                let limit = bl.page_limit();
+                let limit = bl.page_budget();
                 let p = page(&j, &done, bl.cursor(), limit);
-                read += p.len();
-                bl.take_page(p, limit, now, 1, POLL);
+                read += p.batches.len();
+                bl.take_page(p, limit.rows, now, 1, POLL);
                 assert!(bl.buffered() <= LIMITS.total_batches);
             }
             let s = bl.start(bl.next_ready(now).unwrap().0).unwrap();
@@ -628,6 +655,44 @@ mod tests {
             delivered += 1;
         }
         assert_eq!(read, rows.len());
+    }
+
+    #[test]
+    fn a_page_never_holds_more_bytes_than_the_queues_have_room_for() {
+        let now = Instant::now();
+        let rows: Vec<(&str, u64)> = (0..12).map(|s| ("a", s)).collect();
+        let mut j = journal(&rows);
+        for b in &mut j {
+            b.envelope = vec![0u8; 300]; // device_bytes 1000: room for 3
+        }
+        let mut bl = Backlog::new(LIMITS, now);
+        let (mut read, mut done) = (0, Vec::new());
+        while done.len() < j.len() {
+            for _ in 0..8 {
+                if !bl.want_read(now, 1) {
+                    break;
+                }
+                let b = bl.page_budget();
+                let p = page(&j, &done, bl.cursor(), b);
+                let bytes: usize = p.batches.iter().map(|b| b.envelope.len()).sum();
+                assert!(p.batches.len() == 1 || bytes <= b.bytes, "{bytes} > {b:?}");
+                // Once the device is known, read and queued together stay
+                // within its bound (one envelope may pass it, as a queue's
+                // bound allows; the very first page knows no device and is
+                // held to the total bound only).
+                if read > 0 && p.batches.len() > 1 {
+                    assert!(bytes + bl.buffered() * 300 <= LIMITS.device_bytes);
+                }
+                read += p.batches.len();
+                bl.take_page(p, b.rows, now, 1, POLL);
+            }
+            let s = bl.start(bl.next_ready(now).unwrap().0).unwrap();
+            assert_eq!(s.batch_id, format!("a-{}", done.len()));
+            bl.finish_head("a", &s.batch_id);
+            bl.done("a");
+            done.push(s.batch_id);
+        }
+        assert_eq!(read, j.len(), "every row read once");
     }
 
     #[test]
@@ -641,7 +706,7 @@ mod tests {
         bl.done("a");
         // The journal's mark is not there yet: a-0 reads as pending again.
         bl.flush(now);
-        bl.take_page(page(&j, &[], 0, 4), 4, now, 2, POLL);
+        bl.take_page(page(&j, &[], 0, ALL), 4, now, 2, POLL);
         assert_eq!(bl.buffered(), 1, "a-0 is finished, a-1 queued already");
     }
 
@@ -674,11 +739,11 @@ mod tests {
         let j = journal(&[("a", 0)]);
         let mut bl = Backlog::new(LIMITS, now);
         assert!(bl.want_read(now, 1));
-        bl.take_page(page(&j, &[], 0, 4), 4, now, 1, POLL);
+        bl.take_page(page(&j, &[], 0, ALL), 4, now, 1, POLL);
         assert!(bl.at_end());
         assert!(!bl.want_read(now, 1), "nothing new");
         assert!(bl.want_read(now, 2), "a commit");
-        bl.take_page(Vec::new(), 4, now, 2, POLL);
+        bl.take_page(PendingPage::default(), 4, now, 2, POLL);
         assert!(bl.want_read(now + POLL, 2), "the poll");
         bl.read_failed(now + POLL * 2);
         assert!(!bl.want_read(now + POLL, 2));

@@ -19,7 +19,7 @@ use super::policy::{self, Backoff, Halt, Outcome, UplinkState, Verdict};
 use super::ratelimit::TokenBucket;
 use super::sink::{self, Deliver};
 use super::UplinkShared;
-use crate::journal::{AuditEvent, Journal, JournalTx, PendingBatch, UploadMark};
+use crate::journal::{AuditEvent, Journal, JournalTx, PendingPage, UploadMark};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
@@ -254,11 +254,13 @@ struct Engine {
 async fn read_page(
     reader: Arc<Mutex<Journal>>,
     after: i64,
-    limit: usize,
-) -> Result<Vec<PendingBatch>, String> {
+    rows: usize,
+    bytes: usize,
+) -> Result<PendingPage, String> {
     tokio::task::spawn_blocking(move || {
         let j = crate::sync::lock(&reader);
-        j.pending_page(after, limit).map_err(|e| e.to_string())
+        j.pending_page(after, rows, bytes)
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("journal read task failed: {e}"))?
@@ -441,11 +443,12 @@ impl Engine {
         let committed = *self.commits.borrow_and_update();
         let mut pages = 0;
         while pages < 8 && self.backlog.want_read(now, committed) {
-            let (after, limit) = (self.backlog.cursor(), self.backlog.page_limit());
-            match read_page(reader.clone(), after, limit).await {
-                Ok(page) => self
-                    .backlog
-                    .take_page(page, limit, now, committed, self.opts.poll),
+            let (after, budget) = (self.backlog.cursor(), self.backlog.page_budget());
+            match read_page(reader.clone(), after, budget.rows, budget.bytes).await {
+                Ok(page) => {
+                    self.backlog
+                        .take_page(page, budget.rows, now, committed, self.opts.poll)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "uplink: reading the journal failed; will retry");
                     self.last_error = Some(format!("cannot read the journal: {e}"));
