@@ -483,7 +483,7 @@ impl Journal {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT id, batch_id, device_id, seq, length(envelope), envelope FROM batches
+                "SELECT id, batch_id, device_id, seq, size, envelope FROM batches
                  WHERE state = 'pending' AND id > ?1 ORDER BY id LIMIT ?2",
             )
             .map_err(&e)?;
