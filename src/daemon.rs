@@ -43,9 +43,36 @@ pub fn load_keyring(cfg: &Config) -> Result<(Keyring, bool), KeyError> {
     Ok((ring, created))
 }
 
+/// Every [`crate::malloc::TRIM_EVERY`], hand the heap's free pages back to
+/// the kernel (on the blocking pool: it takes the allocator's locks).
+async fn release_free_memory_periodically() {
+    let mut every = tokio::time::interval(crate::malloc::TRIM_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let started = Instant::now();
+        let released = tokio::task::spawn_blocking(crate::malloc::release_free_memory)
+            .await
+            .unwrap_or(false);
+        tracing::debug!(
+            released,
+            took_us = started.elapsed().as_micros() as u64,
+            "heap trimmed"
+        );
+    }
+}
+
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let epoch = Instant::now();
+    // Before the daemon's threads exist (see crate::malloc).
+    let arenas_limited = crate::malloc::limit_arenas();
+    tracing::debug!(
+        arenas_limited,
+        max = crate::malloc::ARENAS,
+        "allocator arenas"
+    );
     let (keyring, key_created) = load_keyring(&cfg)?;
     let keyring = Arc::new(keyring);
     let key_id = keyring.current().id().to_string();
@@ -190,9 +217,11 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         // are starting: ready.
         let watchdog = tokio::spawn(watchdog_notify.run(serve_state));
         let clock_watch = tokio::spawn(watch_wall_clock(clock_audit));
+        let trimmer = tokio::spawn(release_free_memory_periodically());
         wait_for_shutdown_signal(&signal_commands).await;
         watchdog.abort();
         clock_watch.abort();
+        trimmer.abort();
         let _ = stop_tx.send(());
         let _ = server.await;
     });

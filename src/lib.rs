@@ -58,7 +58,8 @@
 //! eviction (audited). See `../docs/` for each stage.
 // `deny`, not `forbid`: the vendor C APIs loaded at run time are the only
 // modules allowed unsafe code, one per API, each block with a SAFETY comment:
-// src/source/brainflow_ffi.rs (BrainFlow) and src/lsl_ffi.rs (liblsl).
+// src/source/brainflow_ffi.rs (BrainFlow), src/lsl_ffi.rs (liblsl) and
+// src/malloc.rs (glibc's allocator tuning).
 #![deny(unsafe_code)]
 
 pub mod backoff;
@@ -75,6 +76,7 @@ pub mod export;
 pub mod journal;
 pub mod logging;
 pub mod lsl_ffi;
+pub mod malloc;
 pub mod notify;
 pub mod outlet;
 pub mod pipeline;

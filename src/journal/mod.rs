@@ -26,6 +26,18 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// SQLite's page cache of the writing connection, in KiB (SQLite's
+/// default is 2000). Appends touch the right edge of the b-trees and
+/// eviction the left edge: a few dozen pages stay hot; a bigger cache only
+/// holds pages of batches already written, which the soak saw filling for
+/// the first quarter hour (heaptrack: +2.2 MiB of live heap between minute
+/// 4 and minute 10, all SQLite page cache).
+const WRITER_CACHE_KIB: u32 = 1024;
+/// The page cache of a read-only connection (uplink paging, export, CLI):
+/// each batch is read once, so only the b-trees' inner pages are worth
+/// keeping.
+const READER_CACHE_KIB: u32 = 256;
+
 /// Current schema version (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -287,6 +299,8 @@ impl Journal {
             SyncMode::Normal => "PRAGMA synchronous = NORMAL",
         };
         conn.execute_batch(sync_pragma).map_err(&e)?;
+        conn.execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}"))
+            .map_err(&e)?;
         let mut j = Journal {
             conn,
             path: path.to_path_buf(),
@@ -315,6 +329,8 @@ impl Journal {
         )
         .map_err(&e)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(&e)?;
+        conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB}"))
             .map_err(&e)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
