@@ -262,9 +262,15 @@ async fn handle(
             Ok(()) => match protocol::parse(&buf) {
                 Ok(None) => continue,
                 Ok(Some(protocol::Request::Subscribe { device, signal, hz })) => {
-                    match subscribe::stream(&state, &device, signal, hz, &mut rd, &mut wr).await? {
-                        subscribe::Outcome::Refused(reply) => reply,
-                        subscribe::Outcome::Done => return Ok(()),
+                    match subscribe::admit(&state, &device, &mut rd).await? {
+                        subscribe::Admitted::Refused(reply) => reply,
+                        subscribe::Admitted::Gone => return Ok(()),
+                        subscribe::Admitted::View(slot, view) => {
+                            return subscribe::stream(
+                                &state, slot, &device, view, signal, hz, rd, wr,
+                            )
+                            .await;
+                        }
                     }
                 }
                 Ok(Some(req)) => state.answer_async(&req, peer_uid).await,

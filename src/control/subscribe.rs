@@ -27,6 +27,11 @@
 //!
 //! The lines come from the device's [`View`] (see [`crate::view`]), which
 //! the processing stage fills without waiting; this side only reads it.
+//! Subscriptions to the same view, signal and `hz` share one *feed* (a
+//! task that builds and serializes each frame once and writes it to every
+//! member): the cost of N clients is one wake-up and one JSON line per
+//! tick plus N socket writes. A client joining a running feed gets its
+//! header and then the feed's next frame.
 //! Each client has a bounded send buffer and is written to without
 //! waiting: a client that does not keep up (more than a second of lines
 //! waiting beyond the socket's own buffer) is disconnected.
@@ -34,12 +39,13 @@
 use crate::telemetry::DeviceState;
 use crate::view::{BinMeta, Read, Signal, View};
 use serde_json::{json, Value};
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::error_reply;
 use super::DaemonState;
@@ -53,22 +59,25 @@ const SOCKET_SNDBUF: usize = 32 * 1024;
 /// How often the stream checks that its device still runs this view.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// Counts the subscriptions being served.
+/// Counts the subscriptions being served, and holds their feeds.
 #[derive(Default)]
-pub struct SubscriberSlots(AtomicUsize);
+pub struct SubscriberSlots {
+    n: AtomicUsize,
+    feeds: Feeds,
+}
 
 impl SubscriberSlots {
     fn take(&self) -> Option<SlotGuard<'_>> {
-        let mut n = self.0.load(Ordering::Relaxed);
+        let mut n = self.n.load(Ordering::Relaxed);
         loop {
             if n >= MAX_SUBSCRIBERS {
                 return None;
             }
             match self
-                .0
+                .n
                 .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return Some(SlotGuard(&self.0)),
+                Ok(_) => return Some(SlotGuard(&self.n)),
                 Err(now) => n = now,
             }
         }
@@ -76,11 +85,12 @@ impl SubscriberSlots {
 
     /// Subscriptions being served now.
     pub fn active(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.n.load(Ordering::Relaxed)
     }
 }
 
-struct SlotGuard<'a>(&'a AtomicUsize);
+/// A subscriber slot, given back when dropped.
+pub struct SlotGuard<'a>(&'a AtomicUsize);
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
@@ -469,108 +479,290 @@ impl Outbox {
     }
 }
 
-/// How a subscription request ended.
-pub enum Outcome {
-    /// Refused before streaming (unknown device, ...): the reply to send;
-    /// the connection stays usable.
+/// What a subscription request found before streaming.
+pub enum Admitted<'a> {
+    /// Refused (unknown device, too many subscribers, ...): the reply to
+    /// send; the connection stays usable.
     Refused(Value),
-    /// Streamed until the client closed, was too slow, or the device's
-    /// run ended: close the connection.
-    Done,
+    /// The client left while the device was still connecting.
+    Gone,
+    /// Stream this view; the slot is held until the stream ends.
+    View(SlotGuard<'a>, Arc<View>),
 }
 
-/// Serve a subscription on this connection.
-pub async fn stream(
-    state: &DaemonState,
+/// Take a subscriber slot and find the device's view (waiting while it
+/// connects).
+pub async fn admit<'a>(
+    state: &'a DaemonState,
     device: &str,
-    signal: Signal,
-    hz: u32,
     rd: &mut BufReader<OwnedReadHalf>,
-    wr: &mut OwnedWriteHalf,
-) -> std::io::Result<Outcome> {
-    let Some(_slot) = state.subscribers.take() else {
-        return Ok(Outcome::Refused(error_reply(
+) -> std::io::Result<Admitted<'a>> {
+    let Some(slot) = state.subscribers.take() else {
+        return Ok(Admitted::Refused(error_reply(
             &format!("too many subscribers ({MAX_SUBSCRIBERS} at most)"),
             "close another `neuroedge scope` or subscriber and try again",
         )));
     };
-    let view = match wait_for_view(state, device, rd).await? {
-        Ok(Some(v)) => v,
-        Ok(None) => return Ok(Outcome::Done),
-        Err(refusal) => return Ok(Outcome::Refused(refusal)),
-    };
-    set_send_buffer(wr);
-    let subscription = view.subscribe(signal);
+    Ok(match wait_for_view(state, device, rd).await? {
+        Ok(Some(v)) => Admitted::View(slot, v),
+        Ok(None) => Admitted::Gone,
+        Err(refusal) => Admitted::Refused(refusal),
+    })
+}
+
+/// The subscriptions of one view, signal and rate share a feed: one task
+/// that builds each frame once, serializes it once and writes it to every
+/// member's socket. Twenty `scope`s on a device cost one wake-up and one
+/// JSON line per tick, plus a write per client, not twenty of each.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct FeedKey {
+    /// The view's address: the feed holds the view, so it cannot be reused
+    /// by another view while the feed runs.
+    view: usize,
+    signal: Signal,
+    hz: u32,
+}
+
+/// The running feeds, by key; a new subscriber joins through the sender.
+type Feeds = Mutex<HashMap<FeedKey, mpsc::UnboundedSender<Member>>>;
+
+/// One subscriber as its feed holds it.
+struct Member {
+    wr: OwnedWriteHalf,
+    out: Outbox,
+    /// No frame sent to it yet (its first frame never reports a skip).
+    fresh: bool,
+    /// Set by the connection's task when the client closed its side.
+    left: Arc<AtomicBool>,
+    /// Dropped when the feed lets the member go: the connection ends.
+    _held: oneshot::Sender<()>,
+}
+
+/// Stream `view` to this connection until the client closes, does not
+/// keep up, or the device's run ends.
+#[allow(clippy::too_many_arguments)]
+pub async fn stream(
+    state: &Arc<DaemonState>,
+    _slot: SlotGuard<'_>,
+    device: &str,
+    view: Arc<View>,
+    signal: Signal,
+    hz: u32,
+    mut rd: BufReader<OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+) -> std::io::Result<()> {
+    set_send_buffer(&wr);
     let dec = decimation(&view, hz);
-    let mut frames = FrameBuilder::new(view.clone(), signal, dec);
     let mut out = Outbox::new(hz as usize);
     let start = out.buf.len();
     if serde_json::to_writer(&mut out.buf, &header(&view, signal, hz, dec)).is_ok() {
         out.buf.push(b'\n');
     }
     out.committed(start);
-    let mut cap = RateCap::new(hz);
-    // Ticks on a grid shared by every subscriber at this rate (counted
-    // from the daemon's start): twenty subscribers wake the runtime once
-    // per tick, not twenty times.
-    let period = Duration::from_secs_f64(1.0 / f64::from(hz.max(1)));
-    let ticks_so_far = (state.started.elapsed().as_secs_f64() / period.as_secs_f64()).ceil();
-    let first_tick = state.started + period.mul_f64(ticks_so_far);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(first_tick), period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut checked = Instant::now();
-    let end = loop {
-        if let Flush::TooSlow | Flush::Gone(_) = flush_or_report(&mut out, wr, &view, signal) {
-            break None;
-        }
-        tokio::select! {
-            _ = tick.tick() => {}
-            r = rd.fill_buf() => {
-                // The client talks while streaming: ignore it; end on close.
-                match r {
-                    Ok([]) | Err(_) => break None,
+    let left = Arc::new(AtomicBool::new(false));
+    let (held, released) = oneshot::channel();
+    let member = Member {
+        wr,
+        out,
+        fresh: true,
+        left: left.clone(),
+        _held: held,
+    };
+    join(state, device, view, signal, hz, dec, member);
+    tokio::select! {
+        // The feed let go: the stream ended (or the client was too slow).
+        _ = released => {}
+        // The client talks while streaming: ignore it; end on close.
+        _ = async {
+            loop {
+                match rd.fill_buf().await {
+                    Ok([]) | Err(_) => break,
                     Ok(b) => {
                         let n = b.len();
                         rd.consume(n);
-                        continue;
                     }
                 }
             }
+        } => left.store(true, Ordering::Relaxed),
+    }
+    Ok(())
+}
+
+/// Hand `member` to the feed of its key, starting the feed if none runs.
+fn join(
+    state: &Arc<DaemonState>,
+    device: &str,
+    view: Arc<View>,
+    signal: Signal,
+    hz: u32,
+    dec: usize,
+    member: Member,
+) {
+    let key = FeedKey {
+        view: Arc::as_ptr(&view) as usize,
+        signal,
+        hz,
+    };
+    let mut feeds = crate::sync::lock(&state.subscribers.feeds);
+    let member = match feeds.get(&key) {
+        Some(tx) => match tx.send(member) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(m)) => m,
+        },
+        None => member,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    // The receiver is alive: this cannot fail.
+    let _ = tx.send(member);
+    feeds.insert(key, tx);
+    let feed = Feed {
+        state: state.clone(),
+        key,
+        device: device.to_string(),
+        frames: FrameBuilder::new(view.clone(), signal, dec),
+        subscription: view.subscribe(signal),
+        view,
+        members: Vec::new(),
+        line: Vec::with_capacity(4096),
+    };
+    tokio::spawn(feed.run(rx));
+}
+
+struct Feed {
+    state: Arc<DaemonState>,
+    key: FeedKey,
+    device: String,
+    view: Arc<View>,
+    frames: FrameBuilder,
+    /// Keeps the processing stage folding this signal while the feed runs.
+    subscription: crate::view::Subscription,
+    members: Vec<Member>,
+    /// The current frame's line.
+    line: Vec<u8>,
+}
+
+impl Feed {
+    async fn run(mut self, mut joiners: mpsc::UnboundedReceiver<Member>) {
+        let hz = self.key.hz;
+        let mut cap = RateCap::new(hz);
+        // Ticks on a grid counted from the daemon's start.
+        let period = Duration::from_secs_f64(1.0 / f64::from(hz.max(1)));
+        let ticks_so_far =
+            (self.state.started.elapsed().as_secs_f64() / period.as_secs_f64()).ceil();
+        let first_tick = self.state.started + period.mul_f64(ticks_so_far);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(first_tick), period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut checked = Instant::now();
+        let end = loop {
+            self.flush_all();
+            if self.members.is_empty() && self.close_if_idle(&mut joiners) {
+                return;
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                m = joiners.recv() => {
+                    // The map holds a sender while the feed runs.
+                    if let Some(m) = m {
+                        self.members.push(m);
+                    }
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            while cap.ready(now) {
+                let Some(m) = self.frames.next_frame() else {
+                    break;
+                };
+                cap.record(now);
+                self.send_frame(&m);
+            }
+            if self.frames.exhausted() {
+                break "the device's run ended (device stopped, reloaded or neuroedge stopping)";
+            }
+            if now.duration_since(checked) >= RECHECK {
+                checked = now;
+                if !runs_view(&self.state, &self.device, &self.view) {
+                    break "the device was restarted or removed";
+                }
+            }
+        };
+        // Nobody joins any more; those who did meanwhile get the end too.
+        {
+            let mut feeds = crate::sync::lock(&self.state.subscribers.feeds);
+            feeds.remove(&self.key);
+            joiners.close();
         }
-        let now = Instant::now();
-        while cap.ready(now) {
-            let Some(m) = frames.next_frame() else { break };
-            cap.record(now);
-            let start = out.buf.len();
-            write_frame(&mut out.buf, &m, frames.min(), frames.max());
-            out.committed(start);
+        while let Ok(m) = joiners.try_recv() {
+            self.members.push(m);
         }
-        if frames.exhausted() {
-            break Some("the device's run ended (device stopped, reloaded or neuroedge stopping)");
+        let mut line = Vec::new();
+        if serde_json::to_writer(&mut line, &json!({"end": end, "hint": "subscribe again"})).is_ok()
+        {
+            line.push(b'\n');
         }
-        if now.duration_since(checked) >= RECHECK {
-            checked = now;
-            if !runs_view(state, device, &view) {
-                break Some("the device was restarted or removed");
+        for m in &mut self.members {
+            let start = m.out.buf.len();
+            m.out.buf.extend_from_slice(&line);
+            m.out.committed(start);
+            // A last try; the client is not waited for.
+            let _ = m.out.flush(&m.wr);
+        }
+        drop(self.subscription);
+    }
+
+    /// With no member left: stop, unless someone is joining. Decided
+    /// under the map's lock, which joiners hold while they send.
+    fn close_if_idle(&mut self, joiners: &mut mpsc::UnboundedReceiver<Member>) -> bool {
+        let mut feeds = crate::sync::lock(&self.state.subscribers.feeds);
+        match joiners.try_recv() {
+            Ok(m) => {
+                self.members.push(m);
+                false
+            }
+            Err(_) => {
+                feeds.remove(&self.key);
+                true
             }
         }
-    };
-    drop(subscription);
-    if let Some(why) = end {
-        let start = out.buf.len();
-        if serde_json::to_writer(
-            &mut out.buf,
-            &json!({"end": why, "hint": "subscribe again"}),
-        )
-        .is_ok()
-        {
-            out.buf.push(b'\n');
-        }
-        out.committed(start);
-        // A last try; the client is not waited for.
-        let _ = out.flush(wr);
     }
-    Ok(Outcome::Done)
+
+    /// Serialize the frame once and queue it for every member.
+    fn send_frame(&mut self, m: &FrameMeta) {
+        self.line.clear();
+        write_frame(&mut self.line, m, self.frames.min(), self.frames.max());
+        let mut first_line: Option<Vec<u8>> = None;
+        for member in &mut self.members {
+            let start = member.out.buf.len();
+            if member.fresh && m.cause.is_some() {
+                // A skip is news only to those who saw the frame before.
+                let plain = first_line.get_or_insert_with(|| {
+                    let mut l = Vec::new();
+                    let meta = FrameMeta {
+                        skipped: 0,
+                        cause: None,
+                        ..*m
+                    };
+                    write_frame(&mut l, &meta, self.frames.min(), self.frames.max());
+                    l
+                });
+                member.out.buf.extend_from_slice(plain);
+            } else {
+                member.out.buf.extend_from_slice(&self.line);
+            }
+            member.fresh = false;
+            member.out.committed(start);
+        }
+    }
+
+    /// Write what each socket takes; let go of members that left, broke
+    /// or do not keep up.
+    fn flush_all(&mut self) {
+        let (view, signal) = (&self.view, self.key.signal);
+        self.members.retain_mut(|m| {
+            !m.left.load(Ordering::Relaxed)
+                && matches!(flush_or_report(&mut m.out, &m.wr, view, signal), Flush::Ok)
+        });
+    }
 }
 
 fn flush_or_report(out: &mut Outbox, wr: &OwnedWriteHalf, view: &View, signal: Signal) -> Flush {

@@ -89,6 +89,20 @@ fn subscribe_frames_equal_the_journal_and_a_stalled_client_is_dropped() {
         "{\"cmd\": \"subscribe\", \"device\": \"eeg\", \"signal\": \"raw\", \"hz\": 5}",
         "8",
     ]);
+    // A second client of the same view and rate joins the running feed
+    // and leaves before the first: it gets its own header, frames that
+    // tile the samples from its start, and the first client notices
+    // nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    let filtered_late = dir.join("filtered-late.json");
+    let late = peer(&[
+        "collect",
+        &sock,
+        filtered_late.to_str().unwrap(),
+        "subscribe eeg filtered hz 30",
+        "4",
+    ]);
+    finished(late);
     finished(fast);
     finished(slow);
     let stalled: Value = serde_json::from_slice(&finished(staller).stdout).expect("stall summary");
@@ -119,6 +133,7 @@ fn subscribe_frames_equal_the_journal_and_a_stalled_client_is_dropped() {
         .arg(env.key())
         .args(["eeg", "filtered"])
         .arg(&filtered)
+        .arg(&filtered_late)
         .output()
         .expect("compare");
     assert!(
@@ -143,6 +158,36 @@ fn subscribe_frames_equal_the_journal_and_a_stalled_client_is_dropped() {
     );
     let r: Value = serde_json::from_slice(&out.stdout).expect("compare summary");
     assert_eq!(f["journal_first"], 0);
+    let late = &f["files"][1];
+    assert_eq!(late["header"]["decimation"], 10, "{late}");
+    assert!(late["frames"].as_u64().unwrap() > 50, "{late}");
+    for k in ["not_tiled", "skipped", "t_mismatches", "outside_journal"] {
+        assert_eq!(late[k], 0, "{k}: {late}");
+    }
+    assert_eq!(late["mismatches"].as_array().unwrap().len(), 0, "{late}");
+    // Both clients of one feed saw the same frames where they overlap.
+    let frames = |p: &Path| -> Vec<Value> {
+        let v: Value = serde_json::from_slice(&std::fs::read(p).expect("frames")).expect("json");
+        v["frames"].as_array().expect("frames").clone()
+    };
+    let early: std::collections::HashMap<u64, Value> = frames(&filtered)
+        .into_iter()
+        .map(|f| (f["i"].as_u64().unwrap(), f))
+        .collect();
+    let late_frames = frames(&filtered_late);
+    let shared = late_frames
+        .iter()
+        .filter(|f| {
+            early
+                .get(&f["i"].as_u64().unwrap())
+                .is_some_and(|e| e["n"] == f["n"] && e["min"] == f["min"] && e["max"] == f["max"])
+        })
+        .count();
+    assert_eq!(
+        shared,
+        late_frames.len(),
+        "the late client's frames are the first's"
+    );
 
     for (res, signal, decimation, hz) in [
         (&f["files"][0], "filtered", 10, 30.0),
