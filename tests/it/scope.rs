@@ -613,6 +613,44 @@ fn scope_under_tmux_shows_switches_pauses_marks_and_restores_the_terminal() {
         eprintln!("not root: the refused-mark half of this test needs root to switch uid");
     }
 
+    // The terminal goes away under a running scope (SSH dropped, tmux
+    // killed): the scope exits instead of spinning on the dead terminal.
+    let d4 = env.spawn();
+    d4.wait_streaming(Duration::from_secs(15));
+    t.type_text(&format!(
+        "exec {BIN} scope --socket {}",
+        d4.socket.display()
+    ));
+    t.keys(&["Enter"]);
+    t.wait(Duration::from_secs(15), "scope before the hangup", |s| {
+        title_shows(s, "alpha-eeg (1/2)")
+    });
+    let pid: i32 = t.var("pane_pid").parse().expect("pane pid");
+    drop(t);
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gone(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let still = !gone(pid);
+    if still {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        !still,
+        "scope {pid} kept running after its terminal hung up"
+    );
+    assert_eq!(d4.terminate(), 0);
+
     // The marker is in the journal, once.
     let marks: Vec<String> = env
         .device_batches("beta-eeg")

@@ -106,6 +106,48 @@ pub fn run(socket: PathBuf, device: Option<String>) -> Result<(), ScopeError> {
     result
 }
 
+/// What the terminal has for us.
+enum Input {
+    Nothing,
+    /// Keys (or a resize) to read.
+    Ready,
+    /// The terminal went away (SSH dropped, tmux killed, window closed).
+    HungUp,
+}
+
+/// Wait up to `wait` for the terminal. crossterm's own wait spins forever
+/// on a terminal that has hung up (its read loop retries an end of file
+/// and EIO without end: an orphaned scope burned half a core), so the
+/// terminal is polled here first and crossterm only reads what is there.
+fn wait_for_input(wait: Duration) -> std::io::Result<Input> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        // crossterm reads /dev/tty then: its own wait is all there is.
+        return Ok(if event::poll(wait)? {
+            Input::Ready
+        } else {
+            Input::Nothing
+        });
+    }
+    let ms = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, ms) {
+        Ok(0) => Ok(Input::Nothing),
+        Ok(_) => {
+            let got = fds[0].revents().unwrap_or(PollFlags::empty());
+            if got.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+                Ok(Input::HungUp)
+            } else {
+                Ok(Input::Ready)
+            }
+        }
+        Err(nix::errno::Errno::EINTR) => Ok(Input::Nothing),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn ui_loop(
     term: &mut Terminal<CrosstermBackend<std::io::Stdout>>,
     app: &mut App,
@@ -152,19 +194,25 @@ fn ui_loop(
         let wait = frame
             .saturating_sub(last_draw.elapsed())
             .max(Duration::from_millis(5));
-        if event::poll(wait)? {
-            match event::read()? {
-                Event::Key(k) => {
-                    dirty = true;
-                    for a in app.on_key(k) {
-                        if a == Action::Quit {
-                            return Ok(());
+        match wait_for_input(wait)? {
+            Input::Nothing => {}
+            Input::HungUp => return Ok(()),
+            Input::Ready => {
+                while event::poll(Duration::ZERO)? {
+                    match event::read()? {
+                        Event::Key(k) => {
+                            dirty = true;
+                            for a in app.on_key(k) {
+                                if a == Action::Quit {
+                                    return Ok(());
+                                }
+                                links.act(a);
+                            }
                         }
-                        links.act(a);
+                        Event::Resize(..) => dirty = true,
+                        _ => {}
                     }
                 }
-                Event::Resize(..) => dirty = true,
-                _ => {}
             }
         }
     }
