@@ -40,7 +40,9 @@ use crate::telemetry::DeviceState;
 use crate::view::{BinMeta, Read, Signal, View};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::io::Write as _;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -439,9 +441,9 @@ impl Outbox {
     }
 
     /// Write what the socket takes now; never waits.
-    fn flush(&mut self, wr: &OwnedWriteHalf) -> Flush {
+    fn flush(&mut self, mut wr: &StdUnixStream) -> Flush {
         while self.written < self.buf.len() {
-            match wr.try_write(&self.buf[self.written..]) {
+            match wr.write(&self.buf[self.written..]) {
                 Ok(0) => {
                     return Flush::Gone(std::io::ErrorKind::WriteZero.into());
                 }
@@ -528,12 +530,13 @@ type Feeds = Mutex<HashMap<FeedKey, mpsc::UnboundedSender<Member>>>;
 
 /// One subscriber as its feed holds it.
 struct Member {
-    wr: OwnedWriteHalf,
+    /// The connection, out of tokio's reactor: the feed writes without
+    /// waiting and never needs to learn when it is writable again (as a
+    /// registered socket, each client reading its line woke the runtime).
+    wr: StdUnixStream,
     out: Outbox,
     /// No frame sent to it yet (its first frame never reports a skip).
     fresh: bool,
-    /// Set by the connection's task when the client closed its side.
-    left: Arc<AtomicBool>,
     /// Dropped when the feed lets the member go: the connection ends.
     _held: oneshot::Sender<()>,
 }
@@ -548,10 +551,17 @@ pub async fn stream(
     view: Arc<View>,
     signal: Signal,
     hz: u32,
-    mut rd: BufReader<OwnedReadHalf>,
+    rd: BufReader<OwnedReadHalf>,
     wr: OwnedWriteHalf,
 ) -> std::io::Result<()> {
-    set_send_buffer(&wr);
+    // Bytes the client sent after its request are ignored, as all it
+    // sends while streaming.
+    let conn = rd
+        .into_inner()
+        .reunite(wr)
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .into_std()?;
+    set_send_buffer(&conn);
     let dec = decimation(&view, hz);
     let mut out = Outbox::new(hz as usize);
     let start = out.buf.len();
@@ -559,32 +569,18 @@ pub async fn stream(
         out.buf.push(b'\n');
     }
     out.committed(start);
-    let left = Arc::new(AtomicBool::new(false));
     let (held, released) = oneshot::channel();
     let member = Member {
-        wr,
+        wr: conn,
         out,
         fresh: true,
-        left: left.clone(),
         _held: held,
     };
     join(state, device, view, signal, hz, dec, member);
-    tokio::select! {
-        // The feed let go: the stream ended (or the client was too slow).
-        _ = released => {}
-        // The client talks while streaming: ignore it; end on close.
-        _ = async {
-            loop {
-                match rd.fill_buf().await {
-                    Ok([]) | Err(_) => break,
-                    Ok(b) => {
-                        let n = b.len();
-                        rd.consume(n);
-                    }
-                }
-            }
-        } => left.store(true, Ordering::Relaxed),
-    }
+    // Until the feed lets go: the stream ended, the client closed (its
+    // next write fails) or did not keep up. What the client sends
+    // meanwhile is not read.
+    let _ = released.await;
     Ok(())
 }
 
@@ -681,6 +677,9 @@ impl Feed {
             }
             if now.duration_since(checked) >= RECHECK {
                 checked = now;
+                // A client that closed is found by its next write, or here
+                // while no frames come.
+                self.members.retain(|m| !closed(&m.wr));
                 if !runs_view(&self.state, &self.device, &self.view) {
                     break "the device was restarted or removed";
                 }
@@ -754,18 +753,31 @@ impl Feed {
         }
     }
 
-    /// Write what each socket takes; let go of members that left, broke
+    /// Write what each socket takes; let go of members that closed, broke
     /// or do not keep up.
     fn flush_all(&mut self) {
         let (view, signal) = (&self.view, self.key.signal);
-        self.members.retain_mut(|m| {
-            !m.left.load(Ordering::Relaxed)
-                && matches!(flush_or_report(&mut m.out, &m.wr, view, signal), Flush::Ok)
-        });
+        self.members
+            .retain_mut(|m| matches!(flush_or_report(&mut m.out, &m.wr, view, signal), Flush::Ok));
     }
 }
 
-fn flush_or_report(out: &mut Outbox, wr: &OwnedWriteHalf, view: &View, signal: Signal) -> Flush {
+/// Has the client closed its side? Reads (and drops) what it sent; never
+/// waits.
+fn closed(mut conn: &StdUnixStream) -> bool {
+    use std::io::Read as _;
+    let mut sink = [0u8; 512];
+    match conn.read(&mut sink) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        ),
+    }
+}
+
+fn flush_or_report(out: &mut Outbox, wr: &StdUnixStream, view: &View, signal: Signal) -> Flush {
     let r = out.flush(wr);
     match &r {
         Flush::Ok => {}
@@ -841,8 +853,7 @@ async fn wait_for_view(
 }
 
 /// A small kernel send buffer, so a stalled client is noticed soon.
-fn set_send_buffer(wr: &OwnedWriteHalf) {
-    let stream: &tokio::net::UnixStream = wr.as_ref();
+fn set_send_buffer(stream: &StdUnixStream) {
     if let Err(e) =
         nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::SndBuf, &SOCKET_SNDBUF)
     {
@@ -976,10 +987,10 @@ mod tests {
         assert!(cap.admit(at(1010)));
     }
 
-    #[tokio::test]
-    async fn a_client_that_stops_reading_is_dropped_not_waited_for() {
-        let (a, b) = tokio::net::UnixStream::pair().unwrap();
-        let (_ard, awr) = a.into_split();
+    #[test]
+    fn a_client_that_stops_reading_is_dropped_not_waited_for() {
+        let (awr, b) = StdUnixStream::pair().unwrap();
+        awr.set_nonblocking(true).unwrap();
         set_send_buffer(&awr);
         let mut out = Outbox::new(30);
         let line = vec![b'x'; 300];
