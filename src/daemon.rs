@@ -63,16 +63,27 @@ async fn release_free_memory_periodically() {
     }
 }
 
+/// Prometheus /metrics and /health: bound before anything is served, so
+/// a bad `[metrics] listen` stops the start (exit 1) with the reason.
+fn bind_metrics(
+    rt: &tokio::runtime::Runtime,
+    listen: Option<&str>,
+) -> Result<Option<tokio::net::TcpListener>, String> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let _in_runtime = rt.enter();
+    let l = control::metrics::bind(listen)?;
+    tokio::net::TcpListener::from_std(l)
+        .map(Some)
+        .map_err(|e| format!("[metrics] listen = {listen:?}: {e}"))
+}
+
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let epoch = Instant::now();
     // Before the daemon's threads exist (see crate::malloc).
-    let arenas_limited = crate::malloc::limit_arenas();
-    tracing::debug!(
-        arenas_limited,
-        max = crate::malloc::ARENAS,
-        "allocator arenas"
-    );
+    crate::malloc::limit_arenas();
     let (keyring, key_created) = load_keyring(&cfg)?;
     let keyring = Arc::new(keyring);
     let key_id = keyring.current().id().to_string();
@@ -140,18 +151,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .build()
         .map_err(|e| DaemonError::Other(format!("cannot start the async runtime: {e}")))?;
 
-    // Prometheus /metrics and /health: bound before anything is served, so
-    // a bad `[metrics] listen` stops the start (exit 1) with the reason.
-    let metrics_listener = match cfg.daemon.metrics.listen.as_deref().map(|listen| {
-        let _in_runtime = rt.enter();
-        control::metrics::bind(listen).and_then(|l| {
-            tokio::net::TcpListener::from_std(l)
-                .map_err(|e| format!("[metrics] listen = {listen:?}: {e}"))
-        })
-    }) {
-        None => None,
-        Some(Ok(l)) => Some(l),
-        Some(Err(e)) => {
+    let metrics_listener = match bind_metrics(&rt, cfg.daemon.metrics.listen.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
             writer.shutdown();
             return Err(DaemonError::Other(e));
         }
@@ -194,37 +196,16 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Other(format!("cannot start the supervisor thread: {e}")))?;
     tracing::info!(socket = %socket_path.display(), devices = enabled, node_id = %cfg.node_id, "neuroedge {VERSION} running");
 
-    let serve_state = state.clone();
-    let limits = control::Limits::from_config(&cfg.daemon.status);
     let notify = Notifier::from_env();
-    let watchdog_notify = notify.clone();
-    let signal_commands = cmd_tx.clone();
-    let clock_audit = jtx.clone();
-    rt.block_on(async move {
-        if let Some(l) = metrics_listener {
-            tokio::spawn(control::metrics::serve(l, serve_state.clone()));
-        }
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(control::serve(
-            listener,
-            serve_state.clone(),
-            limits,
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
-        // The journal is open and checked, the socket answers, devices
-        // are starting: ready.
-        let watchdog = tokio::spawn(watchdog_notify.run(serve_state));
-        let clock_watch = tokio::spawn(watch_wall_clock(clock_audit));
-        let trimmer = tokio::spawn(release_free_memory_periodically());
-        wait_for_shutdown_signal(&signal_commands).await;
-        watchdog.abort();
-        clock_watch.abort();
-        trimmer.abort();
-        let _ = stop_tx.send(());
-        let _ = server.await;
-    });
+    rt.block_on(serve_until_signal(
+        state.clone(),
+        listener,
+        metrics_listener,
+        control::Limits::from_config(&cfg.daemon.status),
+        notify.clone(),
+        jtx.clone(),
+        cmd_tx.clone(),
+    ));
     notify.send("STOPPING=1");
 
     tracing::info!("shutting down: stopping devices");
@@ -245,6 +226,40 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     tracing::info!("neuroedge stopped cleanly");
     Ok(())
+}
+
+/// Serve the status socket (and /metrics) with the daemon's background
+/// tasks (watchdog, wall-clock watch, heap trim) until SIGTERM/SIGINT,
+/// then stop serving.
+async fn serve_until_signal(
+    state: Arc<DaemonState>,
+    listener: tokio::net::UnixListener,
+    metrics: Option<tokio::net::TcpListener>,
+    limits: control::Limits,
+    notify: Notifier,
+    journal: crate::journal::JournalTx,
+    commands: crossbeam_channel::Sender<Command>,
+) {
+    if let Some(l) = metrics {
+        tokio::spawn(control::metrics::serve(l, state.clone()));
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(control::serve(listener, state.clone(), limits, async {
+        let _ = stop_rx.await;
+    }));
+    // The journal is open and checked, the socket answers, devices are
+    // starting: ready.
+    let background = [
+        tokio::spawn(notify.run(state)),
+        tokio::spawn(watch_wall_clock(journal)),
+        tokio::spawn(release_free_memory_periodically()),
+    ];
+    wait_for_shutdown_signal(&commands).await;
+    for task in background {
+        task.abort();
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
 }
 
 /// Notice wall-clock steps (NTP on a machine without RTC): log, audit,

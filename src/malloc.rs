@@ -40,10 +40,9 @@ fn chosen_by_environment() -> bool {
 /// before the daemon starts its threads. Returns whether the limit was
 /// set here.
 pub fn limit_arenas() -> bool {
-    if chosen_by_environment() {
-        return false;
-    }
-    set_arena_max(ARENAS)
+    let set = !chosen_by_environment() && set_arena_max(ARENAS);
+    tracing::debug!(set, max = ARENAS, "allocator arenas limited");
+    set
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
