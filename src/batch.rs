@@ -1,13 +1,23 @@
-//! Batch format v1 (contract §6): a CBOR envelope around a header (JSON,
+//! Batch format (contract §6): a CBOR envelope around a header (JSON,
 //! authenticated) and an AES-256-GCM ciphertext of a zstd-compressed CBOR
 //! plaintext. The journal stores the envelope; the uplink sends it unchanged.
+//!
+//! Two versions, named by the header's `format` (docs/batch-format.md):
+//! - v1: `raw` and `filtered` as plain f32 little-endian arrays, both always.
+//! - v2 (written by default): the sample arrays byte-shuffled (all first
+//!   bytes of the f32 values, then all second bytes, ...) so zstd finds the
+//!   slowly changing sign/exponent bytes together; `filtered` only when the
+//!   journal stores it (`[journal] store`), with what reproducing it from
+//!   `raw` needs in the `filter` map (`notch_q`, `run_start`).
+//! Both are read; v1 is still written on request (`[journal] batch_format`).
 
 pub use crate::clock::ClockStep;
 use crate::crypto::{BatchKey, Keyring, SealError};
 use ciborium::Value;
 use serde::{Deserialize, Serialize};
 
-pub const FORMAT: &str = "neuroedge.batch.v1";
+pub const FORMAT_V1: &str = "neuroedge.batch.v1";
+pub const FORMAT_V2: &str = "neuroedge.batch.v2";
 pub const CIPHER: &str = "AES-256-GCM";
 /// zstd level: fast enough for high-density rigs on a Raspberry Pi.
 const ZSTD_LEVEL: i32 = 3;
@@ -28,6 +38,8 @@ pub enum BatchError {
     Zstd(std::io::Error),
     #[error("unknown compression {0:?}")]
     Compression(String),
+    #[error("unknown batch format {0:?} (this build reads {FORMAT_V1} and {FORMAT_V2})")]
+    Format(String),
 }
 
 /// The authenticated header (JSON), contract §6.
@@ -112,6 +124,34 @@ pub struct FeatureRecord {
     pub rms: Vec<f64>,
 }
 
+/// Which batch format to write (`[journal] batch_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BatchFormat {
+    /// Plain sample arrays, `filtered` always: for backends that read v1 only.
+    V1,
+    /// Byte-shuffled sample arrays, `filtered` optional (default).
+    #[default]
+    V2,
+}
+
+impl BatchFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchFormat::V1 => FORMAT_V1,
+            BatchFormat::V2 => FORMAT_V2,
+        }
+    }
+
+    /// The version a header's `format` names, if it is one this build reads.
+    pub fn from_name(format: &str) -> Option<BatchFormat> {
+        match format {
+            FORMAT_V1 => Some(BatchFormat::V1),
+            FORMAT_V2 => Some(BatchFormat::V2),
+            _ => None,
+        }
+    }
+}
+
 /// The filter chain a batch's `filtered` field went through.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct FilterDescription {
@@ -120,6 +160,20 @@ pub struct FilterDescription {
     pub order: Option<u32>,
     pub notch_hz: Option<f64>,
     pub notch_harmonics: Option<u32>,
+    /// The notch's quality factor (v2; `None` in v1 batches and without a notch).
+    pub notch_q: Option<f64>,
+    /// Sample index where this run of the chain started (v2): the chain
+    /// filtered every sample of the device from there on, in order, so
+    /// `filtered` is reproduced exactly by running it over `raw` from that
+    /// sample (see `crate::journal::refilter`).
+    pub run_start: Option<u64>,
+}
+
+impl FilterDescription {
+    /// No filter at all: `filtered` equals `raw`.
+    pub fn is_identity(&self) -> bool {
+        self.highpass_hz.is_none() && self.lowpass_hz.is_none() && self.notch_hz.is_none()
+    }
 }
 
 /// A batch before sealing (and after opening).
@@ -133,6 +187,8 @@ pub struct BatchData {
     pub timestamps: Vec<f64>,
     /// n_samples x n_channels, frame-major.
     pub raw: Vec<f32>,
+    /// Same shape as `raw`, or empty: a v2 batch of a journal that does not
+    /// store the filtered signal (reproduce it with `crate::journal::refilter`).
     pub filtered: Vec<f32>,
     pub filter: FilterDescription,
     pub features: Vec<FeatureRecord>,
@@ -264,6 +320,37 @@ fn f32_bytes(v: &[f32]) -> Value {
     Value::Bytes(out)
 }
 
+/// f32 little-endian, byte-shuffled: byte `j` of value `i` at `j * n + i`.
+fn shuffled_f32_bytes(v: &[f32]) -> Value {
+    let n = v.len();
+    let mut out = vec![0u8; n * 4];
+    let (b0, rest) = out.split_at_mut(n);
+    let (b1, rest) = rest.split_at_mut(n);
+    let (b2, b3) = rest.split_at_mut(n);
+    for (i, x) in v.iter().enumerate() {
+        let [a, b, c, d] = x.to_le_bytes();
+        (b0[i], b1[i], b2[i], b3[i]) = (a, b, c, d);
+    }
+    Value::Bytes(out)
+}
+
+/// The inverse of [`shuffled_f32_bytes`]; `None` when the length is not a
+/// multiple of 4.
+fn unshuffle_f32(bytes: &[u8]) -> Option<Vec<f32>> {
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    let n = bytes.len() / 4;
+    let (b0, rest) = bytes.split_at(n);
+    let (b1, rest) = rest.split_at(n);
+    let (b2, b3) = rest.split_at(n);
+    Some(
+        (0..n)
+            .map(|i| f32::from_le_bytes([b0[i], b1[i], b2[i], b3[i]]))
+            .collect(),
+    )
+}
+
 fn f64_bytes(v: &[f64]) -> Value {
     let mut out = Vec::with_capacity(v.len() * 8);
     for x in v {
@@ -280,17 +367,28 @@ fn opt_u32(v: Option<u32>) -> Value {
     v.map_or(Value::Null, |x| Value::Integer(x.into()))
 }
 
-/// Encode the plaintext CBOR map of contract §6.
-pub fn encode_plaintext(b: &BatchData) -> Vec<u8> {
+/// Encode the plaintext CBOR map of contract §6 in `format`. v2 writes
+/// `filtered` only when the batch carries it; v1 always writes it ([`seal`]
+/// refuses a v1 batch without it).
+pub fn encode_plaintext(b: &BatchData, format: BatchFormat) -> Vec<u8> {
     let f = &b.filter;
-    let filter = Value::Map(vec![
+    let mut filter = vec![
         (text("highpass_hz"), opt_f64(f.highpass_hz)),
         (text("lowpass_hz"), opt_f64(f.lowpass_hz)),
         (text("order"), opt_u32(f.order)),
         (text("notch_hz"), opt_f64(f.notch_hz)),
         (text("notch_harmonics"), opt_u32(f.notch_harmonics)),
         (text("design"), text("butterworth-sos")),
-    ]);
+    ];
+    if format == BatchFormat::V2 {
+        filter.push((text("notch_q"), opt_f64(f.notch_q)));
+        filter.push((
+            text("run_start"),
+            f.run_start
+                .map_or(Value::Null, |x| Value::Integer(x.into())),
+        ));
+    }
+    let filter = Value::Map(filter);
     let features = b
         .features
         .iter()
@@ -353,15 +451,23 @@ pub fn encode_plaintext(b: &BatchData) -> Vec<u8> {
             ])
         })
         .collect();
-    let map = Value::Map(vec![
+    let samples = |v: &[f32]| match format {
+        BatchFormat::V1 => f32_bytes(v),
+        BatchFormat::V2 => shuffled_f32_bytes(v),
+    };
+    let mut map = vec![
         (
             text("channels"),
             Value::Array(b.channels.iter().map(|c| text(c)).collect()),
         ),
         (text("units"), text(&b.units)),
         (text("timestamps"), f64_bytes(&b.timestamps)),
-        (text("raw"), f32_bytes(&b.raw)),
-        (text("filtered"), f32_bytes(&b.filtered)),
+        (text("raw"), samples(&b.raw)),
+    ];
+    if format == BatchFormat::V1 || b.filtered.len() == b.raw.len() {
+        map.push((text("filtered"), samples(&b.filtered)));
+    }
+    map.extend([
         (text("filter"), filter),
         (text("features"), Value::Array(features)),
         (text("markers"), Value::Array(markers)),
@@ -370,7 +476,7 @@ pub fn encode_plaintext(b: &BatchData) -> Vec<u8> {
     ]);
     let mut out = Vec::new();
     // Writing CBOR into a Vec cannot fail.
-    let _ = ciborium::into_writer(&map, &mut out);
+    let _ = ciborium::into_writer(&Value::Map(map), &mut out);
     out
 }
 
@@ -382,6 +488,7 @@ pub struct SealParams<'a> {
     pub seq: u64,
     pub created_at: f64,
     pub compress: bool,
+    pub format: BatchFormat,
 }
 
 /// Seal a batch: returns the envelope bytes and the header written into it.
@@ -390,7 +497,10 @@ pub fn seal(
     p: &SealParams,
     b: &BatchData,
 ) -> Result<(Vec<u8>, BatchHeader), BatchError> {
-    let plain = encode_plaintext(b);
+    if p.format == BatchFormat::V1 && b.filtered.len() != b.raw.len() {
+        return Err(BatchError::Field("filtered (batch format v1 needs it)"));
+    }
+    let plain = encode_plaintext(b, p.format);
     let (body, compression) = if p.compress {
         (
             zstd::bulk::compress(&plain, ZSTD_LEVEL).map_err(BatchError::Zstd)?,
@@ -400,7 +510,7 @@ pub fn seal(
         (plain, "none")
     };
     let header = BatchHeader {
-        format: FORMAT.into(),
+        format: p.format.name().into(),
         batch_id: p.batch_id.clone(),
         site_id: p.site_id.into(),
         node_id: p.node_id.into(),
@@ -523,10 +633,14 @@ pub fn decode_plaintext(plain: &[u8], header: &BatchHeader) -> Result<BatchData,
             .and_then(Value::as_bytes)
             .ok_or(BatchError::Field(k))
     };
-    let f32s = |b: &Vec<u8>| {
-        b.chunks_exact(4)
+    let format = BatchFormat::from_name(&header.format)
+        .ok_or_else(|| BatchError::Format(header.format.clone()))?;
+    let f32s = |k: &'static str, b: &Vec<u8>| match format {
+        BatchFormat::V1 => Ok(b
+            .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>()),
+        BatchFormat::V2 => unshuffle_f32(b).ok_or(BatchError::Field(k)),
     };
     let channels = map_get(m, "channels")
         .and_then(Value::as_array)
@@ -632,6 +746,13 @@ pub fn decode_plaintext(plain: &[u8], header: &BatchHeader) -> Result<BatchData,
         order: fget("order").and_then(as_u64).map(|x| x as u32),
         notch_hz: fget("notch_hz").and_then(as_f64),
         notch_harmonics: fget("notch_harmonics").and_then(as_u64).map(|x| x as u32),
+        notch_q: fget("notch_q").and_then(as_f64),
+        run_start: fget("run_start").and_then(as_u64),
+    };
+    let filtered = match (format, map_get(m, "filtered")) {
+        // v2 leaves it out when the journal does not store it.
+        (BatchFormat::V2, None) => Vec::new(),
+        _ => f32s("filtered", bytes("filtered")?)?,
     };
     Ok(BatchData {
         device_id: header.device_id.clone(),
@@ -643,8 +764,8 @@ pub fn decode_plaintext(plain: &[u8], header: &BatchHeader) -> Result<BatchData,
             .to_string(),
         first_sample: header.first_sample,
         timestamps,
-        raw: f32s(bytes("raw")?),
-        filtered: f32s(bytes("filtered")?),
+        raw: f32s("raw", bytes("raw")?)?,
+        filtered,
         filter,
         features,
         markers,
@@ -694,23 +815,75 @@ mod tests {
     fn seal_open_roundtrip() {
         let key = BatchKey::from_bytes(&[3u8; 32]);
         let ring = Keyring::new(BatchKey::from_bytes(&[3u8; 32]));
-        for compress in [true, false] {
-            let p = SealParams {
-                batch_id: "id-1".into(),
-                site_id: "lab",
-                node_id: "pi",
-                seq: 4,
-                created_at: 11.0,
-                compress,
-            };
-            let b = sample_batch();
-            let (env, h) = seal(&key, &p, &b).unwrap();
-            assert_eq!(h.n_samples, 3);
-            assert_eq!(h.t_end, 10.008);
-            let (h2, b2) = open(&ring, &env).unwrap();
-            assert_eq!(h, h2);
-            assert_eq!(b, b2);
+        for format in [BatchFormat::V1, BatchFormat::V2] {
+            for compress in [true, false] {
+                let p = SealParams {
+                    batch_id: "id-1".into(),
+                    site_id: "lab",
+                    node_id: "pi",
+                    seq: 4,
+                    created_at: 11.0,
+                    compress,
+                    format,
+                };
+                let mut b = sample_batch();
+                if format == BatchFormat::V2 {
+                    b.filter.notch_q = Some(30.0);
+                    b.filter.run_start = Some(17);
+                }
+                let (env, h) = seal(&key, &p, &b).unwrap();
+                assert_eq!(h.n_samples, 3);
+                assert_eq!(h.t_end, 10.008);
+                assert_eq!(h.format, format.name());
+                let (h2, b2) = open(&ring, &env).unwrap();
+                assert_eq!(h, h2);
+                assert_eq!(b, b2);
+            }
         }
+    }
+
+    #[test]
+    fn v2_shuffles_samples_and_may_leave_filtered_out() {
+        let key = BatchKey::from_bytes(&[3u8; 32]);
+        let ring = Keyring::new(BatchKey::from_bytes(&[3u8; 32]));
+        let b = BatchData {
+            filtered: Vec::new(),
+            ..sample_batch()
+        };
+        let p = |format| SealParams {
+            batch_id: "id".into(),
+            site_id: "lab",
+            node_id: "pi",
+            seq: 0,
+            created_at: 0.0,
+            compress: false,
+            format,
+        };
+        let (env, _) = seal(&key, &p(BatchFormat::V2), &b).unwrap();
+        let (_, got) = open(&ring, &env).unwrap();
+        assert_eq!(got, b, "no filtered in, none out");
+        // The plaintext: raw's bytes grouped by position in the f32.
+        let plain = encode_plaintext(&b, BatchFormat::V2);
+        let v: Value = ciborium::from_reader(plain.as_slice()).unwrap();
+        let m = v.as_map().unwrap();
+        assert!(map_get(m, "filtered").is_none());
+        let raw = map_get(m, "raw").and_then(Value::as_bytes).unwrap();
+        let plain: Vec<u8> = b.raw.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let n = b.raw.len();
+        for (i, byte) in plain.iter().enumerate() {
+            assert_eq!(raw[(i % 4) * n + i / 4], *byte);
+        }
+        assert_eq!(unshuffle_f32(raw).unwrap(), b.raw);
+        assert!(unshuffle_f32(&raw[1..]).is_none());
+        // v1 cannot leave it out.
+        assert!(seal(&key, &p(BatchFormat::V1), &b).is_err());
+        // A format this build does not know is a clear error.
+        let h = BatchHeader {
+            format: "neuroedge.batch.v9".into(),
+            ..open(&ring, &env).unwrap().0
+        };
+        let e = decode_plaintext(&encode_plaintext(&b, BatchFormat::V2), &h).unwrap_err();
+        assert!(e.to_string().contains("neuroedge.batch.v9"), "{e}");
     }
 
     #[test]
@@ -724,6 +897,7 @@ mod tests {
             seq: 0,
             created_at: 0.0,
             compress: true,
+            format: BatchFormat::V2,
         };
         let (env, _) = seal(&key, &p, &sample_batch()).unwrap();
         let mut bad = env.clone();

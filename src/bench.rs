@@ -286,6 +286,7 @@ fn bench_seal(key: &BatchKey, batches: impl Iterator<Item = BatchData>) -> Resul
             seq: i as u64,
             created_at: 0.0,
             compress: true,
+            format: crate::batch::BatchFormat::V2,
         };
         let t = Instant::now();
         seal(key, &p, &b).map_err(|e| format!("seal: {e}"))?;
@@ -309,6 +310,7 @@ fn open_writer(dir: &Path, name: &str, key: &BatchKey) -> Result<journal::Writer
             retain_uploaded: Duration::from_secs(3600),
             max_queue_bytes: 256 * 1024 * 1024,
             compress: true,
+            format: crate::batch::BatchFormat::V2,
         },
     )
     .map_err(|e| e.to_string())
@@ -374,6 +376,7 @@ fn bench_end_to_end(
         runner::DeviceContext {
             journal: tx.clone(),
             batch_seconds: 1.0,
+            store_filtered: false,
             first_sample: 0,
             timing: Default::default(),
             node_id: "bench".into(),

@@ -105,6 +105,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             retain_uploaded: jcfg.retain_uploaded.0,
             max_queue_bytes: 64 * 1024 * 1024,
             compress: true,
+            format: jcfg.format(),
         },
     )?;
     let jtx = writer.sender();

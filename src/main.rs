@@ -611,7 +611,9 @@ fn journal_cmd(
                 "units": b.units,
                 "timestamps": b.timestamps,
                 "raw": frames(&b.raw),
-                "filtered": frames(&b.filtered),
+                // null when the journal does not store it (`[journal] store`;
+                // `journal export --filtered` reproduces it from raw).
+                "filtered": (b.filtered.len() == b.raw.len()).then(|| frames(&b.filtered)),
                 "filter": b.filter,
                 "features": b.features.iter().map(|f| serde_json::json!({
                     "t": f.t,

@@ -46,6 +46,8 @@ impl FilterStage {
             order: butter.then_some(cfg.order),
             notch_hz: cfg.notch_hz,
             notch_harmonics: cfg.notch_hz.map(|_| cfg.notch_harmonics),
+            notch_q: cfg.notch_hz.map(|_| cfg.notch_q),
+            run_start: None,
         };
         Ok(FilterStage { bank, description })
     }
@@ -61,6 +63,12 @@ impl FilterStage {
 
     pub fn description(&self) -> &FilterDescription {
         &self.description
+    }
+
+    /// Note the sample index the chain's run starts at (its first sample),
+    /// once; batches carry it so the filtered signal can be reproduced.
+    fn start_run_at(&mut self, index: u64) {
+        self.description.run_start.get_or_insert(index);
     }
 
     /// Number of second-order sections in the chain.
@@ -170,6 +178,9 @@ pub struct Processing {
     pub info: StreamInfo,
     pub units: String,
     pub batch_frames: usize,
+    /// Whether batches carry the filtered signal (`[journal] store`); the
+    /// filter runs either way (outlets, features, live view).
+    pub store_filtered: bool,
     /// Sample index (journal-wide) of ring index 0.
     pub index_offset: u64,
     pub filters: FilterStage,
@@ -208,7 +219,11 @@ impl Processing {
             first_sample: 0,
             timestamps: Vec::with_capacity(self.batch_frames),
             raw: Vec::with_capacity(self.batch_frames * ch),
-            filtered: Vec::with_capacity(self.batch_frames * ch),
+            filtered: Vec::with_capacity(if self.store_filtered {
+                self.batch_frames * ch
+            } else {
+                0
+            }),
             filter: self.filters.description().clone(),
             features: Vec::new(),
             markers: Vec::new(),
@@ -322,6 +337,7 @@ impl Processing {
             }
         }
         let n = block.len();
+        self.filters.start_run_at(first);
         *expected = first + n as u64;
         self.stats.set_next_sample(first + n as u64);
         let raw = block.samples();
@@ -341,11 +357,14 @@ impl Processing {
             let b = &mut batcher.current;
             if b.timestamps.is_empty() {
                 b.first_sample = first + k as u64;
+                b.filter.run_start = self.filters.description().run_start;
             }
             let take = (self.batch_frames - b.timestamps.len()).min(n - k);
             b.timestamps.extend_from_slice(&ts[k..k + take]);
             b.raw.extend_from_slice(&raw[k * ch..(k + take) * ch]);
-            b.filtered.extend_from_slice(&out[k * ch..(k + take) * ch]);
+            if self.store_filtered {
+                b.filtered.extend_from_slice(&out[k * ch..(k + take) * ch]);
+            }
             k += take;
             if b.timestamps.len() >= self.batch_frames {
                 let next = self.new_batch();
@@ -459,6 +478,7 @@ mod tests {
             info: info.clone(),
             units: "uV".into(),
             batch_frames: 25,
+            store_filtered: true,
             index_offset: 1000,
             filters: FilterStage::new(&FiltersSection::default(), &info).unwrap(),
             features: FeatureStage::new(

@@ -4,7 +4,8 @@
 For each device: concatenate the journaled raw samples of all batches (in seq
 order, no gaps expected), filter them with SciPy exactly as the contract says
 (butter(..., output="sos") then iirnotch per harmonic, initial state
-sosfilt_zi(sos) * x[0]), and compare with the journaled `filtered` field.
+sosfilt_zi(sos) * x[0]), and compare with the journaled `filtered` field
+(the journal must store it: `[journal] store = ["raw", "filtered"]`).
 Then recompute every journaled feature window with scipy.signal.welch on the
 journaled filtered samples and compare band powers and RMS.
 
@@ -17,32 +18,18 @@ import numpy as np
 from scipy import signal
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
-from journal_reader import read_journal  # noqa: E402
-
-
-def design(f, fs):
-    sos = []
-    hp, lp, order = f.get("highpass_hz"), f.get("lowpass_hz"), f.get("order")
-    if hp is not None and lp is not None:
-        sos.append(signal.butter(order, [hp, lp], btype="bandpass", fs=fs, output="sos"))
-    elif hp is not None:
-        sos.append(signal.butter(order, hp, btype="highpass", fs=fs, output="sos"))
-    elif lp is not None:
-        sos.append(signal.butter(order, lp, btype="lowpass", fs=fs, output="sos"))
-    notch = f.get("notch_hz")
-    if notch is not None:
-        for k in range(1, (f.get("notch_harmonics") or 1) + 1):
-            if k * notch < fs / 2:
-                b, a = signal.iirnotch(k * notch, Q=f.get("notch_q", 30.0), fs=fs)
-                sos.append(signal.tf2sos(b, a))
-    return np.vstack(sos) if sos else None
+from journal_reader import design, read_journal  # noqa: E402
 
 
 def main():
     journal, keyfile = sys.argv[1], sys.argv[2]
     notch_q = float(sys.argv[3]) if len(sys.argv) > 3 else 30.0
     per_dev = {}
-    for h, p in read_journal(journal, keyfile):
+    # The journaled filtered signal itself: the journal must store it.
+    for h, p in read_journal(journal, keyfile, reproduce_filtered=False):
+        if "filtered" not in p:
+            print(json.dumps({"problems": ["the journal does not store the filtered signal"]}))
+            sys.exit(1)
         device = h["device_id"]
         n, ch = h["n_samples"], h["n_channels"]
         d = per_dev.setdefault(device, {"fs": h["sample_rate"], "ch": ch, "raw": [], "filt": [],

@@ -72,7 +72,7 @@ def main():
         assert env["v"] == 1
         header_bytes = env["header"]
         h = json.loads(header_bytes)
-        if h["format"] != "neuroedge.batch.v1" or h["cipher"] != "AES-256-GCM":
+        if h["format"] not in ("neuroedge.batch.v1", "neuroedge.batch.v2") or h["cipher"] != "AES-256-GCM":
             problems.append(f"{batch_id}: bad format/cipher")
         if h["key_id"] != key_id:
             problems.append(f"{batch_id}: key_id {h['key_id']} != {key_id}")
@@ -84,8 +84,16 @@ def main():
         p = cbor2.loads(body)
         n, ch = h["n_samples"], h["n_channels"]
         ts = struct.unpack(f"<{n}d", p["timestamps"])
-        raw = struct.unpack(f"<{n * ch}f", p["raw"])
-        filt = struct.unpack(f"<{n * ch}f", p["filtered"])
+        def samples(b):
+            # v2 byte-shuffles the f32 array: all first bytes, then all
+            # second bytes, ...; v1 stores it as is.
+            if h["format"] == "neuroedge.batch.v2":
+                m = len(b) // 4
+                b = bytes(b[j * m + i] for i in range(m) for j in range(4))
+            return struct.unpack(f"<{n * ch}f", b)
+        raw = samples(p["raw"])
+        # v2 leaves `filtered` out unless the journal stores it.
+        filt = samples(p["filtered"]) if "filtered" in p else None
         if len(p["channels"]) != ch:
             problems.append(f"{batch_id}: {len(p['channels'])} channel names for {ch} channels")
         if ts[0] != h["t_start"] or ts[-1] != h["t_end"]:
@@ -109,7 +117,7 @@ def main():
         last[device] = (seq, h["first_sample"] + n + inner, ts[-1])
         f = p["filter"]
         if f.get("highpass_hz") is None and f.get("lowpass_hz") is None and f.get("notch_hz") is None:
-            if filt != raw:
+            if filt is not None and filt != raw:
                 problems.append(f"{batch_id}: filtered != raw without a filter")
         if a.seed is not None and not p["gaps"]:
             if gens is None:

@@ -6,9 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use neuroedge::batch::{decode_plaintext, open, read_header, BatchHeader};
 use neuroedge::crypto::{BatchKey, Keyring};
 
-fn header(n_samples: u64, n_channels: u32) -> BatchHeader {
+fn header(format: &str, n_samples: u64, n_channels: u32) -> BatchHeader {
     BatchHeader {
-        format: neuroedge::batch::FORMAT.into(),
+        format: format.into(),
         batch_id: "b".into(),
         site_id: "s".into(),
         node_id: "n".into(),
@@ -28,10 +28,15 @@ fn header(n_samples: u64, n_channels: u32) -> BatchHeader {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // [0xFF, n_samples, n_channels, plaintext...]: the plaintext decoder;
-    // anything else: an envelope.
-    if let [0xFF, ns, nc, plain @ ..] = data {
-        let h = header(u64::from(*ns), u32::from(*nc));
+    // [0xFF or 0xFE, n_samples, n_channels, plaintext...]: the plaintext
+    // decoder of batch format v2 or v1; anything else: an envelope.
+    if let [tag @ (0xFF | 0xFE), ns, nc, plain @ ..] = data {
+        let format = if *tag == 0xFF {
+            neuroedge::batch::FORMAT_V2
+        } else {
+            neuroedge::batch::FORMAT_V1
+        };
+        let h = header(format, u64::from(*ns), u32::from(*nc));
         // Shapes are checked by the journal reader after decoding; here:
         // no panic, no unbounded allocation.
         let _ = decode_plaintext(plain, &h);

@@ -440,6 +440,9 @@ fn validate_daemon(c: &DaemonConfig, src: &SourceText, out: &mut Vec<Problem>) {
             "use 0.1 to 60 seconds (default 1.0)",
         );
     }
+    for (key, what, hint) in c.journal.format_problems() {
+        bad(key, what, hint);
+    }
     if c.journal.max_bytes.0 < 1024 * 1024 {
         bad(
             "journal.max_bytes",

@@ -78,6 +78,8 @@ impl DeviceHandle {
 pub struct DeviceContext {
     pub journal: JournalTx,
     pub batch_seconds: f64,
+    /// Whether batches carry the filtered signal (`[journal] store`).
+    pub store_filtered: bool,
     /// Journal-wide index of this run's first sample.
     pub first_sample: u64,
     pub timing: RunnerTiming,
@@ -216,6 +218,7 @@ fn start_pipe(
         info: info.clone(),
         units: cfg.channels.units.clone(),
         batch_frames: ((ctx.batch_seconds * rate).round() as usize).max(1),
+        store_filtered: ctx.store_filtered,
         index_offset: ctx.first_sample,
         filters: FilterStage::new(&cfg.filters, &info)
             .map_err(|e| format!("filter settings in {}: {e}", cfg.file.display()))?,
@@ -514,6 +517,7 @@ mod tests {
         let ctx = DeviceContext {
             journal,
             batch_seconds: 0.1,
+            store_filtered: true,
             first_sample: 0,
             node_id: "test-node".into(),
             timing: RunnerTiming {

@@ -71,6 +71,7 @@ pub struct Supervisor {
     daemon: crate::config::DaemonConfig,
     journal: JournalTx,
     batch_seconds: f64,
+    store_filtered: bool,
     /// Next journal-wide sample index per device id (continues across
     /// restarts of a device within the run and across runs).
     next_sample: HashMap<String, u64>,
@@ -93,6 +94,7 @@ impl Supervisor {
             daemon: cfg.daemon.clone(),
             journal,
             batch_seconds: cfg.daemon.journal.batch_seconds,
+            store_filtered: cfg.daemon.journal.stores_filtered(),
             next_sample,
             devices: Vec::new(),
             registry,
@@ -136,6 +138,7 @@ impl Supervisor {
         let ctx = DeviceContext {
             journal: self.journal.clone(),
             batch_seconds: self.batch_seconds,
+            store_filtered: self.store_filtered,
             first_sample: self.next_sample.get(&cfg.id).copied().unwrap_or(0),
             timing: Default::default(),
             node_id: self.node_id.clone(),

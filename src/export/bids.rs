@@ -440,7 +440,7 @@ fn channels_tsv(result: &EdfResult, info: &DeviceInfo) -> (String, Vec<(String, 
     let mut bad = Vec::new();
     let status = channel_status(result, info);
     for (n, (good, why)) in names.iter().zip(status) {
-        let (lo, hi, notch) = if result.flavour == Flavour::Edf && f != &Default::default() {
+        let (lo, hi, notch) = if result.flavour == Flavour::Edf && !f.is_identity() {
             (
                 filtered(f.highpass_hz),
                 filtered(f.lowpass_hz),
@@ -467,7 +467,7 @@ fn eeg_json(result: &EdfResult, info: &DeviceInfo, task: &str, signal: Signal) -
     let tl = &result.timeline;
     let f = &tl.filter;
     let ch = tl.layout.as_ref().map_or(0, |l| l.channels.len());
-    let software_filters = if signal == Signal::Filtered && f != &Default::default() {
+    let software_filters = if signal == Signal::Filtered && !f.is_identity() {
         let mut m = serde_json::Map::new();
         if f.highpass_hz.is_some() || f.lowpass_hz.is_some() {
             m.insert(

@@ -195,6 +195,7 @@ impl Request {
             device: Some(device.to_string()),
             seqs: self.seqs.clone(),
             time: self.time,
+            with_filtered: self.signal == Signal::Filtered,
         }
     }
 

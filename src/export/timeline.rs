@@ -460,7 +460,7 @@ mod tests {
             ..Default::default()
         };
         let header = BatchHeader {
-            format: crate::batch::FORMAT.into(),
+            format: crate::batch::FORMAT_V2.into(),
             batch_id: format!("b{seq}"),
             site_id: "s".into(),
             node_id: "n".into(),

@@ -721,6 +721,7 @@ mod split_tests {
                 seq,
                 created_at: 0.0,
                 compress: true,
+                format: crate::batch::BatchFormat::V2,
             };
             let (env, h) = seal(&key, &p, &b).unwrap();
             j.insert_row_for_tests(&h, &env);

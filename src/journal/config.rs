@@ -30,6 +30,18 @@ pub enum WhenFull {
     DropNewest,
 }
 
+/// A signal the journal can keep in each batch (`[journal] store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredSignal {
+    /// The device's samples as acquired: always stored.
+    Raw,
+    /// The filter chain's output: reproducible exactly from `raw` (see
+    /// `crate::journal::refilter`), so optional; storing it roughly doubles
+    /// the journal's size.
+    Filtered,
+}
+
 /// `[journal]`: the local SQLite store of sealed batches.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,6 +59,57 @@ pub struct JournalSection {
     pub when_full: WhenFull,
     /// How long uploaded batches are kept before deletion ("24h").
     pub retain_uploaded: HumanDuration,
+    /// The signals kept in each batch: `["raw"]` (default) or
+    /// `["raw", "filtered"]`. Exports reproduce the filtered signal from
+    /// raw when it is not stored.
+    pub store: Vec<StoredSignal>,
+    /// Batch format written: 2 (default: byte-shuffled samples, filtered
+    /// optional) or 1 (for a backend that reads v1 only; needs
+    /// `store = ["raw", "filtered"]`). docs/batch-format.md.
+    pub batch_format: u8,
+}
+
+impl JournalSection {
+    /// Whether batches carry the filtered signal.
+    pub fn stores_filtered(&self) -> bool {
+        self.store.contains(&StoredSignal::Filtered)
+    }
+
+    /// The batch format to write (validated to be 1 or 2 at load).
+    pub fn format(&self) -> crate::batch::BatchFormat {
+        if self.batch_format == 1 {
+            crate::batch::BatchFormat::V1
+        } else {
+            crate::batch::BatchFormat::V2
+        }
+    }
+
+    /// Problems with `store` and `batch_format`: (key, what, hint).
+    pub fn format_problems(&self) -> Vec<(&'static str, String, &'static str)> {
+        let mut out = Vec::new();
+        if !self.store.contains(&StoredSignal::Raw) {
+            out.push((
+                "journal.store",
+                format!("{:?} leaves out \"raw\"", self.store),
+                "raw is the recording: use [\"raw\"] or [\"raw\", \"filtered\"]",
+            ));
+        }
+        match self.batch_format {
+            2 => {}
+            1 if !self.stores_filtered() => out.push((
+                "journal.batch_format",
+                "batch format 1 always carries the filtered signal".into(),
+                "set store = [\"raw\", \"filtered\"] with batch_format = 1, or use batch_format = 2",
+            )),
+            1 => {}
+            n => out.push((
+                "journal.batch_format",
+                format!("{n} is not a batch format"),
+                "use 2 (default) or 1 (for a backend that reads v1 only)",
+            )),
+        }
+        out
+    }
 }
 
 impl Default for JournalSection {
@@ -58,6 +121,42 @@ impl Default for JournalSection {
             sync: SyncMode::Full,
             when_full: WhenFull::DropOldest,
             retain_uploaded: HumanDuration(Duration::from_secs(24 * 3600)),
+            store: vec![StoredSignal::Raw],
+            batch_format: 2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_and_batch_format_are_checked_together() {
+        let ok = JournalSection::default();
+        assert!(ok.format_problems().is_empty());
+        assert!(!ok.stores_filtered());
+        assert_eq!(ok.format(), crate::batch::BatchFormat::V2);
+        let both = JournalSection {
+            store: vec![StoredSignal::Raw, StoredSignal::Filtered],
+            batch_format: 1,
+            ..Default::default()
+        };
+        assert!(both.format_problems().is_empty());
+        assert_eq!(both.format(), crate::batch::BatchFormat::V1);
+        let keys = |s: JournalSection| -> Vec<&str> {
+            s.format_problems().iter().map(|p| p.0).collect()
+        };
+        let v1_raw_only = JournalSection {
+            batch_format: 1,
+            ..Default::default()
+        };
+        assert_eq!(keys(v1_raw_only), ["journal.batch_format"]);
+        let no_raw = JournalSection {
+            store: vec![StoredSignal::Filtered],
+            batch_format: 3,
+            ..Default::default()
+        };
+        assert_eq!(keys(no_raw), ["journal.store", "journal.batch_format"]);
     }
 }

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod inspect;
 pub mod reader;
+pub mod refilter;
 pub mod salvage;
 pub mod writer;
 

@@ -15,7 +15,11 @@
 //!   never skipped and never an error that stops the reading.
 //! - With a time range, opened batches are trimmed to the samples inside it
 //!   ([`crate::batch::BatchData::trim_to_time`]).
+//! - With `with_filtered`, batches that do not store the filtered signal get
+//!   it reproduced from raw ([`super::refilter`]; a batch it cannot be
+//!   reproduced for is unreadable, with the reason).
 
+use super::refilter::Refilter;
 use super::{sqlite_err, Journal, JournalError};
 use crate::batch::{self, BatchData, BatchHeader};
 use crate::crypto::Keyring;
@@ -35,6 +39,9 @@ pub struct Selection {
     pub seqs: RangeInclusive<u64>,
     /// Unix-seconds range (inclusive): batches overlapping it, trimmed to it.
     pub time: Option<(f64, f64)>,
+    /// Fill in `filtered` where a batch does not store it, by running the
+    /// batch's filter chain over raw ([`super::refilter`]).
+    pub with_filtered: bool,
 }
 
 impl Selection {
@@ -44,6 +51,7 @@ impl Selection {
             device: Some(device.to_string()),
             seqs: 0..=u64::MAX,
             time: None,
+            with_filtered: false,
         }
     }
 
@@ -53,6 +61,7 @@ impl Selection {
             device: None,
             seqs: 0..=u64::MAX,
             time: None,
+            with_filtered: false,
         }
     }
 }
@@ -88,6 +97,22 @@ pub struct Unreadable {
     pub t_end: f64,
     pub key_id: String,
     pub reason: String,
+}
+
+impl Unreadable {
+    fn of(row: &BatchRow, reason: String) -> Unreadable {
+        Unreadable {
+            batch_id: row.batch_id.clone(),
+            device_id: row.device_id.clone(),
+            seq: row.seq,
+            first_sample: row.first_sample,
+            n_samples: row.n_samples,
+            t_start: row.t_start,
+            t_end: row.t_end,
+            key_id: row.key_id.clone(),
+            reason,
+        }
+    }
 }
 
 /// One batch as read.
@@ -216,6 +241,7 @@ impl Iterator for Rows<'_> {
 pub struct Batches<'j> {
     rows: Rows<'j>,
     keys: &'j Keyring,
+    refilter: Refilter,
 }
 
 impl Iterator for Batches<'_> {
@@ -226,34 +252,39 @@ impl Iterator for Batches<'_> {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
-        Some(Ok(open_row(self.keys, row, self.rows.sel.time)))
+        let time = self.rows.sel.time;
+        if !self.rows.sel.with_filtered {
+            return Some(Ok(open_row(self.keys, row, time)));
+        }
+        // Filter the whole batch, then trim it to the time range.
+        let unread = Unreadable::of(&row, String::new());
+        let mut read = open_row(self.keys, row, None);
+        if let ReadBatch::Opened { header, data } = &mut read {
+            let journal = self.rows.journal;
+            if let Err(reason) = self.refilter.fill(journal, self.keys, header, data) {
+                return Some(Ok(ReadBatch::Unreadable(Unreadable { reason, ..unread })));
+            }
+            if let Some((from, to)) = time {
+                data.trim_to_time(from, to);
+            }
+        }
+        Some(Ok(read))
     }
 }
 
 /// Open one row; a row that does not open, or whose header disagrees with
 /// its row, becomes [`ReadBatch::Unreadable`].
 pub fn open_row(keys: &Keyring, row: BatchRow, time: Option<(f64, f64)>) -> ReadBatch {
-    let unreadable = |row: BatchRow, reason: String| {
-        ReadBatch::Unreadable(Unreadable {
-            batch_id: row.batch_id,
-            device_id: row.device_id,
-            seq: row.seq,
-            first_sample: row.first_sample,
-            n_samples: row.n_samples,
-            t_start: row.t_start,
-            t_end: row.t_end,
-            key_id: row.key_id,
-            reason,
-        })
-    };
+    let unreadable = |row: BatchRow, reason: String| ReadBatch::Unreadable(Unreadable::of(&row, reason));
     match batch::open(keys, &row.envelope) {
         Err(e) => unreadable(row, e.to_string()),
         Ok((header, mut data)) => {
             if let Some(m) = header_mismatch(&header, &row) {
                 return unreadable(row, format!("header disagrees with its row ({m})"));
             }
+            // `filtered` may be left out (v2, `[journal] store = ["raw"]`).
             if data.raw.len() != data.timestamps.len() * data.channels.len()
-                || data.filtered.len() != data.raw.len()
+                || !(data.filtered.len() == data.raw.len() || data.filtered.is_empty())
                 || data.timestamps.len() as u64 != header.n_samples
             {
                 return unreadable(row, "sample arrays have the wrong shape".into());
@@ -278,7 +309,7 @@ pub fn header_mismatch(h: &BatchHeader, row: &BatchRow) -> Option<&'static str> 
         Some("first_sample")
     } else if h.n_samples != row.n_samples {
         Some("n_samples")
-    } else if h.format != batch::FORMAT {
+    } else if batch::BatchFormat::from_name(&h.format).is_none() {
         Some("format")
     } else {
         None
@@ -303,7 +334,39 @@ impl Journal {
         Batches {
             rows: self.rows(sel),
             keys,
+            refilter: Refilter::default(),
         }
+    }
+
+    /// The first batch of `device` before `before_seq` whose first sample
+    /// is at or after `sample`: (seq, first_sample). Where a filter run's
+    /// warm-up starts ([`super::refilter`]).
+    pub fn first_batch_from_sample(
+        &self,
+        device: &str,
+        sample: u64,
+        before_seq: u64,
+    ) -> Result<Option<(u64, u64)>, JournalError> {
+        use rusqlite::OptionalExtension;
+        let e = sqlite_err(&self.path);
+        self.conn
+            .prepare_cached(
+                "SELECT seq, first_sample FROM batches
+                 WHERE device_id = ?1 AND first_sample >= ?2 AND seq < ?3
+                 ORDER BY seq LIMIT 1",
+            )
+            .and_then(|mut st| {
+                st.query_row(
+                    params![
+                        device,
+                        i64::try_from(sample).unwrap_or(i64::MAX),
+                        i64::try_from(before_seq).unwrap_or(i64::MAX)
+                    ],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+                )
+                .optional()
+            })
+            .map_err(&e)
     }
 
     /// How many rows `sel` selects (for progress reports).
@@ -362,12 +425,14 @@ impl Journal {
                     device: Some(device),
                     seqs: seq as u64..=seq as u64,
                     time: None,
+                    with_filtered: false,
                 }
             }
             RowKey::DeviceSeq(device, seq) => Selection {
                 device: Some(device.to_string()),
                 seqs: seq..=seq,
                 time: None,
+                with_filtered: false,
             },
         };
         self.rows(sel).next().transpose()
@@ -418,6 +483,7 @@ mod tests {
                     seq: *seq,
                     created_at: 0.0,
                     compress: true,
+                    format: crate::batch::BatchFormat::V2,
                 },
                 b,
             )

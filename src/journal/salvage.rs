@@ -434,6 +434,7 @@ mod tests {
                 seq,
                 created_at: 0.0,
                 compress: true,
+                format: crate::batch::BatchFormat::V2,
             };
             let (env, h) = seal(key, &params, &b).unwrap();
             j.insert_row_for_tests(&h, &env);

@@ -46,6 +46,8 @@ pub struct WriterConfig {
     /// Bound of the in-memory queue of unsealed batches (bytes).
     pub max_queue_bytes: u64,
     pub compress: bool,
+    /// The batch format sealed (`[journal] batch_format`).
+    pub format: crate::batch::BatchFormat,
 }
 
 /// The uplink's verdict on one batch, applied by the writer thread (the
@@ -790,6 +792,7 @@ fn commit_batch(
         seq: cur.next_seq,
         created_at: sealer.now,
         compress: sealer.cfg.compress,
+        format: sealer.cfg.format,
     };
     let (env, header) = match seal(sealer.key, &params_, b) {
         Ok(x) => x,
@@ -924,6 +927,7 @@ mod tests {
                 retain_uploaded: Duration::from_secs(3600),
                 max_queue_bytes: 1 << 26,
                 compress: false,
+                format: crate::batch::BatchFormat::V2,
             },
         )
         .unwrap()

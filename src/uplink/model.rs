@@ -139,6 +139,7 @@ async fn run_model(seed: u64) {
             retain_uploaded: Duration::from_secs(3600),
             max_queue_bytes: u64::MAX / 2,
             compress: false,
+            format: crate::batch::BatchFormat::V2,
         },
     )
     .unwrap();

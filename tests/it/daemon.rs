@@ -864,7 +864,8 @@ fn env_override_and_journal_opened_by_library() {
 
 #[test]
 fn filtered_samples_and_features_equal_scipy_end_to_end() {
-    let env = Env::new("[journal]\nbatch_seconds = 0.4");
+    // The journal stores the filtered signal (what is checked against SciPy).
+    let env = Env::new("[journal]\nbatch_seconds = 0.4\nstore = [\"raw\", \"filtered\"]");
     // Odd channel count, band-pass + notch with a harmonic, batches of 0.4 s
     // so filter state and feature windows cross batch boundaries.
     env.write(

@@ -103,21 +103,21 @@ impl Env {
         &self,
         device: &str,
     ) -> Vec<(neuroedge::batch::BatchHeader, neuroedge::batch::BatchData)> {
+        use neuroedge::journal::reader::{ReadBatch, Selection};
         let keys = neuroedge::crypto::Keyring::new(
             neuroedge::crypto::load_key_file(&self.key()).expect("key"),
         );
-        let conn = rusqlite::Connection::open(self.journal()).expect("journal");
-        let mut st = conn
-            .prepare("SELECT envelope FROM batches WHERE device_id = ?1 ORDER BY seq")
-            .expect("prepare");
-        let envelopes: Vec<Vec<u8>> = st
-            .query_map([device], |r| r.get(0))
-            .expect("query")
-            .map(|r| r.expect("row"))
-            .collect();
-        envelopes
-            .iter()
-            .map(|e| neuroedge::batch::open(&keys, e).expect("every envelope opens"))
+        let j = neuroedge::journal::Journal::open_readonly(&self.journal()).expect("journal");
+        // The filtered signal as stored or, by default, reproduced from raw.
+        let sel = Selection {
+            with_filtered: true,
+            ..Selection::device(device)
+        };
+        j.read_batches(&keys, sel)
+            .map(|r| match r.expect("journal read") {
+                ReadBatch::Opened { header, data } => (header, data),
+                ReadBatch::Unreadable(u) => panic!("batch {} does not open: {}", u.seq, u.reason),
+            })
             .collect()
     }
 
