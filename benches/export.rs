@@ -51,6 +51,7 @@ fn build(seconds: u64) -> (tempfile::TempDir, PathBuf, Keyring) {
             retain_uploaded: Duration::from_secs(86_400),
             max_queue_bytes: 64 << 20,
             compress: true,
+            format: neuroedge::batch::BatchFormat::V2,
         },
     )
     .expect("writer");

@@ -30,6 +30,7 @@ fn bench(c: &mut Criterion) {
                 seq: 1,
                 created_at: 0.0,
                 compress: true,
+                format: neuroedge::batch::BatchFormat::V2,
             };
             black_box(seal(&key, &p, &batch).map(|x| x.0.len()).unwrap_or(0))
         })
@@ -42,6 +43,7 @@ fn bench(c: &mut Criterion) {
             seq: 1,
             created_at: 0.0,
             compress: true,
+            format: neuroedge::batch::BatchFormat::V2,
         };
         seal(&key, &p, &batch).map(|x| x.0.len()).unwrap_or(1)
     };
@@ -70,6 +72,7 @@ fn bench(c: &mut Criterion) {
                         retain_uploaded: Duration::from_secs(3600),
                         max_queue_bytes: u64::MAX / 2,
                         compress: true,
+                        format: neuroedge::batch::BatchFormat::V2,
                     },
                 )
                 .expect("writer");

@@ -60,6 +60,7 @@ fn writer_on(path: &Path) -> journal::WriterHandle {
             retain_uploaded: Duration::from_secs(3600),
             max_queue_bytes: u64::MAX / 2,
             compress: true,
+            format: neuroedge::batch::BatchFormat::V2,
         },
     )
     .expect("writer")

@@ -9,6 +9,7 @@
 //!   slowly changing sign/exponent bytes together; `filtered` only when the
 //!   journal stores it (`[journal] store`), with what reproducing it from
 //!   `raw` needs in the `filter` map (`notch_q`, `run_start`).
+//!
 //! Both are read; v1 is still written on request (`[journal] batch_format`).
 
 pub use crate::clock::ClockStep;

@@ -41,6 +41,9 @@ pub struct BenchArgs<'a> {
     /// frame-major, `channels` per frame (for comparisons with other tools
     /// on identical data).
     pub input: Option<&'a Path>,
+    /// Seal the filtered signal too (`[journal] store = ["raw", "filtered"]`);
+    /// the default journal stores raw only.
+    pub store_filtered: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +61,11 @@ pub struct BenchReport {
     pub stages: BTreeMap<String, f64>,
     pub dropped_samples: u64,
     pub peak_rss_bytes: u64,
+    /// Sealed envelope bytes per channel-sample (the seal stage's batches:
+    /// what the journal stores per channel-sample).
+    pub sealed_bytes_per_ch_sample: Option<f64>,
+    /// Whether the batches carried the filtered signal.
+    pub store_filtered: bool,
 }
 
 /// Timed passes of the in-memory stages; the best one counts.
@@ -253,7 +261,7 @@ fn bench_features(
 fn batches<'a>(
     s: &'a Settings,
     inp: &'a Input,
-    filtered: &'a [f32],
+    filtered: Option<&'a [f32]>,
     filter: &'a crate::batch::FilterDescription,
 ) -> impl Iterator<Item = BatchData> + 'a {
     let (ch, rate) = (s.info.channels, s.info.sample_rate);
@@ -268,16 +276,19 @@ fn batches<'a>(
             first_sample: start as u64,
             timestamps: inp.ts[start..end].to_vec(),
             raw: inp.raw[start * ch..end * ch].to_vec(),
-            filtered: filtered[start * ch..end * ch].to_vec(),
+            filtered: filtered.map_or_else(Vec::new, |f| f[start * ch..end * ch].to_vec()),
             filter: filter.clone(),
             ..Default::default()
         }
     })
 }
 
-/// Sealing alone (encode, zstd, AES-GCM): seconds.
-fn bench_seal(key: &BatchKey, batches: impl Iterator<Item = BatchData>) -> Result<f64, String> {
-    let mut spent = 0.0;
+/// Sealing alone (encode, zstd, AES-GCM): seconds and envelope bytes.
+fn bench_seal(
+    key: &BatchKey,
+    batches: impl Iterator<Item = BatchData>,
+) -> Result<(f64, u64), String> {
+    let (mut spent, mut bytes) = (0.0, 0);
     for (i, b) in batches.enumerate() {
         let p = SealParams {
             batch_id: uuid::Uuid::now_v7().to_string(),
@@ -289,10 +300,11 @@ fn bench_seal(key: &BatchKey, batches: impl Iterator<Item = BatchData>) -> Resul
             format: crate::batch::BatchFormat::V2,
         };
         let t = Instant::now();
-        seal(key, &p, &b).map_err(|e| format!("seal: {e}"))?;
+        let (env, _) = seal(key, &p, &b).map_err(|e| format!("seal: {e}"))?;
         spent += t.elapsed().as_secs_f64();
+        bytes += env.len() as u64;
     }
-    Ok(spent)
+    Ok((spent, bytes))
 }
 
 /// A journal writer on a temporary file (sync full, as the default config).
@@ -350,8 +362,9 @@ fn bench_end_to_end(
     s: &Settings,
     dir: &Path,
     key: &BatchKey,
-    seconds: f64,
+    args: &BenchArgs,
 ) -> Result<(f64, u64), String> {
+    let seconds = args.seconds;
     progress(&format!(
         "end to end: the real runner for {seconds} s, unpaced"
     ));
@@ -376,7 +389,7 @@ fn bench_end_to_end(
         runner::DeviceContext {
             journal: tx.clone(),
             batch_seconds: 1.0,
-            store_filtered: false,
+            store_filtered: args.store_filtered,
             first_sample: 0,
             timing: Default::default(),
             node_id: "bench".into(),
@@ -431,18 +444,21 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         );
     }
     let key = BatchKey::random();
+    let stored = args.store_filtered.then_some(filtered.as_slice());
+    let mut sealed_bytes = None;
     if want(Stage::Seal) {
-        let spent = bench_seal(&key, batches(&s, &inp, &filtered, &filter_desc))?;
+        let (spent, bytes) = bench_seal(&key, batches(&s, &inp, stored, &filter_desc))?;
         record("seal", "seal", spent);
+        sealed_bytes = Some(bytes as f64 / ch_samples);
     }
     let tmp = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
     if want(Stage::Journal) {
-        let spent = bench_journal(tmp.path(), &key, batches(&s, &inp, &filtered, &filter_desc))?;
+        let spent = bench_journal(tmp.path(), &key, batches(&s, &inp, stored, &filter_desc))?;
         record("journal", "journal (seal + commit, sync full)", spent);
     }
     drop((inp, filtered));
     let (end_to_end, dropped) = if args.stage == Stage::All {
-        let (r, dropped) = bench_end_to_end(&s, tmp.path(), &key, args.seconds)?;
+        let (r, dropped) = bench_end_to_end(&s, tmp.path(), &key, args)?;
         progress(&format!(
             "end to end: {:.1} M ch-samples/s, {dropped} dropped",
             r / 1e6
@@ -462,6 +478,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         stages,
         dropped_samples: dropped,
         peak_rss_bytes: peak_rss_bytes(),
+        sealed_bytes_per_ch_sample: sealed_bytes,
+        store_filtered: args.store_filtered,
     })
 }
 
@@ -487,5 +505,13 @@ pub fn render(r: &BenchReport) -> String {
         r.dropped_samples,
         r.peak_rss_bytes as f64 / 1048576.0
     );
+    if let Some(b) = r.sealed_bytes_per_ch_sample {
+        let what = if r.store_filtered {
+            "raw + filtered"
+        } else {
+            "raw"
+        };
+        out += &format!("stored: {b:.2} bytes per channel-sample ({what})\n");
+    }
     out
 }

@@ -128,6 +128,9 @@ enum Command {
         /// Use these raw samples (little-endian f64, frame-major) instead of synthetic data
         #[arg(long, value_name = "FILE")]
         input: Option<PathBuf>,
+        /// Store the filtered signal too, as `[journal] store = ["raw", "filtered"]` [default: raw only, as the default journal]
+        #[arg(long)]
+        store_filtered: bool,
         #[arg(long)]
         json: bool,
     },
@@ -256,6 +259,7 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
             seconds,
             stage,
             input,
+            store_filtered,
             json,
         } => {
             let r = neuroedge::bench::run(&neuroedge::bench::BenchArgs {
@@ -265,6 +269,7 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
                 seconds,
                 stage,
                 input: input.as_deref(),
+                store_filtered,
             })
             .map_err(usage)?;
             if json {

@@ -84,16 +84,16 @@ def main():
         p = cbor2.loads(body)
         n, ch = h["n_samples"], h["n_channels"]
         ts = struct.unpack(f"<{n}d", p["timestamps"])
-        def samples(b):
+        def f32_array(b):
             # v2 byte-shuffles the f32 array: all first bytes, then all
             # second bytes, ...; v1 stores it as is.
             if h["format"] == "neuroedge.batch.v2":
                 m = len(b) // 4
                 b = bytes(b[j * m + i] for i in range(m) for j in range(4))
             return struct.unpack(f"<{n * ch}f", b)
-        raw = samples(p["raw"])
+        raw = f32_array(p["raw"])
         # v2 leaves `filtered` out unless the journal stores it.
-        filt = samples(p["filtered"]) if "filtered" in p else None
+        filt = f32_array(p["filtered"]) if "filtered" in p else None
         if len(p["channels"]) != ch:
             problems.append(f"{batch_id}: {len(p['channels'])} channel names for {ch} channels")
         if ts[0] != h["t_start"] or ts[-1] != h["t_end"]:

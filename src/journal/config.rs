@@ -144,9 +144,8 @@ mod tests {
         };
         assert!(both.format_problems().is_empty());
         assert_eq!(both.format(), crate::batch::BatchFormat::V1);
-        let keys = |s: JournalSection| -> Vec<&str> {
-            s.format_problems().iter().map(|p| p.0).collect()
-        };
+        let keys =
+            |s: JournalSection| -> Vec<&str> { s.format_problems().iter().map(|p| p.0).collect() };
         let v1_raw_only = JournalSection {
             batch_format: 1,
             ..Default::default()

@@ -275,7 +275,8 @@ impl Iterator for Batches<'_> {
 /// Open one row; a row that does not open, or whose header disagrees with
 /// its row, becomes [`ReadBatch::Unreadable`].
 pub fn open_row(keys: &Keyring, row: BatchRow, time: Option<(f64, f64)>) -> ReadBatch {
-    let unreadable = |row: BatchRow, reason: String| ReadBatch::Unreadable(Unreadable::of(&row, reason));
+    let unreadable =
+        |row: BatchRow, reason: String| ReadBatch::Unreadable(Unreadable::of(&row, reason));
     match batch::open(keys, &row.envelope) {
         Err(e) => unreadable(row, e.to_string()),
         Ok((header, mut data)) => {

@@ -119,7 +119,11 @@ impl Refilter {
             let chain = self.warm_up(j, keys, header, data)?;
             self.chains.insert(header.device_id.clone(), chain);
         } else if journal_gap(data) {
-            self.warn(&header.device_id, seq, "a batch before it never reached the journal");
+            self.warn(
+                &header.device_id,
+                seq,
+                "a batch before it never reached the journal",
+            );
         }
         let chain = self
             .chains
@@ -147,12 +151,20 @@ impl Refilter {
         let Some((from_seq, from_sample)) = first else {
             // `data` is the run's first journaled batch.
             if data.first_sample != run_start || journal_gap(data) {
-                self.warn(device, header.seq, "the start of its filter run is not in the journal");
+                self.warn(
+                    device,
+                    header.seq,
+                    "the start of its filter run is not in the journal",
+                );
             }
             return Chain::new(data, header.seq);
         };
         if from_sample != run_start {
-            self.warn(device, header.seq, "the start of its filter run is not in the journal");
+            self.warn(
+                device,
+                header.seq,
+                "the start of its filter run is not in the journal",
+            );
         }
         let mut chain: Option<Chain> = None;
         let sel = Selection {
@@ -319,7 +331,9 @@ mod tests {
         let (_d, j, keys) = journal(&live, 0);
         // Without asking: the batches come as stored, without filtered.
         let stored = read(&j, &keys, Selection::device("d"));
-        assert!(stored.iter().all(|b| b.filtered.is_empty() && !b.raw.is_empty()));
+        assert!(stored
+            .iter()
+            .all(|b| b.filtered.is_empty() && !b.raw.is_empty()));
         // The whole run.
         let sel = Selection {
             with_filtered: true,
@@ -331,14 +345,28 @@ mod tests {
             assert_eq!(g.filtered, l.filtered, "batch at {}", l.first_sample);
         }
         // From the middle of the run: the earlier batches warm the chain up.
-        let got = read(&j, &keys, Selection { seqs: 5..=6, ..sel.clone() });
+        let got = read(
+            &j,
+            &keys,
+            Selection {
+                seqs: 5..=6,
+                ..sel.clone()
+            },
+        );
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].filtered, live[5].filtered);
         assert_eq!(got[1].filtered, live[6].filtered);
         // A time range: trimmed after filtering.
         let t0 = live[3].timestamps[10];
         let t1 = live[4].timestamps[5];
-        let got = read(&j, &keys, Selection { time: Some((t0, t1)), ..sel });
+        let got = read(
+            &j,
+            &keys,
+            Selection {
+                time: Some((t0, t1)),
+                ..sel
+            },
+        );
         let got: Vec<f32> = got.iter().flat_map(|b| b.filtered.clone()).collect();
         let mut want = live[3].filtered[10 * CH..].to_vec();
         want.extend_from_slice(&live[4].filtered[..6 * CH]);
@@ -359,7 +387,14 @@ mod tests {
         for (g, l) in got.iter().zip(&batches) {
             assert_eq!(g.filtered, l.filtered);
         }
-        let got = read(&j, &keys, Selection { seqs: 4..=5, ..sel.clone() });
+        let got = read(
+            &j,
+            &keys,
+            Selection {
+                seqs: 4..=5,
+                ..sel.clone()
+            },
+        );
         assert_eq!(got[1].filtered, batches[5].filtered);
 
         // The run's first two batches deleted: the reproduction starts

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""High-density and idle figures of the real daemon, in one table (issue 14).
+
+For each rig (synthetic device, paced, 300-6000 Hz band-pass as a
+Neuropixels-class recording would use, default features, ring_seconds 2,
+the default journal settings unless --store-filtered): start the daemon,
+let it warm up, then measure over --seconds:
+  cores      CPU time of the daemon / wall time
+  delivered  samples per second the device delivered / its rate
+  dropped    samples dropped in the window (ring overflow or journal)
+  rss, hwm   resident memory now and its high-water mark (MiB)
+  B/ch-smp   journal bytes added per channel-sample (sealed envelopes)
+  stop s     seconds from SIGTERM to exit (the journal queue drains first)
+Then the idle default run (8 ch x 250 Hz, 1-45 Hz band-pass + notch,
+default features, uplink off): cores and RSS over --idle-seconds.
+
+Usage: bench_highdensity.py --bin target/release/neuroedge
+           [--rig 384x30000 --rig 1024x30000] [--seconds 30] [--warmup 5]
+           [--idle-seconds 60] [--store-filtered] [--json]
+Needs an otherwise idle machine: figures are CPU shares.
+"""
+import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def mem_mib(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0]) / 1024
+    return out["VmRSS"], out["VmHWM"]
+
+
+def request(sock_path, line):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(sock_path)
+    s.sendall((line + "\n").encode())
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return json.loads(buf)
+
+
+def write_config(root, channels, rate, filters, store_filtered):
+    os.makedirs(f"{root}/devices", exist_ok=True)
+    store = '["raw", "filtered"]' if store_filtered else '["raw"]'
+    with open(f"{root}/neuroedge.toml", "w") as f:
+        f.write(
+            '[daemon]\nsite_id = "bench"\nnode_id = "bench"\ndevices_dir = "devices"\n'
+            f'[journal]\npath = "var/journal.db"\nmax_bytes = "8GiB"\nstore = {store}\n'
+            '[crypto]\nkey_file = "var/batch.key"\ngenerate_if_missing = true\n'
+            '[status]\nsocket = "var/ne.sock"\n[log]\nlevel = "warn"\n'
+        )
+    with open(f"{root}/devices/rig.toml", "w") as f:
+        f.write(
+            'id = "rig"\ndriver = "synthetic"\nenabled = true\n'
+            f"[connection]\nsample_rate = {float(rate)}\nchannels = {channels}\nseed = 1\n"
+            f"[filters]\n{filters}[buffer]\nring_seconds = 2.0\n"
+        )
+
+
+def wait_streaming(sock, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            d = request(sock, "status")["devices"][0]
+            if d["state"] == "streaming" and d["samples_total"] > 0:
+                return
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit("daemon not streaming")
+
+
+def run_rig(binary, channels, rate, filters, seconds, warmup, store_filtered):
+    root = tempfile.mkdtemp(prefix="ne-hd-")
+    try:
+        write_config(root, channels, rate, filters, store_filtered)
+        log = open(f"{root}/daemon.log", "w")
+        d = subprocess.Popen([binary, "run", "--config", f"{root}/neuroedge.toml"], stderr=log)
+        sock = f"{root}/var/ne.sock"
+        try:
+            wait_streaming(sock)
+            time.sleep(warmup)
+            s0 = request(sock, "status")
+            c0, w0 = cpu_seconds(d.pid), time.monotonic()
+            time.sleep(seconds)
+            s1 = request(sock, "status")
+            c1, w1 = cpu_seconds(d.pid), time.monotonic()
+            rss, hwm = mem_mib(d.pid)
+        finally:
+            t = time.monotonic()
+            d.send_signal(signal.SIGTERM)
+            try:
+                d.wait(600)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                d.wait()
+            stop_s = time.monotonic() - t
+        dev0, dev1 = s0["devices"][0], s1["devices"][0]
+        wall = w1 - w0
+        samples = dev1["samples_total"] - dev0["samples_total"]
+        added = s1["journal"]["total_bytes"] - s0["journal"]["total_bytes"]
+        # Journal bytes added per channel-sample delivered in the window
+        # (commits lag delivery by about a batch; over a window of many
+        # batches the two agree).
+        return {
+            "rig": f"{channels} ch x {rate:g} Hz",
+            "cores": (c1 - c0) / wall,
+            "delivered": samples / wall / rate,
+            "dropped": dev1["dropped_samples"] - dev0["dropped_samples"],
+            "rss_mib": rss,
+            "hwm_mib": hwm,
+            "bytes_per_ch_sample": added / (samples * channels) if samples else None,
+            "stop_s": stop_s,
+            "exit": d.returncode,
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--rig", action="append", help="CHANNELSxRATE, e.g. 384x30000")
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--idle-seconds", type=float, default=60)
+    ap.add_argument("--store-filtered", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    rigs = a.rig or ["384x30000", "1024x30000"]
+    hd_filters = "highpass_hz = 300.0\nlowpass_hz = 6000.0\norder = 4\n"
+    rows = []
+    for r in rigs:
+        ch, rate = r.lower().split("x")
+        print(f"bench_highdensity: {ch} ch x {rate} Hz for {a.warmup:g}+{a.seconds:g} s ...",
+              file=sys.stderr, flush=True)
+        rows.append(run_rig(a.bin, int(ch), float(rate), hd_filters, a.seconds, a.warmup,
+                            a.store_filtered))
+    if a.idle_seconds > 0:
+        print(f"bench_highdensity: idle default run for {a.idle_seconds:g} s ...",
+              file=sys.stderr, flush=True)
+        idle_filters = ("highpass_hz = 1.0\nlowpass_hz = 45.0\norder = 4\nnotch_hz = 50.0\n")
+        rows.append(run_rig(a.bin, 8, 250.0, idle_filters, a.idle_seconds, a.warmup,
+                            a.store_filtered))
+        rows[-1]["rig"] += " (idle)"
+    if a.json:
+        print(json.dumps(rows))
+        return
+    print(f"{'RIG':<26}{'CORES':>7}{'DELIVERED':>11}{'DROPPED':>9}{'RSS MiB':>9}{'HWM MiB':>9}"
+          f"{'B/CH-SMP':>10}{'STOP s':>8}")
+    for r in rows:
+        b = r["bytes_per_ch_sample"]
+        print(f"{r['rig']:<26}{r['cores']:>7.3f}{r['delivered']:>10.3f}x{r['dropped']:>9}"
+              f"{r['rss_mib']:>9.1f}{r['hwm_mib']:>9.1f}{(b if b else float('nan')):>10.2f}"
+              f"{r['stop_s']:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
