@@ -30,6 +30,21 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
+def thread_cpu(pid):
+    """{thread name: CPU seconds} of every thread of `pid` (names summed)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        name = head.split("(", 1)[1]
+        fields = tail.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK
+    return out
+
+
 def mem_mib(pid):
     out = {}
     with open(f"/proc/{pid}/status") as f:
@@ -97,10 +112,10 @@ def run_rig(binary, channels, rate, filters, seconds, warmup, store_filtered):
             wait_streaming(sock)
             time.sleep(warmup)
             s0 = request(sock, "status")
-            c0, w0 = cpu_seconds(d.pid), time.monotonic()
+            c0, w0, t0 = cpu_seconds(d.pid), time.monotonic(), thread_cpu(d.pid)
             time.sleep(seconds)
             s1 = request(sock, "status")
-            c1, w1 = cpu_seconds(d.pid), time.monotonic()
+            c1, w1, t1 = cpu_seconds(d.pid), time.monotonic(), thread_cpu(d.pid)
             rss, hwm = mem_mib(d.pid)
         finally:
             t = time.monotonic()
@@ -128,6 +143,9 @@ def run_rig(binary, channels, rate, filters, seconds, warmup, store_filtered):
             "bytes_per_ch_sample": added / (samples * channels) if samples else None,
             "stop_s": stop_s,
             "exit": d.returncode,
+            "threads": {k: round((v - t0.get(k, 0.0)) / wall, 4)
+                        for k, v in sorted(t1.items(), key=lambda kv: -kv[1])
+                        if v - t0.get(k, 0.0) > 0},
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -169,6 +187,10 @@ def main():
         print(f"{r['rig']:<26}{r['cores']:>7.3f}{r['delivered']:>10.3f}x{r['dropped']:>9}"
               f"{r['rss_mib']:>9.1f}{r['hwm_mib']:>9.1f}{(b if b else float('nan')):>10.2f}"
               f"{r['stop_s']:>8.1f}")
+    print("cores per thread:")
+    for r in rows:
+        top = ", ".join(f"{k} {v:.3f}" for k, v in list(r["threads"].items())[:6])
+        print(f"  {r['rig']:<24}{top}")
 
 
 if __name__ == "__main__":

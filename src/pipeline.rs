@@ -18,8 +18,10 @@ use crate::view::ViewWriter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long the processing thread sleeps when the ring is empty.
-const IDLE: Duration = Duration::from_millis(2);
+/// How long the processing thread sleeps at most when the ring is empty
+/// (the producer wakes it as soon as a block is published): how often its
+/// heartbeat, markers and rate are updated on a silent device.
+const IDLE: Duration = Duration::from_millis(100);
 
 /// The device's filter chain (contract §4): Butterworth SOS then notches,
 /// f64 state per channel carried for the device's whole run.
@@ -262,7 +264,7 @@ impl Processing {
                     ring.recycle(block);
                 }
                 None if ring.is_finished() => break,
-                None => std::thread::sleep(IDLE),
+                None => ring.wait(IDLE),
             }
             self.take_markers(&mut batcher);
             self.stats

@@ -7,10 +7,17 @@
 //! oldest element when full: a full ring drops the *oldest* unread frames,
 //! and the producer counts them. Nothing on the producer side locks or
 //! allocates.
+//!
+//! An idle consumer sleeps in [`Consumer::wait`] (parked, with a timeout)
+//! and the producer wakes it when it publishes a block: an `unpark`, which
+//! never waits, and only when the consumer said it is waiting. So a quiet
+//! device costs a few wake-ups a second, not a poll every few milliseconds.
 
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::Duration;
 
 /// A run of consecutive frames (frame-major samples).
 pub struct Block {
@@ -67,6 +74,21 @@ struct Shared {
     pool: ArrayQueue<Box<Block>>,
     dropped: AtomicU64,
     closed: AtomicBool,
+    /// The consumer is parked (or about to park) in [`Consumer::wait`].
+    waiting: AtomicBool,
+    /// The consumer's thread, set by its first `wait`.
+    consumer: OnceLock<Thread>,
+}
+
+impl Shared {
+    /// Wake a waiting consumer (never waits itself).
+    fn wake(&self) {
+        if self.waiting.swap(false, Ordering::SeqCst) {
+            if let Some(t) = self.consumer.get() {
+                t.unpark();
+            }
+        }
+    }
 }
 
 /// Producer side, owned by the acquisition thread.
@@ -114,6 +136,8 @@ pub fn ring(
         pool: ArrayQueue::new(blocks + 2),
         dropped: AtomicU64::new(0),
         closed: AtomicBool::new(false),
+        waiting: AtomicBool::new(false),
+        consumer: OnceLock::new(),
     });
     for _ in 0..blocks + 2 {
         // The pool has exactly this capacity, so pushes succeed.
@@ -215,13 +239,15 @@ impl Producer {
             old.len = 0;
             let _ = self.shared.pool.push(old);
         }
+        self.shared.wake();
     }
 }
 
 impl Drop for Producer {
     fn drop(&mut self) {
         self.publish();
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.wake();
     }
 }
 
@@ -240,6 +266,22 @@ impl Consumer {
     /// The producer is gone and everything it published has been taken.
     pub fn is_finished(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire) && self.shared.queue.is_empty()
+    }
+
+    /// Sleep until the producer publishes a block or closes, or `timeout`
+    /// passes (whichever is first; a spurious early return is harmless).
+    /// Call it from the consuming thread only.
+    pub fn wait(&mut self, timeout: Duration) {
+        let sh = &self.shared;
+        sh.consumer.get_or_init(std::thread::current);
+        sh.waiting.store(true, Ordering::SeqCst);
+        // Published (or closed) between the caller's pop and the flag: do
+        // not sleep. Otherwise the producer sees the flag and unparks; an
+        // unpark that comes before the park makes the park return at once.
+        if sh.queue.is_empty() && !sh.closed.load(Ordering::SeqCst) {
+            std::thread::park_timeout(timeout);
+        }
+        sh.waiting.store(false, Ordering::SeqCst);
     }
 }
 
@@ -316,11 +358,39 @@ mod tests {
                     c.recycle(b);
                 }
                 None if c.is_finished() => break,
-                None => std::thread::yield_now(),
+                None => c.wait(Duration::from_secs(60)),
             }
         }
         h.join().unwrap();
         assert_eq!(expect + stats.dropped(), 50_000);
         assert_eq!(stats.dropped(), 0);
+    }
+
+    #[test]
+    fn a_waiting_consumer_is_woken_by_a_block_and_by_the_close() {
+        let (mut p, mut c, _) = ring(2, 100, 10);
+        let long = Duration::from_secs(60);
+        let h = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            p.push(0.0, &[1.0, 2.0]);
+            p.flush();
+            std::thread::sleep(Duration::from_millis(50));
+            drop(p);
+        });
+        let t = std::time::Instant::now();
+        while c.pop().is_none() {
+            c.wait(long);
+        }
+        while !c.is_finished() {
+            c.wait(long);
+        }
+        h.join().unwrap();
+        // Woken each time, not by the 60 s timeout.
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+        // Nothing pending: a wait returns by its timeout.
+        let (_p, mut c, _) = ring(2, 100, 10);
+        let t = std::time::Instant::now();
+        c.wait(Duration::from_millis(20));
+        assert!(t.elapsed() >= Duration::from_millis(20));
     }
 }

@@ -21,7 +21,7 @@ use std::fmt;
 /// Errors for invalid configuration or mis-shaped caller input.
 ///
 /// A plain enum (no `thiserror`) so the module stays dependency-free apart
-/// from `rustfft`.
+/// from `realfft` (and `multiversion` for run-time SIMD dispatch).
 #[derive(Debug, Clone, PartialEq)]
 pub enum DspError {
     /// Sample rate is not a finite positive number.

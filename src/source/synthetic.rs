@@ -71,8 +71,32 @@ struct ChannelGen {
     rng: u64,
     pink: [f64; 3],
     alpha_amp: f64,
-    alpha_phase: f64,
+    /// cos and sin of the alpha phase (the 10 Hz sine is expanded as
+    /// sin(a + p) = sin a cos p + cos a sin p, so a frame needs one sin_cos
+    /// for all its channels instead of one sin per channel).
+    alpha_cos: f64,
+    alpha_sin: f64,
     dc: f64,
+}
+
+/// What every channel of a frame shares: the 10 Hz and 50 Hz sines at `t`.
+#[derive(Clone, Copy)]
+struct FrameClock {
+    sin10: f64,
+    cos10: f64,
+    sin50: f64,
+}
+
+impl FrameClock {
+    #[inline]
+    fn at(t: f64) -> FrameClock {
+        let (sin10, cos10) = (TAU * 10.0 * t).sin_cos();
+        FrameClock {
+            sin10,
+            cos10,
+            sin50: (TAU * 50.0 * t).sin(),
+        }
+    }
 }
 
 /// splitmix64: a tiny, well-known generator, easy to re-implement elsewhere.
@@ -90,14 +114,16 @@ impl ChannelGen {
             rng: seed ^ ((c as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)),
             pink: [0.0; 3],
             alpha_amp: 20.0 + 5.0 * c as f64,
-            alpha_phase: 0.3 * c as f64,
+            alpha_cos: (0.3 * c as f64).cos(),
+            alpha_sin: (0.3 * c as f64).sin(),
             dc: 50.0 + 25.0 * c as f64,
         }
     }
 
-    /// Next value in µV at time `t` seconds since the source started.
+    /// Next value in µV at the frame `f` (time since the source started):
+    /// `dc + alpha_amp sin(2π 10 t + 0.3 c) + 8 sin(2π 50 t) + 3 pink`.
     #[inline]
-    fn next(&mut self, t: f64) -> f64 {
+    fn next(&mut self, f: &FrameClock) -> f64 {
         // White noise in [-1, 1), then Paul Kellett's economy pink filter.
         let w = (splitmix64(&mut self.rng) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
         self.pink[0] = 0.99765 * self.pink[0] + w * 0.0990460;
@@ -105,8 +131,8 @@ impl ChannelGen {
         self.pink[2] = 0.57000 * self.pink[2] + w * 1.0526913;
         let pink = self.pink[0] + self.pink[1] + self.pink[2] + w * 0.1848;
         self.dc
-            + self.alpha_amp * (TAU * 10.0 * t + self.alpha_phase).sin()
-            + 8.0 * (TAU * 50.0 * t).sin()
+            + self.alpha_amp * (f.sin10 * self.alpha_cos + f.cos10 * self.alpha_sin)
+            + 8.0 * f.sin50
             + 3.0 * pink
     }
 }
@@ -142,8 +168,9 @@ impl Synthetic {
     #[inline]
     fn emit(&mut self, sink: &mut Sink<'_>) {
         let t = self.n as f64 / self.cfg.sample_rate;
+        let clock = FrameClock::at(t);
         for (v, g) in self.frame.iter_mut().zip(self.gens.iter_mut()) {
-            *v = g.next(t) as f32;
+            *v = g.next(&clock) as f32;
         }
         sink.push_stamped(self.t0_mono + t, &self.frame);
         self.n += 1;
@@ -161,7 +188,8 @@ pub fn generate(cfg: &SyntheticConnection, frames: usize, t0_unix: f64) -> (Vec<
     for n in 0..frames {
         let t = n as f64 / cfg.sample_rate;
         ts.push(t0_unix + t);
-        data.extend(gens.iter_mut().map(|g| g.next(t) as f32));
+        let clock = FrameClock::at(t);
+        data.extend(gens.iter_mut().map(|g| g.next(&clock) as f32));
     }
     (ts, data)
 }
@@ -220,9 +248,10 @@ mod tests {
         let mut a = ChannelGen::new(7, 3);
         let mut b = ChannelGen::new(7, 3);
         let mut c = ChannelGen::new(8, 3);
-        let va: Vec<f64> = (0..100).map(|n| a.next(n as f64 / 250.0)).collect();
-        let vb: Vec<f64> = (0..100).map(|n| b.next(n as f64 / 250.0)).collect();
-        let vc: Vec<f64> = (0..100).map(|n| c.next(n as f64 / 250.0)).collect();
+        let at = |n: usize| FrameClock::at(n as f64 / 250.0);
+        let va: Vec<f64> = (0..100).map(|n| a.next(&at(n))).collect();
+        let vb: Vec<f64> = (0..100).map(|n| b.next(&at(n))).collect();
+        let vc: Vec<f64> = (0..100).map(|n| c.next(&at(n))).collect();
         assert_eq!(va, vb);
         assert_ne!(va, vc);
         let mean = va.iter().sum::<f64>() / 100.0;
@@ -230,6 +259,30 @@ mod tests {
             (mean - 125.0).abs() < 20.0,
             "DC offset of channel 3 ≈ 125 µV, got {mean}"
         );
+    }
+
+    #[test]
+    fn the_shared_frame_clock_is_the_documented_formula() {
+        // tests/decode_batches.py regenerates the signal with the direct
+        // formula; the expanded sine must agree far below f32 resolution.
+        for c in [0usize, 5, 383] {
+            let mut g = ChannelGen::new(1, c);
+            let mut direct = g.clone();
+            for n in (0..3_000_000).step_by(997) {
+                let t = n as f64 / 30_000.0;
+                let got = g.next(&FrameClock::at(t));
+                let pink_etc = direct.next(&FrameClock {
+                    sin10: 0.0,
+                    cos10: 0.0,
+                    sin50: 0.0,
+                }) - direct.dc;
+                let want = direct.dc
+                    + direct.alpha_amp * (TAU * 10.0 * t + 0.3 * c as f64).sin()
+                    + 8.0 * (TAU * 50.0 * t).sin()
+                    + pink_etc;
+                assert!((got - want).abs() < 1e-9, "ch {c} t {t}: {got} vs {want}");
+            }
+        }
     }
 
     #[test]
