@@ -16,6 +16,7 @@ pub use crate::clock::ClockStep;
 use crate::crypto::{BatchKey, Keyring, SealError};
 use ciborium::Value;
 use serde::{Deserialize, Serialize};
+use std::io::Write;
 
 pub const FORMAT_V1: &str = "neuroedge.batch.v1";
 pub const FORMAT_V2: &str = "neuroedge.batch.v2";
@@ -314,29 +315,56 @@ fn text(s: &str) -> Value {
     Value::Text(s.to_string())
 }
 
-fn f32_bytes(v: &[f32]) -> Value {
-    let mut out = Vec::with_capacity(v.len() * 4);
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
+/// The head of a CBOR item: major type and argument (RFC 8949 §3).
+fn cbor_head(w: &mut impl Write, major: u8, n: u64) -> std::io::Result<()> {
+    let m = major << 5;
+    match n {
+        0..=23 => w.write_all(&[m | n as u8]),
+        24..=0xFF => w.write_all(&[m | 24, n as u8]),
+        0x100..=0xFFFF => {
+            w.write_all(&[m | 25])?;
+            w.write_all(&(n as u16).to_be_bytes())
+        }
+        0x1_0000..=0xFFFF_FFFF => {
+            w.write_all(&[m | 26])?;
+            w.write_all(&(n as u32).to_be_bytes())
+        }
+        _ => {
+            w.write_all(&[m | 27])?;
+            w.write_all(&n.to_be_bytes())
+        }
     }
-    Value::Bytes(out)
 }
 
-/// f32 little-endian, byte-shuffled: byte `j` of value `i` at `j * n + i`.
-fn shuffled_f32_bytes(v: &[f32]) -> Value {
-    let n = v.len();
-    let mut out = vec![0u8; n * 4];
-    let (b0, rest) = out.split_at_mut(n);
-    let (b1, rest) = rest.split_at_mut(n);
-    let (b2, b3) = rest.split_at_mut(n);
-    for (i, x) in v.iter().enumerate() {
-        let [a, b, c, d] = x.to_le_bytes();
-        (b0[i], b1[i], b2[i], b3[i]) = (a, b, c, d);
+/// Write `v` as one CBOR byte string of f32 little-endian values, plain
+/// (v1) or byte-shuffled (v2: byte `j` of value `i` at `j * n + i`),
+/// through a small buffer: a large batch is never copied whole.
+fn write_samples(w: &mut impl Write, v: &[f32], format: BatchFormat) -> std::io::Result<()> {
+    const CHUNK: usize = 16 * 1024;
+    cbor_head(w, 2, v.len() as u64 * 4)?;
+    let mut buf = Vec::with_capacity(CHUNK * 4);
+    match format {
+        BatchFormat::V1 => {
+            for chunk in v.chunks(CHUNK) {
+                buf.clear();
+                buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+                w.write_all(&buf)?;
+            }
+        }
+        BatchFormat::V2 => {
+            for j in 0..4 {
+                for chunk in v.chunks(CHUNK * 4) {
+                    buf.clear();
+                    buf.extend(chunk.iter().map(|x| x.to_le_bytes()[j]));
+                    w.write_all(&buf)?;
+                }
+            }
+        }
     }
-    Value::Bytes(out)
+    Ok(())
 }
 
-/// The inverse of [`shuffled_f32_bytes`]; `None` when the length is not a
+/// The inverse of the v2 shuffle of [`write_samples`]; `None` when the length is not a
 /// multiple of 4.
 fn unshuffle_f32(bytes: &[u8]) -> Option<Vec<f32>> {
     if bytes.len() % 4 != 0 {
@@ -373,6 +401,14 @@ fn opt_u32(v: Option<u32>) -> Value {
 /// `filtered` only when the batch carries it; v1 always writes it ([`seal`]
 /// refuses a v1 batch without it).
 pub fn encode_plaintext(b: &BatchData, format: BatchFormat) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = write_plaintext(&mut out, b, format);
+    out
+}
+
+/// [`encode_plaintext`] into a writer (the sealer's zstd stream).
+fn write_plaintext(w: &mut impl Write, b: &BatchData, format: BatchFormat) -> std::io::Result<()> {
     let f = &b.filter;
     let mut filter = vec![
         (text("highpass_hz"), opt_f64(f.highpass_hz)),
@@ -453,33 +489,37 @@ pub fn encode_plaintext(b: &BatchData, format: BatchFormat) -> Vec<u8> {
             ])
         })
         .collect();
-    let samples = |v: &[f32]| match format {
-        BatchFormat::V1 => f32_bytes(v),
-        BatchFormat::V2 => shuffled_f32_bytes(v),
-    };
-    let mut map = vec![
+    let with_filtered = format == BatchFormat::V1 || b.filtered.len() == b.raw.len();
+    let small = [
         (
-            text("channels"),
+            "channels",
             Value::Array(b.channels.iter().map(|c| text(c)).collect()),
         ),
-        (text("units"), text(&b.units)),
-        (text("timestamps"), f64_bytes(&b.timestamps)),
-        (text("raw"), samples(&b.raw)),
+        ("units", text(&b.units)),
+        ("timestamps", f64_bytes(&b.timestamps)),
+        ("filter", filter),
+        ("features", Value::Array(features)),
+        ("markers", Value::Array(markers)),
+        ("gaps", Value::Array(gaps)),
+        ("clock_steps", Value::Array(clock_steps)),
     ];
-    if format == BatchFormat::V1 || b.filtered.len() == b.raw.len() {
-        map.push((text("filtered"), samples(&b.filtered)));
+    // The map: the small entries, then the sample arrays, streamed.
+    let cbor = |e: ciborium::ser::Error<std::io::Error>| match e {
+        ciborium::ser::Error::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    };
+    cbor_head(w, 5, (small.len() + 1 + usize::from(with_filtered)) as u64)?;
+    for (k, v) in &small {
+        ciborium::into_writer(&text(k), &mut *w).map_err(cbor)?;
+        ciborium::into_writer(v, &mut *w).map_err(cbor)?;
     }
-    map.extend([
-        (text("filter"), filter),
-        (text("features"), Value::Array(features)),
-        (text("markers"), Value::Array(markers)),
-        (text("gaps"), Value::Array(gaps)),
-        (text("clock_steps"), Value::Array(clock_steps)),
-    ]);
-    let mut out = Vec::new();
-    // Writing CBOR into a Vec cannot fail.
-    let _ = ciborium::into_writer(&Value::Map(map), &mut out);
-    out
+    ciborium::into_writer(&text("raw"), &mut *w).map_err(cbor)?;
+    write_samples(w, &b.raw, format)?;
+    if with_filtered {
+        ciborium::into_writer(&text("filtered"), &mut *w).map_err(cbor)?;
+        write_samples(w, &b.filtered, format)?;
+    }
+    Ok(())
 }
 
 /// Everything needed to seal a batch besides its data.
@@ -502,14 +542,16 @@ pub fn seal(
     if p.format == BatchFormat::V1 && b.filtered.len() != b.raw.len() {
         return Err(BatchError::Field("filtered (batch format v1 needs it)"));
     }
-    let plain = encode_plaintext(b, p.format);
-    let (body, compression) = if p.compress {
-        (
-            zstd::bulk::compress(&plain, ZSTD_LEVEL).map_err(BatchError::Zstd)?,
-            "zstd",
-        )
+    // The plaintext is streamed into zstd, and the compressed body is
+    // encrypted in place: a batch's samples are never held twice more.
+    let (mut body, compression) = if p.compress {
+        let raw_bytes = (b.raw.len() + b.filtered.len()) * 4;
+        let mut z = zstd::stream::Encoder::new(Vec::with_capacity(raw_bytes / 2), ZSTD_LEVEL)
+            .map_err(BatchError::Zstd)?;
+        write_plaintext(&mut z, b, p.format).map_err(BatchError::Zstd)?;
+        (z.finish().map_err(BatchError::Zstd)?, "zstd")
     } else {
-        (plain, "none")
+        (encode_plaintext(b, p.format), "none")
     };
     let header = BatchHeader {
         format: p.format.name().into(),
@@ -530,15 +572,27 @@ pub fn seal(
         created_at: p.created_at,
     };
     let header_bytes = serde_json::to_vec(&header)?;
-    let (nonce, ct) = key.seal(&header_bytes, &body)?;
-    let env = Value::Map(vec![
-        (text("v"), Value::Integer(1.into())),
-        (text("header"), Value::Bytes(header_bytes)),
-        (text("nonce"), Value::Bytes(nonce.to_vec())),
-        (text("ciphertext"), Value::Bytes(ct)),
-    ]);
-    let mut out = Vec::new();
-    let _ = ciborium::into_writer(&env, &mut out);
+    let nonce = key.seal_in_place(&header_bytes, &mut body)?;
+    // The envelope map, written directly so the ciphertext is copied once.
+    let mut out = Vec::with_capacity(body.len() + header_bytes.len() + 64);
+    let _ = (|| -> std::io::Result<()> {
+        cbor_head(&mut out, 5, 4)?;
+        for (k, v) in [("v", None), ("header", Some(&header_bytes[..])), ("nonce", Some(&nonce[..]))] {
+            cbor_head(&mut out, 3, k.len() as u64)?;
+            out.write_all(k.as_bytes())?;
+            match v {
+                None => cbor_head(&mut out, 0, 1)?,
+                Some(bytes) => {
+                    cbor_head(&mut out, 2, bytes.len() as u64)?;
+                    out.write_all(bytes)?;
+                }
+            }
+        }
+        cbor_head(&mut out, 3, "ciphertext".len() as u64)?;
+        out.write_all(b"ciphertext")?;
+        cbor_head(&mut out, 2, body.len() as u64)?;
+        out.write_all(&body)
+    })();
     Ok((out, header))
 }
 
@@ -841,6 +895,40 @@ mod tests {
                 assert_eq!(h, h2);
                 assert_eq!(b, b2);
             }
+        }
+    }
+
+    #[test]
+    fn cbor_heads_match_ciborium() {
+        for n in [0u64, 23, 24, 255, 256, 65535, 65536, u32::MAX as u64, 1 << 32, u64::MAX] {
+            let mut ours = Vec::new();
+            cbor_head(&mut ours, 0, n).unwrap();
+            let mut theirs = Vec::new();
+            ciborium::into_writer(&Value::Integer(n.into()), &mut theirs).unwrap();
+            assert_eq!(ours, theirs, "{n}");
+        }
+        // A batch whose arrays need 4-byte lengths round-trips, both formats.
+        let key = BatchKey::from_bytes(&[3u8; 32]);
+        let ring = Keyring::new(BatchKey::from_bytes(&[3u8; 32]));
+        let n = 20_000;
+        let b = BatchData {
+            timestamps: (0..n).map(|i| i as f64).collect(),
+            raw: (0..2 * n).map(|i| (i as f32).sin() * 100.0).collect(),
+            filtered: (0..2 * n).map(|i| (i as f32).cos()).collect(),
+            ..sample_batch()
+        };
+        for format in [BatchFormat::V1, BatchFormat::V2] {
+            let p = SealParams {
+                batch_id: "big".into(),
+                site_id: "lab",
+                node_id: "pi",
+                seq: 0,
+                created_at: 0.0,
+                compress: true,
+                format,
+            };
+            let (env, _) = seal(&key, &p, &b).unwrap();
+            assert_eq!(open(&ring, &env).unwrap().1, b);
         }
     }
 

@@ -70,6 +70,8 @@ pub struct BenchReport {
 
 /// Timed passes of the in-memory stages; the best one counts.
 const PASSES: usize = 5;
+/// Channel-samples of synthetic input the stage benchmarks hold (128 MB).
+const STAGE_CH_SAMPLES: usize = 32 << 20;
 
 /// The filters used when no device file is given: the common EEG chain.
 fn default_filters() -> FiltersSection {
@@ -192,10 +194,15 @@ fn input(args: &BenchArgs, info: &StreamInfo) -> Result<Input, String> {
             Ok(Input { frames, ts, raw })
         }
         None => {
-            let frames = ((args.seconds * rate).round() as usize).max(1);
+            // The stages time passes over data held in memory: at most
+            // STAGE_CH_SAMPLES of it (but at least 1.5 s, two feature
+            // windows), so a high-density bench stays within the memory
+            // the daemon itself would use. End to end runs `seconds`.
+            let cap = (STAGE_CH_SAMPLES / channels).max((1.5 * rate) as usize);
+            let frames = ((args.seconds * rate).round() as usize).clamp(1, cap);
             progress(&format!(
-                "generating {} s of {channels}-channel {rate} Hz synthetic data",
-                args.seconds
+                "generating {:.1} s of {channels}-channel {rate} Hz synthetic data",
+                frames as f64 / rate
             ));
             let (ts, raw) = crate::source::synthetic::generate(
                 &synthetic(info),
@@ -320,7 +327,7 @@ fn open_writer(dir: &Path, name: &str, key: &BatchKey) -> Result<journal::Writer
             max_bytes: u64::MAX / 4,
             when_full: WhenFull::DropOldest,
             retain_uploaded: Duration::from_secs(3600),
-            max_queue_bytes: 256 * 1024 * 1024,
+            max_queue_bytes: 64 * 1024 * 1024,
             compress: true,
             format: crate::batch::BatchFormat::V2,
         },
@@ -415,6 +422,7 @@ fn bench_end_to_end(
 
 /// Run the benchmark; errors are messages for the technician.
 pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
+    crate::malloc::limit_arenas();
     let s = settings(args)?;
     let inp = input(args, &s.info)?;
     let (channels, rate) = (s.info.channels, s.info.sample_rate);
@@ -457,6 +465,10 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         record("journal", "journal (seal + commit, sync full)", spent);
     }
     drop((inp, filtered));
+    // As the daemon does (arena limit at start, free pages returned every
+    // minute): the end-to-end run's memory is then its own, not what the
+    // stage benchmarks left in the allocator.
+    crate::malloc::release_free_memory();
     let (end_to_end, dropped) = if args.stage == Stage::All {
         let (r, dropped) = bench_end_to_end(&s, tmp.path(), &key, args)?;
         progress(&format!(
