@@ -577,7 +577,11 @@ pub fn seal(
     let mut out = Vec::with_capacity(body.len() + header_bytes.len() + 64);
     let _ = (|| -> std::io::Result<()> {
         cbor_head(&mut out, 5, 4)?;
-        for (k, v) in [("v", None), ("header", Some(&header_bytes[..])), ("nonce", Some(&nonce[..]))] {
+        for (k, v) in [
+            ("v", None),
+            ("header", Some(&header_bytes[..])),
+            ("nonce", Some(&nonce[..])),
+        ] {
             cbor_head(&mut out, 3, k.len() as u64)?;
             out.write_all(k.as_bytes())?;
             match v {
@@ -900,7 +904,18 @@ mod tests {
 
     #[test]
     fn cbor_heads_match_ciborium() {
-        for n in [0u64, 23, 24, 255, 256, 65535, 65536, u32::MAX as u64, 1 << 32, u64::MAX] {
+        for n in [
+            0u64,
+            23,
+            24,
+            255,
+            256,
+            65535,
+            65536,
+            u32::MAX as u64,
+            1 << 32,
+            u64::MAX,
+        ] {
             let mut ours = Vec::new();
             cbor_head(&mut ours, 0, n).unwrap();
             let mut theirs = Vec::new();

@@ -347,12 +347,10 @@ fn bench_journal(
     let mut n = 0u64;
     for b in batches {
         n += 1;
-        let mut b = Some(b);
-        while let Some(x) = b.take() {
-            if !tx.try_send_batch(x.clone()) {
-                b = Some(x);
-                std::thread::sleep(Duration::from_micros(200));
-            }
+        // Waits while the writer's queue is full (as a source that can
+        // wait does); false only when the writer is gone.
+        if !tx.send_batch_blocking(b) {
+            return Err("the journal writer stopped".into());
         }
     }
     while tx.shared().snapshot().committed_batches < n {
@@ -452,6 +450,14 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         );
     }
     let key = BatchKey::random();
+    // Batches carry the filtered signal only when the journal stores it;
+    // otherwise it is not held any longer (as in the daemon).
+    let filtered = if args.store_filtered {
+        filtered
+    } else {
+        Vec::new()
+    };
+    crate::malloc::release_free_memory();
     let stored = args.store_filtered.then_some(filtered.as_slice());
     let mut sealed_bytes = None;
     if want(Stage::Seal) {
@@ -469,6 +475,10 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     // minute): the end-to-end run's memory is then its own, not what the
     // stage benchmarks left in the allocator.
     crate::malloc::release_free_memory();
+    progress(&format!(
+        "peak memory of the stages: {:.0} MiB",
+        peak_rss_bytes() as f64 / 1048576.0
+    ));
     let (end_to_end, dropped) = if args.stage == Stage::All {
         let (r, dropped) = bench_end_to_end(&s, tmp.path(), &key, args)?;
         progress(&format!(
