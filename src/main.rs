@@ -357,7 +357,12 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
             journal,
             keys,
             command,
-        } => journal_cmd(&config, journal, keys, command),
+        } => {
+            // Warnings (e.g. a filtered signal reproduced only
+            // approximately) reach the user on stderr.
+            neuroedge::logging::init("warn", neuroedge::config::LogFormat::Text);
+            journal_cmd(&config, journal, keys, command)
+        }
     }
 }
 
