@@ -2,7 +2,8 @@
 """High-density and idle figures of the real daemon, in one table (issue 14).
 
 For each rig (synthetic device, paced, 300-6000 Hz band-pass as a
-Neuropixels-class recording would use, default features, ring_seconds 2,
+Neuropixels-class recording would use (1-45 Hz + 50 Hz notch below 15 kHz),
+default features, ring_seconds 2,
 the default journal settings unless --store-filtered): start the daemon,
 let it warm up, then measure over --seconds:
   cores      CPU time of the daemon / wall time
@@ -19,15 +20,10 @@ Usage: bench_highdensity.py --bin target/release/neuroedge
            [--idle-seconds 60] [--store-filtered] [--json]
 Needs an otherwise idle machine: figures are CPU shares.
 """
-import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, signal, subprocess, sys, tempfile, time
 
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_scope import CLK, cpu_seconds, request  # noqa: E402
 
 
 def thread_cpu(pid):
@@ -55,21 +51,6 @@ def mem_mib(pid):
     return out["VmRSS"], out["VmHWM"]
 
 
-def request(sock_path, line):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(sock_path)
-    s.sendall((line + "\n").encode())
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(1 << 16)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    return json.loads(buf)
-
-
 def write_config(root, channels, rate, filters, store_filtered):
     os.makedirs(f"{root}/devices", exist_ok=True)
     store = '["raw", "filtered"]' if store_filtered else '["raw"]'
@@ -88,7 +69,7 @@ def write_config(root, channels, rate, filters, store_filtered):
         )
 
 
-def wait_streaming(sock, timeout=60):
+def wait_streaming(sock, log, timeout=60):
     end = time.time() + timeout
     while time.time() < end:
         try:
@@ -98,7 +79,9 @@ def wait_streaming(sock, timeout=60):
         except (OSError, ValueError, KeyError, IndexError):
             pass
         time.sleep(0.2)
-    raise SystemExit("daemon not streaming")
+    with open(log) as f:
+        tail = f.read()[-2000:]
+    raise SystemExit(f"daemon not streaming; its log:\n{tail}")
 
 
 def run_rig(binary, channels, rate, filters, seconds, warmup, store_filtered):
@@ -109,7 +92,7 @@ def run_rig(binary, channels, rate, filters, seconds, warmup, store_filtered):
         d = subprocess.Popen([binary, "run", "--config", f"{root}/neuroedge.toml"], stderr=log)
         sock = f"{root}/var/ne.sock"
         try:
-            wait_streaming(sock)
+            wait_streaming(sock, f"{root}/daemon.log")
             time.sleep(warmup)
             s0 = request(sock, "status")
             c0, w0, t0 = cpu_seconds(d.pid), time.monotonic(), thread_cpu(d.pid)
@@ -162,19 +145,21 @@ def main():
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     rigs = a.rig or ["384x30000", "1024x30000"]
+    # Spike-band filters for extracellular rigs, the EEG defaults otherwise.
     hd_filters = "highpass_hz = 300.0\nlowpass_hz = 6000.0\norder = 4\n"
+    eeg_filters = "highpass_hz = 1.0\nlowpass_hz = 45.0\norder = 4\nnotch_hz = 50.0\n"
     rows = []
     for r in rigs:
         ch, rate = r.lower().split("x")
+        filters = hd_filters if float(rate) >= 15000 else eeg_filters
         print(f"bench_highdensity: {ch} ch x {rate} Hz for {a.warmup:g}+{a.seconds:g} s ...",
               file=sys.stderr, flush=True)
-        rows.append(run_rig(a.bin, int(ch), float(rate), hd_filters, a.seconds, a.warmup,
+        rows.append(run_rig(a.bin, int(ch), float(rate), filters, a.seconds, a.warmup,
                             a.store_filtered))
     if a.idle_seconds > 0:
         print(f"bench_highdensity: idle default run for {a.idle_seconds:g} s ...",
               file=sys.stderr, flush=True)
-        idle_filters = ("highpass_hz = 1.0\nlowpass_hz = 45.0\norder = 4\nnotch_hz = 50.0\n")
-        rows.append(run_rig(a.bin, 8, 250.0, idle_filters, a.idle_seconds, a.warmup,
+        rows.append(run_rig(a.bin, 8, 250.0, eeg_filters, a.idle_seconds, a.warmup,
                             a.store_filtered))
         rows[-1]["rig"] += " (idle)"
     if a.json:
