@@ -77,7 +77,8 @@ impl Chain {
     }
 }
 
-/// Why a reproduction is approximate (the warning's text).
+/// A batch dropped before the journal (its samples went through the
+/// chain but are not in the journal) just before `b`.
 fn journal_gap(b: &BatchData) -> bool {
     b.gaps
         .iter()
@@ -189,7 +190,7 @@ impl Refilter {
                 Some(c) => c,
                 None => chain.insert(Chain::new(&earlier, seq)?),
             };
-            if c.next_seq != seq || journal_gap(&earlier) && seq != from_seq {
+            if c.next_seq != seq || journal_gap(&earlier) {
                 self.warn(device, seq, "a batch of its filter run is missing");
             }
             c.run(&earlier.raw)?;
