@@ -213,6 +213,11 @@ pub struct JournalShared {
     /// Monotonic seconds ([`crate::clock`]) of the writer loop's latest
     /// turn: the watchdog's liveness check.
     pub heartbeat: crate::sync::AtomicF64,
+    /// Bytes of the batches sent to the writer and not yet taken from its
+    /// channel (see [`writer::JournalTx::try_send_batch`]).
+    pub(crate) channel_bytes: std::sync::atomic::AtomicU64,
+    /// The writer thread has ended (or panicked): nothing will make room.
+    pub(crate) writer_gone: std::sync::atomic::AtomicBool,
 }
 
 impl JournalShared {

@@ -31,6 +31,16 @@ const MAX_PER_TX: usize = 64;
 const CHANNEL_BATCHES: usize = 64;
 /// Retrying a failed commit.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
+/// Upload verdicts that may wait for the writer's next transaction; when
+/// full, the uplink keeps them and retries (a bounded channel allocates
+/// and touches all of its slots up front: 4096 is 256 KiB).
+const MARKS_QUEUED: usize = 4096;
+/// How long the writer sleeps when it has nothing to do. It stamps its
+/// heartbeat (the systemd watchdog's liveness check) and takes audit
+/// records and upload marks on each wake: an uploaded batch shows as
+/// uploaded within this (a longer wait would keep every batch "pending"
+/// until the next batch's commit).
+const IDLE_WAIT: Duration = Duration::from_millis(200);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 /// How long shutdown keeps retrying a failing commit before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -66,6 +76,10 @@ pub enum UploadMark {
 #[derive(Clone)]
 pub struct JournalTx {
     batches: Sender<BatchData>,
+    /// Bytes the batch channel may hold (beyond one batch, which an empty
+    /// channel always takes): at 384 ch x 30 kHz a batch is ~46 MB, so a
+    /// count alone would let a stalled disk pin gigabytes.
+    channel_max_bytes: u64,
     audits: Sender<AuditEvent>,
     marks: Sender<UploadMark>,
     shared: Arc<JournalShared>,
@@ -76,13 +90,48 @@ impl JournalTx {
     /// Queue a batch without waiting; false when the queue is full (or
     /// the writer is gone) and the batch was not taken.
     pub fn try_send_batch(&self, b: BatchData) -> bool {
-        self.batches.try_send(b).is_ok()
+        let n = batch_bytes(&b);
+        if !self.reserve(n) {
+            return false;
+        }
+        let taken = self.batches.try_send(b).is_ok();
+        if !taken {
+            self.release(n);
+        }
+        taken
     }
 
     /// Queue a batch, waiting for room. Only for sources that can wait
     /// (the unpaced synthetic source); real devices use `try_send_batch`.
     pub fn send_batch_blocking(&self, b: BatchData) -> bool {
-        self.batches.send(b).is_ok()
+        let n = batch_bytes(&b);
+        while !self.reserve(n) {
+            if self.shared.writer_gone.load(Ordering::Acquire) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let taken = self.batches.send(b).is_ok();
+        if !taken {
+            self.release(n);
+        }
+        taken
+    }
+
+    /// Count `n` bytes into the channel if they fit its byte budget (an
+    /// empty channel takes any batch).
+    fn reserve(&self, n: u64) -> bool {
+        let held = &self.shared.channel_bytes;
+        let before = held.fetch_add(n, Ordering::AcqRel);
+        if before > 0 && before.saturating_add(n) > self.channel_max_bytes {
+            held.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, n: u64) {
+        self.shared.channel_bytes.fetch_sub(n, Ordering::AcqRel);
     }
 
     /// Record the uplink's verdict on a batch; applied by the writer in its
@@ -116,12 +165,21 @@ impl JournalTx {
     /// journal (unit tests of the processing stage); `capacity` bounds the
     /// batch queue as the real one is bounded.
     pub(crate) fn for_tests(capacity: usize) -> (JournalTx, TestJournal) {
+        Self::for_tests_bytes(capacity, u64::MAX)
+    }
+
+    /// As [`JournalTx::for_tests`], with a byte budget for the channel.
+    pub(crate) fn for_tests_bytes(
+        capacity: usize,
+        channel_max_bytes: u64,
+    ) -> (JournalTx, TestJournal) {
         let (btx, brx) = crossbeam_channel::bounded(capacity);
         let (atx, arx) = crossbeam_channel::bounded(4096);
         let (mtx, mrx) = crossbeam_channel::bounded(16);
         let (_, commits) = watch::channel(0);
         let tx = JournalTx {
             batches: btx,
+            channel_max_bytes,
             audits: atx,
             marks: mtx,
             shared: Arc::new(JournalShared::default()),
@@ -181,10 +239,11 @@ pub fn spawn_writer(
     shared.update(|s| *s = status);
     let (btx, brx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
     let (atx, arx) = crossbeam_channel::bounded(4096);
-    let (mtx, mrx) = crossbeam_channel::bounded(65_536);
+    let (mtx, mrx) = crossbeam_channel::bounded(MARKS_QUEUED);
     let (commits_tx, commits_rx) = watch::channel(0u64);
     let tx = JournalTx {
         batches: btx,
+        channel_max_bytes: cfg.max_queue_bytes,
         audits: atx,
         marks: mtx,
         shared: shared.clone(),
@@ -312,6 +371,12 @@ struct Writer {
     stop: Arc<AtomicBool>,
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared.writer_gone.store(true, Ordering::Release);
+    }
+}
+
 impl Writer {
     fn run(&mut self) {
         let mut last_maintenance = Instant::now();
@@ -369,8 +434,8 @@ impl Writer {
             Some(f) => f
                 .retry_at
                 .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(200)),
-            None if self.queue.is_empty() && !stopping => Duration::from_millis(200),
+                .min(IDLE_WAIT),
+            None if self.queue.is_empty() && !stopping => IDLE_WAIT,
             None => Duration::ZERO,
         };
         if room(self) {
@@ -390,6 +455,9 @@ impl Writer {
     }
 
     fn enqueue(&mut self, mut b: BatchData) {
+        self.shared
+            .channel_bytes
+            .fetch_sub(batch_bytes(&b), Ordering::AcqRel);
         if let Some(g) = self.carry_gaps.remove(&b.device_id) {
             b.carry_gap(g);
         }
@@ -943,6 +1011,48 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn the_batch_channel_is_bounded_in_bytes_while_the_disk_stalls() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j.db");
+        let j = Journal::open(&p, SyncMode::Normal).unwrap();
+        let one = batch_bytes(&batch("a", 0, 100));
+        let w = spawn_writer(
+            j,
+            Arc::new(Keyring::new(BatchKey::from_bytes(&[1u8; 32]))),
+            WriterConfig {
+                site_id: "lab".into(),
+                node_id: "n".into(),
+                max_bytes: 1 << 30,
+                when_full: WhenFull::DropOldest,
+                retain_uploaded: Duration::from_secs(3600),
+                max_queue_bytes: 3 * one,
+                compress: false,
+                format: crate::batch::BatchFormat::V2,
+            },
+        )
+        .unwrap();
+        let tx = w.sender();
+        // Another process holds the write lock: commits wait.
+        let other = rusqlite::Connection::open(&p).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let accepted = (0..60)
+            .filter(|i| tx.try_send_batch(batch("a", i * 100, 100)))
+            .count() as u64;
+        // Far fewer than the channel's 64 slots: the writer's queue (3
+        // batches' bytes, plus the one that crossed the line) and the
+        // channel's byte budget (as much again).
+        assert!(accepted <= 8, "{accepted} batches held in memory");
+        assert!(accepted >= 3);
+        std::thread::sleep(Duration::from_millis(100));
+        other.execute_batch("ROLLBACK").unwrap();
+        wait(&tx, |s| s.committed_batches == accepted);
+        assert!(tx.try_send_batch(batch("a", 10_000, 100)));
+        wait(&tx, |s| s.committed_batches == accepted + 1);
+        assert_eq!(tx.shared().channel_bytes.load(Ordering::Acquire), 0);
+        w.shutdown();
     }
 
     #[test]

@@ -61,10 +61,11 @@ impl DriverConfig for SyntheticConnection {
 }
 
 /// How often a paced source wakes up to emit the frames that became due:
-/// 40 times a second, as an amplifier sending USB packets of a few frames
-/// would (a quarter of a ring block; an idle default run costs its wake-ups,
-/// 0.75 % of a core at 10 ms and about a third of that here).
-const TICK: Duration = Duration::from_millis(25);
+/// 20 times a second, as an amplifier sending USB packets of a few frames
+/// would (half a ring block). Each wake-up also wakes the processing
+/// thread, and on a VM a wake-up costs tens of microseconds: an idle
+/// default run measured ~0.75 % of a core at 10 ms, ~0.5 % at 25 ms.
+const TICK: Duration = Duration::from_millis(50);
 /// Frames per read when unpaced.
 const UNPACED_CHUNK: usize = 256;
 
