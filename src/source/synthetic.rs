@@ -61,11 +61,14 @@ impl DriverConfig for SyntheticConnection {
 }
 
 /// How often a paced source wakes up to emit the frames that became due:
-/// 20 times a second, as an amplifier sending USB packets of a few frames
-/// would (half a ring block). Each wake-up also wakes the processing
-/// thread, and on a VM a wake-up costs tens of microseconds: an idle
-/// default run measured ~0.75 % of a core at 10 ms, ~0.5 % at 25 ms.
-const TICK: Duration = Duration::from_millis(50);
+/// 10 times a second, one ring block (`runner::block_frames`: 100 ms) per
+/// wake-up, so blocks are published full. Each wake-up also wakes the
+/// processing thread, and on a VM a wake-up costs tens of microseconds:
+/// an idle default run measured ~0.75 % of a core at 10 ms, ~0.5 % at
+/// 25 ms, ~0.2 % here. The live view (`neuroedge scope`) of a synthetic
+/// device therefore moves in 100-ms steps; real drivers publish what
+/// their device sent as soon as they read it.
+const TICK: Duration = Duration::from_millis(100);
 /// Frames per read when unpaced.
 const UNPACED_CHUNK: usize = 256;
 
