@@ -533,6 +533,43 @@ pub struct SealParams<'a> {
     pub format: BatchFormat,
 }
 
+/// The envelope map up to the ciphertext's bytes: `{"v": 1, "header":
+/// h, "nonce": n, "ciphertext": <head of a byte string of body_len>`.
+fn envelope_head(
+    out: &mut Vec<u8>,
+    header: &[u8],
+    nonce: &[u8; 12],
+    body_len: usize,
+) -> std::io::Result<()> {
+    cbor_head(out, 5, 4)?;
+    for (k, v) in [
+        ("v", None),
+        ("header", Some(header)),
+        ("nonce", Some(&nonce[..])),
+    ] {
+        cbor_head(out, 3, k.len() as u64)?;
+        out.write_all(k.as_bytes())?;
+        match v {
+            None => cbor_head(out, 0, 1)?,
+            Some(bytes) => {
+                cbor_head(out, 2, bytes.len() as u64)?;
+                out.write_all(bytes)?;
+            }
+        }
+    }
+    cbor_head(out, 3, "ciphertext".len() as u64)?;
+    out.write_all(b"ciphertext")?;
+    cbor_head(out, 2, body_len as u64)
+}
+
+/// Length of [`envelope_head`] for a header of `header_len` bytes and a
+/// ciphertext of about `body_guess` bytes.
+fn envelope_head_len(header_len: usize, body_guess: usize) -> usize {
+    let mut v = Vec::new();
+    let _ = envelope_head(&mut v, &vec![0; header_len], &[0; 12], body_guess);
+    v.len()
+}
+
 /// Seal a batch: returns the envelope bytes and the header written into it.
 pub fn seal(
     key: &BatchKey,
@@ -542,17 +579,7 @@ pub fn seal(
     if p.format == BatchFormat::V1 && b.filtered.len() != b.raw.len() {
         return Err(BatchError::Field("filtered (batch format v1 needs it)"));
     }
-    // The plaintext is streamed into zstd, and the compressed body is
-    // encrypted in place: a batch's samples are never held twice more.
-    let (mut body, compression) = if p.compress {
-        let raw_bytes = (b.raw.len() + b.filtered.len()) * 4;
-        let mut z = zstd::stream::Encoder::new(Vec::with_capacity(raw_bytes / 2), ZSTD_LEVEL)
-            .map_err(BatchError::Zstd)?;
-        write_plaintext(&mut z, b, p.format).map_err(BatchError::Zstd)?;
-        (z.finish().map_err(BatchError::Zstd)?, "zstd")
-    } else {
-        (encode_plaintext(b, p.format), "none")
-    };
+    let compression = if p.compress { "zstd" } else { "none" };
     let header = BatchHeader {
         format: p.format.name().into(),
         batch_id: p.batch_id.clone(),
@@ -572,31 +599,37 @@ pub fn seal(
         created_at: p.created_at,
     };
     let header_bytes = serde_json::to_vec(&header)?;
-    let nonce = key.seal_in_place(&header_bytes, &mut body)?;
-    // The envelope map, written directly so the ciphertext is copied once.
-    let mut out = Vec::with_capacity(body.len() + header_bytes.len() + 64);
-    let _ = (|| -> std::io::Result<()> {
-        cbor_head(&mut out, 5, 4)?;
-        for (k, v) in [
-            ("v", None),
-            ("header", Some(&header_bytes[..])),
-            ("nonce", Some(&nonce[..])),
-        ] {
-            cbor_head(&mut out, 3, k.len() as u64)?;
-            out.write_all(k.as_bytes())?;
-            match v {
-                None => cbor_head(&mut out, 0, 1)?,
-                Some(bytes) => {
-                    cbor_head(&mut out, 2, bytes.len() as u64)?;
-                    out.write_all(bytes)?;
-                }
-            }
+    // One buffer holds the envelope: room for the envelope map's head,
+    // then the plaintext streamed into zstd right behind it, encrypted in
+    // place, the head written into the room. A batch's samples are never
+    // held twice more, nor copied after compression.
+    let plain_bytes = (b.raw.len() + b.filtered.len()) * 4;
+    let room = envelope_head_len(header_bytes.len(), plain_bytes / 2);
+    let mut out = Vec::with_capacity(room + plain_bytes / 2 + 64);
+    out.resize(room, 0);
+    if p.compress {
+        let mut z = zstd::stream::Encoder::new(&mut out, ZSTD_LEVEL).map_err(BatchError::Zstd)?;
+        write_plaintext(&mut z, b, p.format).map_err(BatchError::Zstd)?;
+        z.finish().map_err(BatchError::Zstd)?;
+    } else {
+        out.extend_from_slice(&encode_plaintext(b, p.format));
+    }
+    let nonce = key.seal_in_place_from(&header_bytes, &mut out, room)?;
+    let mut head = Vec::with_capacity(room + 8);
+    let _ = envelope_head(&mut head, &header_bytes, &nonce, out.len() - room);
+    if head.len() <= room {
+        let at = room - head.len();
+        out[at..room].copy_from_slice(&head);
+        if at > 0 {
+            // The ciphertext's length head came out shorter than guessed
+            // (a batch much smaller than its plaintext predicted).
+            out.drain(..at);
         }
-        cbor_head(&mut out, 3, "ciphertext".len() as u64)?;
-        out.write_all(b"ciphertext")?;
-        cbor_head(&mut out, 2, body.len() as u64)?;
-        out.write_all(&body)
-    })();
+    } else {
+        // Longer than guessed: make room (one copy; only for bodies far
+        // larger than their plaintext, which zstd does not produce).
+        out.splice(..room, head);
+    }
     Ok((out, header))
 }
 
@@ -868,6 +901,59 @@ mod tests {
                 missing: 3,
                 cause: GapCause::Device,
             }],
+        }
+    }
+
+    #[test]
+    fn envelopes_are_exact_whatever_the_ciphertext_length_head() {
+        // The envelope's head is written into room reserved before the
+        // ciphertext, sized from a guess of the body's length: right
+        // (most batches), too long (a body much smaller than its samples:
+        // constant signal) and too short (no compression, tiny batch).
+        let key = BatchKey::from_bytes(&[9u8; 32]);
+        let keys = Keyring::new(key.clone());
+        let mut constant = sample_batch();
+        constant.timestamps = (0..20_000).map(|i| i as f64).collect();
+        constant.raw = vec![0.0; 40_000];
+        constant.filtered = vec![0.0; 40_000];
+        let mut noisy = constant.clone();
+        let mut x = 1u32;
+        for v in noisy.raw.iter_mut().chain(noisy.filtered.iter_mut()) {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            *v = f32::from_bits((x >> 9) | 0x3f80_0000);
+        }
+        let mut empty = sample_batch();
+        empty.timestamps.clear();
+        empty.raw.clear();
+        empty.filtered.clear();
+        for (b, compress) in [
+            (&constant, true),
+            (&noisy, true),
+            (&empty, false),
+            (&sample_batch(), false),
+            (&sample_batch(), true),
+        ] {
+            for format in [BatchFormat::V1, BatchFormat::V2] {
+                let p = SealParams {
+                    batch_id: "b".into(),
+                    site_id: "s",
+                    node_id: "n",
+                    seq: 1,
+                    created_at: 0.0,
+                    compress,
+                    format,
+                };
+                let (env, header) = seal(&key, &p, b).expect("seal");
+                // A well-formed CBOR map from its first byte to its last.
+                let v: ciborium::Value = ciborium::from_reader(&env[..]).expect("cbor");
+                let mut re = Vec::new();
+                ciborium::into_writer(&v, &mut re).unwrap();
+                assert_eq!(re, env, "{compress} {format:?}");
+                let (h, back) = open(&keys, &env).expect("open");
+                assert_eq!(h, header);
+                assert_eq!(back.raw, b.raw);
+                assert_eq!(back.timestamps, b.timestamps);
+            }
         }
     }
 

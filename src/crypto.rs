@@ -91,6 +91,27 @@ impl BatchKey {
         Ok(nonce)
     }
 
+    /// [`BatchKey::seal_in_place`] for `buf[start..]` (the bytes before
+    /// `start` are left alone; the tag is appended to `buf`).
+    pub fn seal_in_place_from(
+        &self,
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<[u8; 12], SealError> {
+        use aes_gcm::aead::AeadInPlace;
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let start = start.min(buf.len());
+        // Only fails for inputs over 64 GiB.
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf[start..])
+            .map_err(|_| SealError::TooLarge)?;
+        buf.extend_from_slice(&tag);
+        Ok(nonce)
+    }
+
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<([u8; 12], Vec<u8>), SealError> {
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
