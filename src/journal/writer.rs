@@ -165,21 +165,13 @@ impl JournalTx {
     /// journal (unit tests of the processing stage); `capacity` bounds the
     /// batch queue as the real one is bounded.
     pub(crate) fn for_tests(capacity: usize) -> (JournalTx, TestJournal) {
-        Self::for_tests_bytes(capacity, u64::MAX)
-    }
-
-    /// As [`JournalTx::for_tests`], with a byte budget for the channel.
-    pub(crate) fn for_tests_bytes(
-        capacity: usize,
-        channel_max_bytes: u64,
-    ) -> (JournalTx, TestJournal) {
         let (btx, brx) = crossbeam_channel::bounded(capacity);
         let (atx, arx) = crossbeam_channel::bounded(4096);
         let (mtx, mrx) = crossbeam_channel::bounded(16);
         let (_, commits) = watch::channel(0);
         let tx = JournalTx {
             batches: btx,
-            channel_max_bytes,
+            channel_max_bytes: u64::MAX,
             audits: atx,
             marks: mtx,
             shared: Arc::new(JournalShared::default()),
