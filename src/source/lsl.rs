@@ -86,6 +86,9 @@ const PULL_TIMEOUT: f64 = 0.1;
 /// and the processing threads 100 times a second each (recording an
 /// 8 ch x 250 Hz stream cost ~1.2 % of a core, ~0.4 % pulled this way).
 /// One ring block: the live outputs' latency bound (issue 12) allows it.
+/// Only for stamps on LSL's clock: a stream stamped on another clock is
+/// placed by arrival times, which must stay tight, so it is pulled as each
+/// burst arrives.
 const PULL_EVERY: Duration = Duration::from_millis(100);
 /// A pull takes up to a second of samples (at least 32), but at most this
 /// many values: a backlog (the set-up's first moments) comes in one chunk,
@@ -750,7 +753,8 @@ fn worker(
             }
             let now = lib.local_clock();
             let on_lsl_clock = |t: f64| (t + correction - now).abs() <= MAX_STAMP_OFFSET_S;
-            if stamps.iter().all(|&t| on_lsl_clock(t)) {
+            let own_clock = stamps.iter().all(|&t| on_lsl_clock(t));
+            if own_clock {
                 for t in &mut stamps {
                     *t += correction;
                 }
@@ -793,7 +797,7 @@ fn worker(
                 return;
             }
             let rest = PULL_EVERY.saturating_sub(turn.elapsed());
-            if !rest.is_zero() {
+            if own_clock && !rest.is_zero() {
                 std::thread::sleep(rest);
             }
         } else {
