@@ -281,8 +281,9 @@ fn bench_features(
     Ok(best)
 }
 
-/// One-second batches of the input, built one at a time (so the input is
-/// not held twice).
+/// The daemon's batches of the input (one second, or fewer frames at high
+/// density: [`crate::pipeline::batch_frames`]), built one at a time (so the
+/// input is not held twice).
 fn batches<'a>(
     s: &'a Settings,
     inp: &'a Input,
@@ -290,7 +291,7 @@ fn batches<'a>(
     filter: &'a crate::batch::FilterDescription,
 ) -> impl Iterator<Item = BatchData> + 'a {
     let (ch, rate) = (s.info.channels, s.info.sample_rate);
-    let batch_frames = (rate.round() as usize).max(1);
+    let batch_frames = crate::pipeline::batch_frames(1.0, rate, ch, filtered.is_some());
     (0..inp.frames).step_by(batch_frames).map(move |start| {
         let end = (start + batch_frames).min(inp.frames);
         BatchData {

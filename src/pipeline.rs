@@ -174,6 +174,26 @@ impl FeatureStage {
     }
 }
 
+/// A batch closes at `[journal] batch_seconds` or when its samples fill
+/// this many bytes, whichever comes first. At high density a 1-s batch is
+/// tens of MB (384 ch x 30 kHz: 46 MB raw), and every such buffer, with
+/// SQLite's copies of the sealed batch, was fresh memory from the kernel
+/// each second (page faults and unmapping were a third of the journal
+/// thread's time and a tenth of the processing thread's); buffers below
+/// glibc's mmap ceiling (32 MiB) are mostly reused instead. Measured at
+/// 1024 ch x 30 kHz: 1.55-1.69 -> 1.24 cores, RSS 720-990 -> 454 MiB
+/// (docs/performance.md). Small rigs never reach it (8 ch x 250 Hz: 8 KB
+/// a second).
+pub const MAX_BATCH_SAMPLE_BYTES: usize = 16 << 20;
+
+/// Frames per batch: `batch_seconds` of samples, fewer when they would
+/// exceed [`MAX_BATCH_SAMPLE_BYTES`] (raw, plus filtered when stored).
+pub fn batch_frames(batch_seconds: f64, rate: f64, channels: usize, store_filtered: bool) -> usize {
+    let by_time = (batch_seconds * rate).round() as usize;
+    let frame_bytes = channels.max(1) * 4 * if store_filtered { 2 } else { 1 };
+    by_time.min(MAX_BATCH_SAMPLE_BYTES / frame_bytes).max(1)
+}
+
 /// Everything the processing thread needs.
 pub struct Processing {
     pub device_id: String,
@@ -442,6 +462,24 @@ mod tests {
         crossbeam_channel::Sender<Marker>,
         Arc<DeviceStats>,
     );
+
+    #[test]
+    fn batches_last_batch_seconds_unless_their_samples_exceed_the_byte_cap() {
+        // Small rigs: batch_seconds decides.
+        assert_eq!(batch_frames(1.0, 250.0, 8, false), 250);
+        assert_eq!(batch_frames(2.5, 250.0, 8, true), 625);
+        // 384 ch x 30 kHz: 46 MB a second, capped at 16 MiB of samples.
+        let f = batch_frames(1.0, 30_000.0, 384, false);
+        assert_eq!(f, MAX_BATCH_SAMPLE_BYTES / (384 * 4));
+        assert!(
+            f * 384 * 4 <= MAX_BATCH_SAMPLE_BYTES && (f + 1) * 384 * 4 > MAX_BATCH_SAMPLE_BYTES
+        );
+        // Stored filtered samples count too.
+        assert_eq!(batch_frames(1.0, 30_000.0, 384, true), f / 2);
+        // Never empty, whatever the frame size.
+        assert_eq!(batch_frames(1.0, 30_000.0, 4 << 20, true), 1);
+        assert_eq!(batch_frames(0.0001, 100.0, 8, false), 1);
+    }
 
     fn stage(capacity: usize, queue: usize) -> Stage {
         stage_after(capacity, queue, |_| {})

@@ -217,7 +217,12 @@ fn start_pipe(
         device_id: cfg.id.clone(),
         info: info.clone(),
         units: cfg.channels.units.clone(),
-        batch_frames: ((ctx.batch_seconds * rate).round() as usize).max(1),
+        batch_frames: crate::pipeline::batch_frames(
+            ctx.batch_seconds,
+            rate,
+            info.channels,
+            ctx.store_filtered,
+        ),
         store_filtered: ctx.store_filtered,
         index_offset: ctx.first_sample,
         filters: FilterStage::new(&cfg.filters, &info)
