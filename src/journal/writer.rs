@@ -77,8 +77,9 @@ pub enum UploadMark {
 pub struct JournalTx {
     batches: Sender<BatchData>,
     /// Bytes the batch channel may hold (beyond one batch, which an empty
-    /// channel always takes): at 384 ch x 30 kHz a batch is ~46 MB, so a
-    /// count alone would let a stalled disk pin gigabytes.
+    /// channel always takes): a high-density batch holds up to 16 MiB of
+    /// samples (`pipeline::MAX_BATCH_SAMPLE_BYTES`), so a count alone would
+    /// let a stalled disk pin a gigabyte.
     channel_max_bytes: u64,
     audits: Sender<AuditEvent>,
     marks: Sender<UploadMark>,
