@@ -568,6 +568,193 @@ impl MarkerInlet {
     }
 }
 
+/// The first stream matching `pred`, resolved in short steps so that a stop
+/// request is seen (`Ok(None)`: stopped).
+fn resolve_first(
+    lib: &Arc<lsl_ffi::Lsl>,
+    pred: &str,
+    timeout_s: f64,
+    stop: &AtomicBool,
+) -> Result<Option<lsl_ffi::StreamInfo>, SourceError> {
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout_s);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
+        match lib.resolve(pred, 1, left.clamp(0.05, RESOLVE_STEP)) {
+            Ok(found) => {
+                let n = found.len();
+                if let Some(first) = found.into_iter().next() {
+                    if n > 1 {
+                        tracing::warn!(
+                            "{n} LSL streams match {pred}; using the first (set source_id to choose)"
+                        );
+                    }
+                    return Ok(Some(first));
+                }
+            }
+            Err(LslError::Argument(_)) => {
+                return Err(SourceError::Fatal(format!(
+                    "LSL rejects the stream query {pred}: check name / type / source_id"
+                )))
+            }
+            Err(e) => return Err(SourceError::Unavailable(lsl_err("resolve", e))),
+        }
+        if Instant::now() >= deadline {
+            return Err(SourceError::Unavailable(format!(
+                "no LSL stream matching {pred} found within {timeout_s} s"
+            )));
+        }
+    }
+}
+
+/// A stream checked against what neuroedge takes, subscribed to, with its
+/// clock offset measured.
+struct Connected {
+    inlet: Inlet,
+    opened: Opened,
+    /// The sender's clock offset (`time_correction`).
+    correction: f64,
+}
+
+/// Check the stream's layout, open an inlet on it and measure its clock.
+fn connect(info: &mut lsl_ffi::StreamInfo) -> Result<Connected, SourceError> {
+    let describe = format!(
+        "{:?} (type {:?}, source_id {:?}, host {})",
+        info.name(),
+        info.stream_type(),
+        info.source_id(),
+        info.hostname()
+    );
+    let rate = info.nominal_srate();
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(SourceError::Fatal(format!(
+            "LSL stream {describe} has an irregular sampling rate; neuroedge needs a \
+             regularly sampled (EEG) stream with a nominal rate"
+        )));
+    }
+    if rate > validate::MAX_SAMPLE_RATE {
+        return Err(SourceError::Fatal(format!(
+            "LSL stream {describe} states {rate} Hz; neuroedge takes at most {} Hz",
+            validate::MAX_SAMPLE_RATE
+        )));
+    }
+    let format = info.channel_format();
+    if !format.is_numeric() {
+        return Err(SourceError::Fatal(format!(
+            "LSL stream {describe} carries {format} samples, not numbers"
+        )));
+    }
+    let channels = match usize::try_from(info.channel_count()) {
+        Ok(n) if (1..=validate::MAX_CHANNELS).contains(&n) => n,
+        _ => {
+            return Err(SourceError::Fatal(format!(
+                "LSL stream {describe} has {} channels (1 to {} supported)",
+                info.channel_count(),
+                validate::MAX_CHANNELS
+            )))
+        }
+    };
+    if rate * channels as f64 > MAX_CH_SAMPLES_PER_S {
+        return Err(SourceError::Fatal(format!(
+            "LSL stream {describe}: {channels} channels at {rate} Hz is more than the \
+             {MAX_CH_SAMPLES_PER_S} channel-samples per second neuroedge takes"
+        )));
+    }
+    let inlet = Inlet::new(info, INLET_BUFFER_S, 0, true)
+        .map_err(|e| SourceError::Unavailable(lsl_err("inlet", e)))?;
+    let names = match inlet.info(SETUP_TIMEOUT) {
+        Ok(mut full) => full.channel_labels(channels),
+        Err(_) => info.channel_labels(channels),
+    }
+    .unwrap_or_else(|| default_names(channels));
+    inlet
+        .open_stream(SETUP_TIMEOUT)
+        .map_err(|e| SourceError::Unavailable(lsl_err(&format!("subscribing to {describe}"), e)))?;
+    let correction = inlet.time_correction(SETUP_TIMEOUT).map_err(|e| {
+        SourceError::Unavailable(lsl_err(&format!("clock offset of {describe}"), e))
+    })?;
+    Ok(Connected {
+        inlet,
+        opened: Opened {
+            rate,
+            channels,
+            names,
+            describe,
+        },
+        correction,
+    })
+}
+
+/// Puts a chunk's stamps on this host's LSL clock.
+struct Stamps {
+    /// Our LSL clock minus a foreign clock's stamps (see [`Stamps::place`]).
+    foreign_offset: f64,
+    bad: u64,
+    reported_bad: u64,
+    last_report: Instant,
+}
+
+impl Stamps {
+    fn new() -> Self {
+        Stamps {
+            foreign_offset: f64::INFINITY,
+            bad: 0,
+            reported_bad: 0,
+            last_report: Instant::now() - REPORT_EVERY,
+        }
+    }
+
+    /// Stamps on the sender's LSL clock get its offset (`correction`);
+    /// whether all of them were (else the chunk was placed by arrival).
+    fn place(&mut self, stamps: &mut [f64], correction: f64, now: f64, describe: &str) -> bool {
+        let on_lsl_clock = |t: f64| (t + correction - now).abs() <= MAX_STAMP_OFFSET_S;
+        let own_clock = stamps.iter().all(|&t| on_lsl_clock(t));
+        if own_clock {
+            for t in stamps.iter_mut() {
+                *t += correction;
+            }
+        } else {
+            // An outlet stamping on another clock (unix time, its own
+            // counter): keep the spacing of its stamps, placed on ours
+            // by the earliest arrival seen (offset + least latency).
+            let mut chunk_offset = f64::INFINITY;
+            for &t in stamps.iter().filter(|t| t.is_finite()) {
+                chunk_offset = chunk_offset.min(now - t);
+            }
+            let off = self.foreign_offset.min(chunk_offset);
+            if off.is_finite() {
+                self.foreign_offset = off;
+            }
+            for t in stamps.iter_mut() {
+                *t = if on_lsl_clock(*t) {
+                    *t + correction
+                } else if t.is_finite() && self.foreign_offset.is_finite() {
+                    self.bad += 1;
+                    *t + self.foreign_offset
+                } else {
+                    self.bad += 1;
+                    now
+                };
+            }
+        }
+        if self.bad > self.reported_bad && self.last_report.elapsed() >= REPORT_EVERY {
+            tracing::warn!(
+                "LSL stream {describe}: {} samples stamped on another clock than LSL's \
+                 (not within {MAX_STAMP_OFFSET_S} s of this host's); their spacing is kept, \
+                 placed by arrival",
+                self.bad - self.reported_bad
+            );
+            self.reported_bad = self.bad;
+            self.last_report = Instant::now();
+        }
+        own_clock
+    }
+}
+
 /// Resolve, open and pull; everything LSL happens on this thread.
 fn worker(
     lib: Arc<lsl_ffi::Lsl>,
@@ -580,115 +767,23 @@ fn worker(
     let opened = |r: Result<Opened, SourceError>| {
         let _ = tx.send(Msg::Opened(r));
     };
-    // Resolve, in short steps so that a stop request is seen.
-    let deadline = Instant::now() + Duration::from_secs_f64(cfg.resolve_timeout_s);
-    let mut info = loop {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .as_secs_f64();
-        match lib.resolve(&pred, 1, left.clamp(0.05, RESOLVE_STEP)) {
-            Ok(found) => {
-                let n = found.len();
-                if let Some(first) = found.into_iter().next() {
-                    if n > 1 {
-                        tracing::warn!(
-                            "{n} LSL streams match {pred}; using the first (set source_id to choose)"
-                        );
-                    }
-                    break first;
-                }
-            }
-            Err(LslError::Argument(_)) => {
-                return opened(Err(SourceError::Fatal(format!(
-                    "LSL rejects the stream query {pred}: check name / type / source_id"
-                ))))
-            }
-            Err(e) => return opened(Err(SourceError::Unavailable(lsl_err("resolve", e)))),
-        }
-        if Instant::now() >= deadline {
-            return opened(Err(SourceError::Unavailable(format!(
-                "no LSL stream matching {pred} found within {} s",
-                cfg.resolve_timeout_s
-            ))));
-        }
+    let mut info = match resolve_first(&lib, &pred, cfg.resolve_timeout_s, &stop) {
+        Ok(Some(info)) => info,
+        Ok(None) => return,
+        Err(e) => return opened(Err(e)),
     };
-    let describe = format!(
-        "{:?} (type {:?}, source_id {:?}, host {})",
-        info.name(),
-        info.stream_type(),
-        info.source_id(),
-        info.hostname()
-    );
-    let rate = info.nominal_srate();
-    if !(rate.is_finite() && rate > 0.0) {
-        return opened(Err(SourceError::Fatal(format!(
-            "LSL stream {describe} has an irregular sampling rate; neuroedge needs a \
-             regularly sampled (EEG) stream with a nominal rate"
-        ))));
-    }
-    if rate > validate::MAX_SAMPLE_RATE {
-        return opened(Err(SourceError::Fatal(format!(
-            "LSL stream {describe} states {rate} Hz; neuroedge takes at most {} Hz",
-            validate::MAX_SAMPLE_RATE
-        ))));
-    }
-    let format = info.channel_format();
-    if !format.is_numeric() {
-        return opened(Err(SourceError::Fatal(format!(
-            "LSL stream {describe} carries {format} samples, not numbers"
-        ))));
-    }
-    let channels = match usize::try_from(info.channel_count()) {
-        Ok(n) if (1..=validate::MAX_CHANNELS).contains(&n) => n,
-        _ => {
-            return opened(Err(SourceError::Fatal(format!(
-                "LSL stream {describe} has {} channels (1 to {} supported)",
-                info.channel_count(),
-                validate::MAX_CHANNELS
-            ))))
-        }
-    };
-    if rate * channels as f64 > MAX_CH_SAMPLES_PER_S {
-        return opened(Err(SourceError::Fatal(format!(
-            "LSL stream {describe}: {channels} channels at {rate} Hz is more than the \
-             {MAX_CH_SAMPLES_PER_S} channel-samples per second neuroedge takes"
-        ))));
-    }
-    let mut inlet = match Inlet::new(&info, INLET_BUFFER_S, 0, true) {
-        Ok(i) => i,
-        Err(e) => return opened(Err(SourceError::Unavailable(lsl_err("inlet", e)))),
-    };
-    let names = match inlet.info(SETUP_TIMEOUT) {
-        Ok(mut full) => full.channel_labels(channels),
-        Err(_) => info.channel_labels(channels),
-    }
-    .unwrap_or_else(|| default_names(channels));
-    if let Err(e) = inlet.open_stream(SETUP_TIMEOUT) {
-        return opened(Err(SourceError::Unavailable(lsl_err(
-            &format!("subscribing to {describe}"),
-            e,
-        ))));
-    }
-    let mut correction = match inlet.time_correction(SETUP_TIMEOUT) {
+    let Connected {
+        mut inlet,
+        opened: o,
+        mut correction,
+    } = match connect(&mut info) {
         Ok(c) => c,
-        Err(e) => {
-            return opened(Err(SourceError::Unavailable(lsl_err(
-                &format!("clock offset of {describe}"),
-                e,
-            ))))
-        }
+        Err(e) => return opened(Err(e)),
     };
-    let uid = info.uid();
-    opened(Ok(Opened {
-        rate,
-        channels,
-        names,
-        describe: describe.clone(),
-    }));
+    let (rate, channels, describe) = (o.rate, o.channels, o.describe.clone());
+    opened(Ok(o));
 
+    let uid = info.uid();
     let host = info.hostname();
     let mut markers = cfg
         .markers
@@ -701,10 +796,7 @@ fn worker(
     let mut pull_stamps = vec![0.0f64; chunk];
     let mut last_data = Instant::now();
     let mut last_check = Instant::now();
-    let (mut bad_stamps, mut reported_bad) = (0u64, 0u64);
-    // Our LSL clock minus a foreign clock's stamps (see below).
-    let mut foreign_offset = f64::INFINITY;
-    let mut last_report = Instant::now() - REPORT_EVERY;
+    let mut placer = Stamps::new();
     let lost = |e: SourceError| {
         let _ = tx.send(Msg::Lost(e));
     };
@@ -720,8 +812,8 @@ fn worker(
             .unwrap_or_else(|| (Vec::with_capacity(64 * channels), Vec::with_capacity(64)));
         // Wait for the first sample (at most PULL_TIMEOUT; liblsl waits on
         // a condition variable), then take what is already there in one
-        // chunked pull: each burst is pulled as soon as it arrives, which
-        // keeps arrival times (used for stamps on another clock) tight.
+        // chunked pull; then rest until PULL_EVERY has passed, unless the
+        // stamps are on another clock (their arrival times place them).
         let pulled = inlet
             .pull_chunk_f32(
                 &mut pull_values[..channels],
@@ -752,46 +844,7 @@ fn worker(
                 correction = c;
             }
             let now = lib.local_clock();
-            let on_lsl_clock = |t: f64| (t + correction - now).abs() <= MAX_STAMP_OFFSET_S;
-            let own_clock = stamps.iter().all(|&t| on_lsl_clock(t));
-            if own_clock {
-                for t in &mut stamps {
-                    *t += correction;
-                }
-            } else {
-                // An outlet stamping on another clock (unix time, its own
-                // counter): keep the spacing of its stamps, placed on ours
-                // by the earliest arrival seen (offset + least latency).
-                let mut chunk_offset = f64::INFINITY;
-                for &t in stamps.iter().filter(|t| t.is_finite()) {
-                    chunk_offset = chunk_offset.min(now - t);
-                }
-                let off = foreign_offset.min(chunk_offset);
-                if off.is_finite() {
-                    foreign_offset = off;
-                }
-                for t in &mut stamps {
-                    *t = if on_lsl_clock(*t) {
-                        *t + correction
-                    } else if t.is_finite() && foreign_offset.is_finite() {
-                        bad_stamps += 1;
-                        *t + foreign_offset
-                    } else {
-                        bad_stamps += 1;
-                        now
-                    };
-                }
-            }
-            if bad_stamps > reported_bad && last_report.elapsed() >= REPORT_EVERY {
-                tracing::warn!(
-                    "LSL stream {describe}: {} samples stamped on another clock than LSL's \
-                     (not within {MAX_STAMP_OFFSET_S} s of this host's); their spacing is kept, \
-                     placed by arrival",
-                    bad_stamps - reported_bad
-                );
-                reported_bad = bad_stamps;
-                last_report = Instant::now();
-            }
+            let own_clock = placer.place(&mut stamps, correction, now, &describe);
             last_data = Instant::now();
             if tx.send(Msg::Data { values, stamps }).is_err() {
                 return;
@@ -830,6 +883,41 @@ fn worker(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamps_on_the_lsl_clock_get_the_senders_offset() {
+        let mut placer = Stamps::new();
+        let mut stamps = vec![100.0, 100.004, 100.008];
+        assert!(placer.place(&mut stamps, 0.5, 100.6, "s"));
+        for (t, want) in stamps.iter().zip([100.5, 100.504, 100.508]) {
+            assert!((t - want).abs() < 1e-9, "{stamps:?}");
+        }
+        assert_eq!(placer.bad, 0);
+    }
+
+    #[test]
+    fn stamps_on_another_clock_keep_their_spacing_placed_by_earliest_arrival() {
+        let mut placer = Stamps::new();
+        let unix = 1.7e9;
+        // The first chunk's newest sample arrives at 500.034 s (its
+        // latency unknown: placed as if it had none); the next one comes
+        // 2 ms faster, which moves the placement; a slower one does not.
+        let mut a = vec![unix, unix + 0.004];
+        assert!(!placer.place(&mut a, 0.0, 500.034, "s"));
+        assert!((a[0] - 500.030).abs() < 1e-6 && (a[1] - 500.034).abs() < 1e-6);
+        let mut b = vec![unix + 0.008, unix + 0.012];
+        assert!(!placer.place(&mut b, 0.0, 500.040, "s"));
+        assert!((b[1] - 500.040).abs() < 1e-6, "{b:?}");
+        assert!((b[1] - b[0] - 0.004).abs() < 1e-6);
+        let mut c = vec![unix + 0.016];
+        placer.place(&mut c, 0.0, 500.060, "s");
+        assert!((c[0] - 500.044).abs() < 1e-6, "{c:?}");
+        // A stamp that is not a number gets its arrival time.
+        let mut d = vec![f64::NAN];
+        placer.place(&mut d, 0.0, 501.0, "s");
+        assert_eq!(d, vec![501.0]);
+        assert_eq!(placer.bad, 6);
+    }
 
     #[test]
     fn predicate_joins_the_given_keys() {
