@@ -18,6 +18,7 @@
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Which samples a view shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -62,6 +63,10 @@ const BINS_PER_S: f64 = 120.0;
 /// nothing.
 const RING_SECONDS: f64 = 2.0;
 
+/// Publishes closer together than this count as one for
+/// [`View::last_publish`]'s interval.
+const MIN_PUBLISH_INTERVAL_NS: u64 = 1_000_000;
+
 /// Samples per bin at `rate` Hz: 1 up to 240 Hz, then `rate / 120`.
 pub fn bin_samples(rate: f64) -> usize {
     if !(rate.is_finite() && rate > 0.0) {
@@ -92,6 +97,13 @@ pub enum Read {
     Lost,
 }
 
+/// See [`View::last_publish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publish {
+    pub at: Instant,
+    pub interval: Option<Duration>,
+}
+
 /// The slots of one signal.
 struct Envelopes {
     subscribers: AtomicUsize,
@@ -105,6 +117,12 @@ struct Envelopes {
     t: Box<[AtomicU64]>,
     /// Per slot `2 * channels` f32 bits: the minima, then the maxima.
     values: Box<[AtomicU32]>,
+    /// When bins were last published: nanoseconds since the view's
+    /// `born`, plus one (0: never). Readers time their wake-ups by it.
+    published_ns: AtomicU64,
+    /// Nanoseconds between the last two publishes of a subscribed stretch
+    /// (0: not known yet).
+    interval_ns: AtomicU64,
 }
 
 impl Envelopes {
@@ -120,6 +138,8 @@ impl Envelopes {
             values: (0..slots * 2 * channels)
                 .map(|_| AtomicU32::new(0))
                 .collect(),
+            published_ns: AtomicU64::new(0),
+            interval_ns: AtomicU64::new(0),
         }
     }
 }
@@ -138,6 +158,8 @@ pub struct View {
     signals: [Envelopes; 2],
     /// The processing stage has ended: no more bins will come.
     closed: AtomicBool,
+    /// The origin of [`View::published_at`].
+    born: Instant,
 }
 
 impl View {
@@ -170,6 +192,7 @@ impl View {
                 Envelopes::new(slots, channels),
             ],
             closed: AtomicBool::new(false),
+            born: Instant::now(),
         })
     }
 
@@ -199,6 +222,21 @@ impl View {
     /// Number of the next bin to be published.
     pub fn head(&self, signal: Signal) -> u64 {
         self.env(signal).head.load(Ordering::Acquire)
+    }
+
+    /// When the processing stage last published bins of `signal`, and
+    /// how long before that it had published the previous ones (`None`:
+    /// not yet). Readers time their wake-ups by it instead of polling.
+    pub fn last_publish(&self, signal: Signal) -> Option<Publish> {
+        let e = self.env(signal);
+        let interval = e.interval_ns.load(Ordering::Relaxed);
+        match e.published_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Publish {
+                at: self.born + Duration::from_nanos(ns - 1),
+                interval: (interval > 0).then(|| Duration::from_nanos(interval)),
+            }),
+        }
     }
 
     /// Has the processing stage ended (device stopped or removed)?
@@ -340,7 +378,11 @@ impl ViewWriter {
         }
         let bin = self.view.bin_samples;
         let view = &self.view;
+        let head = view.head(signal);
         let acc = &mut self.acc[signal.index()];
+        // A stretch of publishes begins: the time since the last one says
+        // nothing of the device's pace.
+        let resumed = !acc.active;
         if !acc.active {
             acc.active = true;
             acc.reset(first);
@@ -367,6 +409,18 @@ impl ViewWriter {
                 publish(view, signal, acc);
                 acc.reset(first + k as u64);
             }
+        }
+        if view.head(signal) != head {
+            let e = view.env(signal);
+            let now = view.born.elapsed().as_nanos().min(u128::from(u64::MAX - 1)) as u64 + 1;
+            let prev = e.published_ns.load(Ordering::Relaxed);
+            // Two blocks processed back to back (a ring's wrap splits one)
+            // are one publish as far as a reader's pace goes.
+            if !resumed && prev != 0 && now.saturating_sub(prev) >= MIN_PUBLISH_INTERVAL_NS {
+                e.interval_ns
+                    .store(now.saturating_sub(prev), Ordering::Relaxed);
+            }
+            e.published_ns.store(now, Ordering::Relaxed);
         }
     }
 
@@ -490,6 +544,49 @@ mod tests {
             4,
             "stopped with the last subscriber"
         );
+    }
+
+    #[test]
+    fn publishes_are_timed_for_readers_pacing() {
+        let v = View::new("d", 1000.0, &names(2), "uV");
+        let mut w = ViewWriter::new(v.clone());
+        let sub = v.subscribe(Signal::Filtered);
+        assert_eq!(v.last_publish(Signal::Filtered), None);
+        let before = Instant::now();
+        let (d, t) = block(0, 16);
+        w.push(0, &d, &d, &t);
+        let first = v.last_publish(Signal::Filtered).expect("published");
+        assert!(first.at >= before && first.at <= Instant::now());
+        assert_eq!(first.interval, None, "one publish has no interval");
+        std::thread::sleep(Duration::from_millis(20));
+        let (d, t) = block(16, 16);
+        w.push(16, &d, &d, &t);
+        let second = v.last_publish(Signal::Filtered).unwrap();
+        let gap = second.at - first.at;
+        assert!(gap >= Duration::from_millis(20));
+        assert_eq!(second.interval, Some(gap));
+        // A block right after (a ring's wrap) moves the time, not the pace.
+        let (d, t) = block(32, 16);
+        w.push(32, &d, &d, &t);
+        let third = v.last_publish(Signal::Filtered).unwrap();
+        assert!(third.at >= second.at);
+        assert_eq!(third.interval, Some(gap));
+        // A block that completes no bin publishes nothing.
+        let (d, t) = block(48, 3);
+        w.push(48, &d, &d, &t);
+        assert_eq!(v.last_publish(Signal::Filtered), Some(third));
+        // Nobody subscribed for a while: the pause is not the device's pace.
+        drop(sub);
+        let (d, t) = block(51, 16);
+        w.push(51, &d, &d, &t);
+        std::thread::sleep(Duration::from_millis(30));
+        let _sub = v.subscribe(Signal::Filtered);
+        let (d, t) = block(67, 16);
+        w.push(67, &d, &d, &t);
+        let resumed = v.last_publish(Signal::Filtered).unwrap();
+        assert!(resumed.at - third.at >= Duration::from_millis(30));
+        assert_eq!(resumed.interval, Some(gap));
+        assert_eq!(v.last_publish(Signal::Raw), None, "raw never subscribed");
     }
 
     #[test]

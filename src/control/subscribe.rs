@@ -29,15 +29,16 @@
 //! the processing stage fills without waiting; this side only reads it.
 //! Subscriptions to the same view, signal and `hz` share one *feed* (a
 //! task that builds and serializes each frame once and writes it to every
-//! member): the cost of N clients is one wake-up and one JSON line per
-//! tick plus N socket writes. A client joining a running feed gets its
-//! header and then the feed's next frame.
+//! member): the cost of N clients is one JSON line per frame and, per
+//! wake-up, one socket write per client. A feed wakes when the processing
+//! stage has published new bins (see [`Pacer`]), not at `hz`. A client
+//! joining a running feed gets its header and then the feed's next frame.
 //! Each client has a bounded send buffer and is written to without
 //! waiting: a client that does not keep up (more than a second of lines
 //! waiting beyond the socket's own buffer) is disconnected.
 
 use crate::telemetry::DeviceState;
-use crate::view::{BinMeta, Read, Signal, View};
+use crate::view::{BinMeta, Publish, Read, Signal, View};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
@@ -398,6 +399,45 @@ impl RateCap {
     }
 }
 
+/// When a feed wakes next. The processing stage publishes a view's bins
+/// a block at a time (every 100 ms for the synthetic device, as the ring
+/// fills for others), so a feed that ticked at `hz` would mostly find
+/// nothing new. It wakes just after the next publish it expects (the
+/// latest plus the writer's own interval between publishes), and every
+/// `1/hz` while that moment has passed with nothing new or while the rate
+/// cap holds frames back. It never sleeps longer than [`MAX_SLEEP`].
+pub struct Pacer {
+    tick: Duration,
+}
+
+/// How long after its expected moment a publish is looked for.
+const PUBLISH_SLACK: Duration = Duration::from_millis(3);
+/// The longest a feed sleeps, whatever the device's pace.
+const MAX_SLEEP: Duration = Duration::from_millis(250);
+
+impl Pacer {
+    pub fn new(hz: u32) -> Self {
+        Pacer {
+            tick: Duration::from_secs_f64(1.0 / f64::from(hz.max(1))),
+        }
+    }
+
+    /// The wake-up after one at `now`; `publish` is the view's latest,
+    /// `capped` says frames wait for the rate cap.
+    pub fn next(&self, now: Instant, publish: Option<Publish>, capped: bool) -> Instant {
+        let soonest = now + self.tick;
+        match publish {
+            Some(Publish {
+                at,
+                interval: Some(interval),
+            }) if !capped => (at + interval + PUBLISH_SLACK)
+                .min(now + MAX_SLEEP)
+                .max(soonest),
+            _ => soonest,
+        }
+    }
+}
+
 /// A client's send buffer: written without waiting, bounded in lines.
 struct Outbox {
     buf: Vec<u8>,
@@ -514,8 +554,9 @@ pub async fn admit<'a>(
 
 /// The subscriptions of one view, signal and rate share a feed: one task
 /// that builds each frame once, serializes it once and writes it to every
-/// member's socket. Twenty `scope`s on a device cost one wake-up and one
-/// JSON line per tick, plus a write per client, not twenty of each.
+/// member's socket. Twenty `scope`s on a device cost one wake-up per
+/// publish and one JSON line per frame, plus a write per client per
+/// wake-up, not twenty of each.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct FeedKey {
     /// The view's address: the feed holds the view, so it cannot be reused
@@ -641,13 +682,8 @@ impl Feed {
     async fn run(mut self, mut joiners: mpsc::UnboundedReceiver<Member>) {
         let hz = self.key.hz;
         let mut cap = RateCap::new(hz);
-        // Ticks on a grid counted from the daemon's start.
-        let period = Duration::from_secs_f64(1.0 / f64::from(hz.max(1)));
-        let ticks_so_far =
-            (self.state.started.elapsed().as_secs_f64() / period.as_secs_f64()).ceil();
-        let first_tick = self.state.started + period.mul_f64(ticks_so_far);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(first_tick), period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let pacer = Pacer::new(hz);
+        let mut wake = Instant::now();
         let mut checked = Instant::now();
         let end = loop {
             self.flush_all();
@@ -655,7 +691,7 @@ impl Feed {
                 return;
             }
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
                 m = joiners.recv() => {
                     // The map holds a sender while the feed runs.
                     if let Some(m) = m {
@@ -665,13 +701,19 @@ impl Feed {
                 }
             }
             let now = Instant::now();
-            while cap.ready(now) {
+            let mut capped = false;
+            loop {
+                if !cap.ready(now) {
+                    capped = true;
+                    break;
+                }
                 let Some(m) = self.frames.next_frame() else {
                     break;
                 };
                 cap.record(now);
                 self.send_frame(&m);
             }
+            wake = pacer.next(now, self.view.last_publish(self.key.signal), capped);
             if self.frames.exhausted() {
                 break "the device's run ended (device stopped, reloaded or neuroedge stopping)";
             }
@@ -985,6 +1027,39 @@ mod tests {
         assert!(cap.admit(at(1000)));
         assert!(!cap.admit(at(1005)));
         assert!(cap.admit(at(1010)));
+    }
+
+    #[test]
+    fn a_feed_wakes_just_after_the_publish_it_expects() {
+        let pacer = Pacer::new(30);
+        let tick = Duration::from_secs_f64(1.0 / 30.0);
+        let t0 = Instant::now();
+        let every = |ms: u64| Publish {
+            at: t0,
+            interval: Some(Duration::from_millis(ms)),
+        };
+        // Before any publish, or before the pace is known: every 1/hz.
+        let now = t0 + Duration::from_millis(5);
+        assert_eq!(pacer.next(now, None, false), now + tick);
+        let unknown = Publish {
+            at: t0,
+            interval: None,
+        };
+        assert_eq!(pacer.next(now, Some(unknown), false), now + tick);
+        // Blocks every 100 ms: once, just after the next one.
+        assert_eq!(
+            pacer.next(now, Some(every(100)), false),
+            t0 + Duration::from_millis(100) + PUBLISH_SLACK
+        );
+        // Frames held back by the rate cap: 1/hz, whatever the pace.
+        assert_eq!(pacer.next(now, Some(every(100)), true), now + tick);
+        // The next block is late: look again every 1/hz.
+        let late = t0 + Duration::from_millis(104);
+        assert_eq!(pacer.next(late, Some(every(100)), false), late + tick);
+        // Faster than hz: 1/hz.
+        assert_eq!(pacer.next(now, Some(every(5)), false), now + tick);
+        // A device that published once a minute: looked at 4 times a second.
+        assert_eq!(pacer.next(now, Some(every(60_000)), false), now + MAX_SLEEP);
     }
 
     #[test]
