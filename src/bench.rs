@@ -441,8 +441,7 @@ fn bench_end_to_end(
 
 /// Run the benchmark; errors are messages for the technician.
 pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
-    crate::malloc::limit_arenas();
-    crate::malloc::reuse_large_buffers();
+    crate::malloc::tune();
     let s = settings(args)?;
     let inp = input(args, &s.info)?;
     let (channels, rate) = (s.info.channels, s.info.sample_rate);

@@ -83,8 +83,7 @@ fn bind_metrics(
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let epoch = Instant::now();
     // Before the daemon's threads exist (see crate::malloc).
-    crate::malloc::limit_arenas();
-    crate::malloc::reuse_large_buffers();
+    crate::malloc::tune();
     let (keyring, key_created) = load_keyring(&cfg)?;
     let keyring = Arc::new(keyring);
     let key_id = keyring.current().id().to_string();

@@ -39,17 +39,26 @@ pub const ARENAS: i32 = 2;
 /// How often the daemon returns free heap pages to the kernel.
 pub const TRIM_EVERY: Duration = Duration::from_secs(60);
 
-/// Does the environment already choose the arena count?
-fn chosen_by_environment() -> bool {
-    std::env::var_os("MALLOC_ARENA_MAX").is_some()
-        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.arena_max"))
+/// The settings a daemon process starts with: [`limit_arenas`] and
+/// [`reuse_large_buffers`]. Call before starting threads.
+pub fn tune() {
+    limit_arenas();
+    reuse_large_buffers();
+}
+
+/// Does the environment already set one of these allocator parameters,
+/// by its `MALLOC_*` variable or its `glibc.malloc.*` tunable?
+fn chosen_by_environment(variables: &[&str], tunables: &[&str]) -> bool {
+    variables.iter().any(|v| std::env::var_os(v).is_some())
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| tunables.iter().any(|n| t.contains(n)))
 }
 
 /// Limit glibc to [`ARENAS`] arenas unless the environment chose; call
 /// before the daemon starts its threads. Returns whether the limit was
 /// set here.
 pub fn limit_arenas() -> bool {
-    let set = !chosen_by_environment() && set_arena_max(ARENAS);
+    let env = chosen_by_environment(&["MALLOC_ARENA_MAX"], &["glibc.malloc.arena_max"]);
+    let set = !env && set_arena_max(ARENAS);
     tracing::debug!(set, max = ARENAS, "allocator arenas limited");
     set
 }
@@ -64,11 +73,10 @@ pub const TRIM_THRESHOLD: i32 = 128 << 20;
 /// [`TRIM_THRESHOLD`]) unless the environment sets either; call before
 /// the daemon starts its threads. Returns whether both were set here.
 pub fn reuse_large_buffers() -> bool {
-    let env = std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-        || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
-        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| {
-            t.contains("glibc.malloc.mmap_threshold") || t.contains("glibc.malloc.trim_threshold")
-        });
+    let env = chosen_by_environment(
+        &["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"],
+        &["glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold"],
+    );
     let set = !env && set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD);
     tracing::debug!(set, "allocator keeps large buffers for reuse");
     set
@@ -123,6 +131,19 @@ pub fn release_free_memory() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_operators_variable_or_tunable_is_seen() {
+        // Read-only: PATH is set in any test run, the other names nowhere.
+        assert!(chosen_by_environment(
+            &["NEUROEDGE_NO_SUCH_VAR", "PATH"],
+            &[]
+        ));
+        assert!(!chosen_by_environment(
+            &["NEUROEDGE_NO_SUCH_VAR"],
+            &["glibc.malloc.neuroedge_no_such_tunable"]
+        ));
+    }
 
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
