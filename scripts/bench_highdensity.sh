@@ -7,7 +7,8 @@
 #      per channel-sample, time to stop, cores per thread);
 #   3. with --lsl (root: a network namespace of its own), recording one LSL
 #      stream at 8 ch x 250 Hz and 64 ch x 2 kHz (scripts/bench_lsl_record.sh;
-#      add --labrecorder PATH for LabRecorderCLI beside it).
+#      add --labrecorder PATH for LabRecorderCLI beside it, built by
+#      scripts/build-labrecorder.sh).
 # Usage: scripts/bench_highdensity.sh [--bin PATH] [--seconds 30] [--lsl]
 #            [--labrecorder PATH]
 # Builds the release binary when --bin is not given. docs/performance.md
