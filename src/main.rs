@@ -227,26 +227,7 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
                 Fail(1, e.to_string())
             })
         }
-        Command::CheckConfig(c) => {
-            let cfg = load_config(&c)?;
-            println!("{}: ok", cfg.path.display());
-            for d in &cfg.devices {
-                let state = if d.enabled { "enabled" } else { "disabled" };
-                println!(
-                    "  {} ({}, {state}): {}",
-                    d.id,
-                    d.driver.name(),
-                    d.file.display()
-                );
-            }
-            if let Err(e) = daemon::load_keyring(&cfg) {
-                if !matches!(e, crypto::KeyError::Missing { .. } if cfg.daemon.crypto.generate_if_missing)
-                {
-                    return Err(usage(format!("config error:\n{e}")));
-                }
-            }
-            Ok(())
-        }
+        Command::CheckConfig(c) => check_config(&c),
         Command::Keygen { out } => {
             let k = crypto::generate_key_file(&out).map_err(|e| usage(e.to_string()))?;
             println!("wrote {} (key_id {}); keep a backup: batches sealed with it cannot be read without it", out.display(), k.id());
@@ -315,37 +296,9 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
                 )
             })
         }
-        Command::Reload { socket, config } => control_command(socket, &config, "reload", |r| {
-            let d = &r["devices"];
-            let list = |k: &str| {
-                d.get(k)
-                    .and_then(|v| v.as_array())
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "-".into())
-            };
-            let mut out = format!(
-                "reloaded: added {}; removed {}; changed {}; unchanged {}",
-                list("added"),
-                list("removed"),
-                list("changed"),
-                list("unchanged")
-            );
-            for n in r
-                .get("restart_needed")
-                .and_then(|v| v.as_array())
-                .into_iter()
-                .flatten()
-            {
-                out += &format!("\nnote: {}", n.as_str().unwrap_or(""));
-            }
-            out
-        }),
+        Command::Reload { socket, config } => {
+            control_command(socket, &config, "reload", reload_summary)
+        }
         Command::Flush { socket, config } => control_command(socket, &config, "flush", |r| {
             format!(
                 "upload requested; {} batches pending",
@@ -364,6 +317,61 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
             journal_cmd(&config, journal, keys, command)
         }
     }
+}
+
+/// `check-config`: the config and device files parse and validate, and
+/// the key is usable.
+fn check_config(c: &ConfigArg) -> Result<(), Fail> {
+    let cfg = load_config(c)?;
+    println!("{}: ok", cfg.path.display());
+    for d in &cfg.devices {
+        let state = if d.enabled { "enabled" } else { "disabled" };
+        println!(
+            "  {} ({}, {state}): {}",
+            d.id,
+            d.driver.name(),
+            d.file.display()
+        );
+    }
+    if let Err(e) = daemon::load_keyring(&cfg) {
+        if !matches!(e, crypto::KeyError::Missing { .. } if cfg.daemon.crypto.generate_if_missing) {
+            return Err(usage(format!("config error:\n{e}")));
+        }
+    }
+    Ok(())
+}
+
+/// What `reload` changed, from the daemon's reply.
+fn reload_summary(r: &serde_json::Value) -> String {
+    let d = &r["devices"];
+    let list = |k: &str| {
+        d.get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = format!(
+        "reloaded: added {}; removed {}; changed {}; unchanged {}",
+        list("added"),
+        list("removed"),
+        list("changed"),
+        list("unchanged")
+    );
+    for n in r
+        .get("restart_needed")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
+        out += &format!("\nnote: {}", n.as_str().unwrap_or(""));
+    }
+    out
 }
 
 fn socket_path(socket: Option<PathBuf>, config: &ConfigArg) -> Result<PathBuf, Fail> {
