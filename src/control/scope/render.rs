@@ -4,6 +4,7 @@
 //! the prompt or last message and the keys.
 
 use super::app::{App, Link, Scale};
+use crate::control::report::DeviceReport;
 use crate::dsp::QualityStatus;
 use crate::telemetry::DeviceState;
 use ratatui::buffer::Buffer;
@@ -93,19 +94,39 @@ pub fn draw(app: &mut App, area: Rect, buf: &mut Buffer) {
         buf.set_string(area.x, area.y, "terminal too small", Style::default());
         return;
     }
-    let w = area.width;
-    let line = |buf: &mut Buffer, row: u16, l: Line<'_>| {
-        buf.set_line(area.x, area.y + row, &l, w);
-    };
-    let dim = Style::default().fg(Color::DarkGray);
-    let bold = Style::default().add_modifier(Modifier::BOLD);
-
-    // Line 0: the device, where it stands, the view.
-    let ids = app.device_ids();
-    let dev = app
+    let channels = app.channels();
+    let (per, fit) = rows_per_channel(area.height, channels);
+    app.per_page = fit;
+    if app.first_channel >= channels {
+        app.first_channel = 0;
+    }
+    let shown: &App = app;
+    let dev = shown
         .device
         .as_ref()
-        .and_then(|d| app.report.as_ref().and_then(|r| r.device(d)));
+        .and_then(|d| shown.report.as_ref().and_then(|r| r.device(d)));
+    let line = |buf: &mut Buffer, row: u16, l: Line<'_>| {
+        buf.set_line(area.x, area.y + row, &l, area.width);
+    };
+    line(buf, 0, title_line(shown, dev));
+    if let Some(l) = rate_line(shown, dev) {
+        line(buf, 1, l);
+    }
+    if let Some(l) = journal_line(shown) {
+        line(buf, 2, l);
+    }
+    let max_auto = draw_channels(shown, dev, area, (per, fit), buf);
+    draw_footer(shown, area, buf);
+    app.auto_scale_seen = max_auto;
+}
+
+const DIM: Style = Style::new().fg(Color::DarkGray);
+const BOLD: Style = Style::new().add_modifier(Modifier::BOLD);
+
+/// Line 0: the device, where it stands, the view.
+fn title_line<'a>(app: &'a App, dev: Option<&'a DeviceReport>) -> Line<'a> {
+    let bold = BOLD;
+    let ids = app.device_ids();
     let mut title = vec![Span::styled("neuroedge scope  ", bold)];
     match (&app.link, &app.device) {
         (Link::Reconnecting(e), _) => {
@@ -155,9 +176,12 @@ pub fn draw(app: &mut App, area: Rect, buf: &mut Buffer) {
                 .add_modifier(Modifier::BOLD),
         ));
     }
-    line(buf, 0, Line::from(title));
+    Line::from(title)
+}
 
-    // Line 1: rate, drops, gaps, freshness, scale.
+/// Line 1: rate, drops, gaps, freshness, scale.
+fn rate_line<'a>(app: &'a App, dev: Option<&'a DeviceReport>) -> Option<Line<'a>> {
+    let dim = DIM;
     let scale_text = match app.scale {
         Scale::Auto => "auto".to_string(),
         Scale::Fixed(s) => format_scale(
@@ -212,51 +236,59 @@ pub fn draw(app: &mut App, area: Rect, buf: &mut Buffer) {
                 Style::default().fg(Color::Red),
             ));
         }
-        line(buf, 1, Line::from(spans));
+        Some(Line::from(spans))
+    } else {
+        None
     }
+}
 
-    // Line 2: journal and uplink.
-    if let Some(r) = &app.report {
-        let j = &r.journal;
-        let oldest = j
-            .oldest_pending_age_s
-            .map_or("-".into(), |a| format!("{a:.0} s"));
-        let u = &r.uplink;
-        let up_style = match u.state.as_str() {
-            "idle" | "uploading" | "disabled" => Style::default(),
-            _ => Style::default().fg(Color::Yellow),
-        };
-        line(
-            buf,
-            2,
-            Line::from(vec![
-                Span::raw(format!(
-                    "journal {} pending ({}), oldest {oldest}; {} of {}; {} evicted   ",
-                    j.pending_batches,
-                    bytes(j.pending_bytes),
-                    bytes(j.total_bytes),
-                    bytes(j.max_bytes),
-                    j.evicted_batches
-                )),
-                Span::styled(
-                    format!(
-                        "uplink {}; {} uploaded",
-                        u.state.as_str(),
-                        u.uploaded_batches
-                    ),
-                    up_style,
-                ),
-            ]),
-        );
-    }
+/// Line 2: journal and uplink.
+fn journal_line(app: &App) -> Option<Line<'_>> {
+    let r = app.report.as_ref()?;
+    let j = &r.journal;
+    let oldest = j
+        .oldest_pending_age_s
+        .map_or("-".into(), |a| format!("{a:.0} s"));
+    let u = &r.uplink;
+    let up_style = match u.state.as_str() {
+        "idle" | "uploading" | "disabled" => Style::default(),
+        _ => Style::default().fg(Color::Yellow),
+    };
+    Some(Line::from(vec![
+        Span::raw(format!(
+            "journal {} pending ({}), oldest {oldest}; {} of {}; {} evicted   ",
+            j.pending_batches,
+            bytes(j.pending_bytes),
+            bytes(j.total_bytes),
+            bytes(j.max_bytes),
+            j.evicted_batches
+        )),
+        Span::styled(
+            format!(
+                "uplink {}; {} uploaded",
+                u.state.as_str(),
+                u.uploaded_batches
+            ),
+            up_style,
+        ),
+    ]))
+}
 
-    // The channels.
+/// One row group per channel of the page: name, quality, (wide: RMS, line
+/// noise, band bars), scale and trace; or why there is no view yet.
+/// Returns the largest auto-scale half-range seen.
+fn draw_channels(
+    app: &App,
+    dev: Option<&DeviceReport>,
+    area: Rect,
+    (per, fit): (u16, usize),
+    buf: &mut Buffer,
+) -> f32 {
+    let (w, dim) = (area.width, DIM);
     let channels = app.channels();
-    let (per, fit) = rows_per_channel(area.height, channels);
-    app.per_page = fit;
-    if app.first_channel >= channels {
-        app.first_channel = 0;
-    }
+    let line = |buf: &mut Buffer, row: u16, l: Line<'_>| {
+        buf.set_line(area.x, area.y + row, &l, w);
+    };
     let wide = w >= 70;
     let left = if wide { LEFT_WIDE } else { LEFT_NARROW };
     let trace_w = w.saturating_sub(left);
@@ -352,9 +384,15 @@ pub fn draw(app: &mut App, area: Rect, buf: &mut Buffer) {
             Line::styled(note, Style::default().fg(Color::Yellow)),
         );
     }
-    app.auto_scale_seen = max_auto;
+    max_auto
+}
 
-    // The prompt, or the last message, or why the view is missing.
+/// The prompt, or the last message, or why the view is missing; the keys.
+fn draw_footer(app: &App, area: Rect, buf: &mut Buffer) {
+    let (bold, dim) = (BOLD, DIM);
+    let line = |buf: &mut Buffer, row: u16, l: Line<'_>| {
+        buf.set_line(area.x, area.y + row, &l, area.width);
+    };
     let msg_row = area.height - 2;
     if let Some(p) = &app.prompt {
         line(
