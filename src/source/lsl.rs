@@ -691,8 +691,15 @@ fn connect(info: &mut lsl_ffi::StreamInfo) -> Result<Connected, SourceError> {
 
 /// Puts a chunk's stamps on this host's LSL clock.
 struct Stamps {
-    /// Our LSL clock minus a foreign clock's stamps (see [`Stamps::place`]).
+    /// Our LSL clock minus a foreign clock's stamps, the least seen (see
+    /// [`Stamps::place`]).
     foreign_offset: f64,
+    /// The offset placing chunks now: moves toward `foreign_offset`
+    /// without putting a chunk's first sample at or before the previous
+    /// chunk's last.
+    applied: f64,
+    /// The previous chunk's last foreign stamp.
+    last_foreign: Option<f64>,
     bad: u64,
     reported_bad: u64,
     last_report: Instant,
@@ -702,6 +709,8 @@ impl Stamps {
     fn new() -> Self {
         Stamps {
             foreign_offset: f64::INFINITY,
+            applied: f64::INFINITY,
+            last_foreign: None,
             bad: 0,
             reported_bad: 0,
             last_report: Instant::now() - REPORT_EVERY,
@@ -729,12 +738,28 @@ impl Stamps {
             if off.is_finite() {
                 self.foreign_offset = off;
             }
+            // A lower latency found moves the placement earlier: by at
+            // most half the gap the sender put between the previous chunk
+            // and this one per chunk, so that no sample lands at or before
+            // one already placed (the rest follows with the next chunks).
+            let foreign = |t: &f64| t.is_finite() && !on_lsl_clock(*t);
+            let first = stamps.iter().copied().find(foreign);
+            self.applied = match (first, self.last_foreign) {
+                _ if !self.applied.is_finite() => self.foreign_offset,
+                (Some(f), Some(prev)) if f > prev => {
+                    self.foreign_offset.max(self.applied - (f - prev) / 2.0)
+                }
+                _ => self.applied,
+            };
+            if let Some(last) = stamps.iter().copied().rev().find(foreign) {
+                self.last_foreign = Some(last);
+            }
             for t in stamps.iter_mut() {
                 *t = if on_lsl_clock(*t) {
                     *t + correction
-                } else if t.is_finite() && self.foreign_offset.is_finite() {
+                } else if t.is_finite() && self.applied.is_finite() {
                     self.bad += 1;
-                    *t + self.foreign_offset
+                    *t + self.applied
                 } else {
                     self.bad += 1;
                     now
@@ -917,6 +942,41 @@ mod tests {
         placer.place(&mut d, 0.0, 501.0, "s");
         assert_eq!(d, vec![501.0]);
         assert_eq!(placer.bad, 6);
+    }
+
+    #[test]
+    fn a_faster_arrival_never_places_a_sample_before_one_already_placed() {
+        // 250 Hz stamped on unix time; the first chunk arrives 30 ms late,
+        // the following ones with next to no latency: the placement moves
+        // 30 ms earlier, but over several chunks, each placed after the
+        // last (a sudden move put a chunk's first samples before the
+        // previous chunk's last).
+        let mut placer = Stamps::new();
+        let unix = 1.7e9;
+        let dt = 0.004;
+        let mut placed = Vec::new();
+        for k in 0..40u32 {
+            let first = unix + f64::from(k) * 3.0 * dt;
+            let mut chunk: Vec<f64> = (0..3).map(|i| first + f64::from(i) * dt).collect();
+            let sent = first + 2.0 * dt;
+            let latency = if k == 0 { 0.030 } else { 0.0001 };
+            placer.place(&mut chunk, 0.0, 100.0 + (sent - unix) + latency, "s");
+            placed.extend(chunk);
+        }
+        for (i, w) in placed.windows(2).enumerate() {
+            // (Stamps near 1.7e9 s carry ~0.2 µs of rounding.)
+            assert!(w[1] - w[0] >= dt / 2.0 - 1e-6, "sample {i}: {w:?}");
+        }
+        // Settled on the least latency (0.1 ms), the spacing kept exactly.
+        let last = placed[placed.len() - 1];
+        assert!(
+            (last - (100.0 + 39.0 * 3.0 * dt + 2.0 * dt + 0.0001)).abs() < 1e-6,
+            "{last}"
+        );
+        let tail = &placed[placed.len() - 30..];
+        for w in tail.windows(2) {
+            assert!((w[1] - w[0] - dt).abs() < 1e-6, "{tail:?}");
+        }
     }
 
     #[test]
