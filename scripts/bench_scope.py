@@ -34,8 +34,12 @@ CLK = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid):
     """CPU time of all the process's threads, from the scheduler's own
     nanosecond counters (/proc/PID/task/TID/schedstat): at 0.2 % of a core,
-    utime + stime in 10-ms clock ticks would count 2 ticks in 10 s. Threads
-    that exited are counted by /proc/PID/stat's totals instead."""
+    utime + stime in 10-ms clock ticks would count 2 ticks in 10 s. A
+    thread that exits between two readings drops out of the sum: the
+    daemon's device, journal and I/O threads live for the whole run (only
+    tokio's blocking-pool threads come and go, after about a millisecond of
+    work such as the minute's heap trim), and tmux's pane process is
+    single-threaded. Falls back to utime + stime when schedstat is absent."""
     total = 0.0
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
