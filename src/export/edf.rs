@@ -368,34 +368,7 @@ pub fn export_edf(
         )));
     };
     let ch = layout.channels.len();
-    // Scaling per channel.
-    let mut scaling = Vec::with_capacity(ch);
-    for (c, st) in tl.stats.iter().enumerate() {
-        let s = match adc {
-            Some(a) if st.counts && st.n > 0 => {
-                let full = f64::from(a.counts_max) * a.uv_per_count;
-                let (max_text, pmax) =
-                    edf_number((full * 1e6).round() / 1e6, true).unwrap_or(("1".into(), 1.0));
-                Scaling {
-                    phys_min_text: format!("-{max_text}"),
-                    phys_max_text: max_text,
-                    phys_min: -pmax,
-                    phys_max: pmax,
-                    dig_min: -a.counts_max,
-                    dig_max: a.counts_max,
-                    counts: Some(a.uv_per_count),
-                }
-            }
-            _ => data_scaling(st.min, st.max, flavour).ok_or_else(|| {
-                ExportError::Unsupported(format!(
-                    "device {device:?} channel {}: values {}..{} µV do not fit an EDF header \
-                     field (8 characters)",
-                    layout.channels[c], st.min, st.max
-                ))
-            })?,
-        };
-        scaling.push(s);
-    }
+    let scaling = channel_scaling(&tl, &layout, adc, flavour, device)?;
     let records = tl.positions.div_ceil(spr as u64).max(1);
     let mut tl = tl;
     let tail = records * spr as u64 - tl.positions;
@@ -409,41 +382,8 @@ pub fn export_edf(
             kind: AnnotationKind::Gap,
         });
     }
-    // Annotation TALs by record.
-    let frac = tl.t0 - tl.t0.floor();
-    let rate = layout.rate;
-    let tals: Vec<(u64, Vec<u8>)> = tl
-        .annotations
-        .iter()
-        .map(|a| {
-            let mut t = tal_number(frac + a.onset / rate).into_bytes();
-            if a.duration > 0 {
-                t.push(0x15);
-                t.extend_from_slice(&tal_number(a.duration as f64 / rate).as_bytes()[1..]);
-            }
-            t.push(0x14);
-            t.extend_from_slice(tal_text(&a.text).as_bytes());
-            t.extend_from_slice(&[0x14, 0]);
-            let r = ((a.onset / spr as f64).floor().max(0.0) as u64).min(records - 1);
-            (r, t)
-        })
-        .collect();
-    let keeping_max = tal_number(frac + (records * u64::from(record_s)) as f64).len() + 3;
-    let mut need: std::collections::BTreeMap<u64, usize> = Default::default();
-    for (r, t) in &tals {
-        *need.entry(*r).or_default() += t.len();
-    }
-    let largest = tals.iter().map(|t| t.1.len()).max().unwrap_or(0);
-    let busiest = need.values().copied().max().unwrap_or(0);
-    let mut budget = (keeping_max + busiest.min(MAX_ANNOT_BYTES)).max(keeping_max + largest);
-    let (assigned, spilled) = loop {
-        budget = budget.div_ceil(6) * 6;
-        if let Some(a) = assign(&tals, records, budget, keeping_max) {
-            break a;
-        }
-        budget *= 2;
-    };
-    let annot_samples = budget / flavour.bytes();
+    let plan = TalPlan::new(&tl, layout.rate, spr, records, record_s);
+    let annot_samples = plan.budget / flavour.bytes();
 
     // Header.
     let start = super::timefmt::utc(tl.t0.floor()).ok_or_else(|| {
@@ -464,7 +404,30 @@ pub fn export_edf(
     );
     out.write_all(&header)?;
 
-    // Pass 2: the records from the spool.
+    write_records(spool, &scaling, (ch, spr), records, flavour, &plan, out)?;
+    progress.finish();
+    Ok(EdfResult {
+        timeline: tl,
+        flavour,
+        record_s,
+        samples_per_record: spr,
+        records,
+        scaling,
+        spilled: plan.spilled,
+    })
+}
+
+/// Pass 2: the data records from the spool, each with its annotations;
+/// samples the recording lacks hold the channel's zero.
+fn write_records(
+    spool: Spool,
+    scaling: &[Scaling],
+    (ch, spr): (usize, usize),
+    records: u64,
+    flavour: Flavour,
+    plan: &TalPlan,
+    out: &mut OutFile,
+) -> Result<(), ExportError> {
     let file = spool.w.into_inner().map_err(|e| e.into_error())?;
     let mut file = file;
     file.rewind()?;
@@ -479,7 +442,7 @@ pub fn export_edf(
     };
     fill(&mut rec);
     let bytes = flavour.bytes();
-    let mut outbuf: Vec<u8> = Vec::with_capacity(ch * spr * bytes + budget);
+    let mut outbuf: Vec<u8> = Vec::with_capacity(ch * spr * bytes + plan.budget);
     let mut next_tal = 0usize;
     let mut cur: u64 = 0;
     let mut write_record = |r: u64, rec: &[i32], outbuf: &mut Vec<u8>| -> std::io::Result<()> {
@@ -488,19 +451,7 @@ pub fn export_edf(
             let b = d.to_le_bytes();
             outbuf.extend_from_slice(&b[..bytes]);
         }
-        let start = outbuf.len();
-        outbuf.extend_from_slice(
-            format!(
-                "{}\x14\x14\0",
-                tal_number(frac + (r * u64::from(record_s)) as f64)
-            )
-            .as_bytes(),
-        );
-        while next_tal < assigned.len() && assigned[next_tal].0 == r {
-            outbuf.extend_from_slice(&tals[assigned[next_tal].1].1);
-            next_tal += 1;
-        }
-        outbuf.resize(start + budget, 0);
+        plan.write_record(r, &mut next_tal, outbuf);
         out.write_all(outbuf)
     };
     let mut head = [0u8; 12];
@@ -535,16 +486,126 @@ pub fn export_edf(
         fill(&mut rec);
         cur += 1;
     }
-    progress.finish();
-    Ok(EdfResult {
-        timeline: tl,
-        flavour,
-        record_s,
-        samples_per_record: spr,
-        records,
-        scaling,
-        spilled,
-    })
+    Ok(())
+}
+
+/// Each channel's EDF/BDF scaling: the ADC's range for a BDF of counts,
+/// else one fitted to the values' extent.
+fn channel_scaling(
+    tl: &Timeline,
+    layout: &super::Layout,
+    adc: Option<super::AdcScale>,
+    flavour: Flavour,
+    device: &str,
+) -> Result<Vec<Scaling>, ExportError> {
+    let mut scaling = Vec::with_capacity(layout.channels.len());
+    for (c, st) in tl.stats.iter().enumerate() {
+        let s = match adc {
+            Some(a) if st.counts && st.n > 0 => {
+                let full = f64::from(a.counts_max) * a.uv_per_count;
+                let (max_text, pmax) =
+                    edf_number((full * 1e6).round() / 1e6, true).unwrap_or(("1".into(), 1.0));
+                Scaling {
+                    phys_min_text: format!("-{max_text}"),
+                    phys_max_text: max_text,
+                    phys_min: -pmax,
+                    phys_max: pmax,
+                    dig_min: -a.counts_max,
+                    dig_max: a.counts_max,
+                    counts: Some(a.uv_per_count),
+                }
+            }
+            _ => data_scaling(st.min, st.max, flavour).ok_or_else(|| {
+                ExportError::Unsupported(format!(
+                    "device {device:?} channel {}: values {}..{} µV do not fit an EDF header \
+                     field (8 characters)",
+                    layout.channels[c], st.min, st.max
+                ))
+            })?,
+        };
+        scaling.push(s);
+    }
+    Ok(scaling)
+}
+
+/// The annotations as EDF+ TALs, each assigned to a data record, and the
+/// bytes of annotation signal every record carries.
+struct TalPlan {
+    /// Fraction of a second of the first sample's time (record onsets are
+    /// relative to the whole second the header names).
+    frac: f64,
+    record_s: u32,
+    /// (record, TAL bytes), in the timeline's order.
+    tals: Vec<(u64, Vec<u8>)>,
+    /// (record, index into `tals`), by record.
+    assigned: Vec<(u64, usize)>,
+    /// TALs moved to a later record for want of room.
+    spilled: usize,
+    /// Annotation bytes per record (a multiple of 6: EDF's 2, BDF's 3).
+    budget: usize,
+}
+
+impl TalPlan {
+    fn new(tl: &Timeline, rate: f64, spr: usize, records: u64, record_s: u32) -> Self {
+        let frac = tl.t0 - tl.t0.floor();
+        let tals: Vec<(u64, Vec<u8>)> = tl
+            .annotations
+            .iter()
+            .map(|a| {
+                let mut t = tal_number(frac + a.onset / rate).into_bytes();
+                if a.duration > 0 {
+                    t.push(0x15);
+                    t.extend_from_slice(&tal_number(a.duration as f64 / rate).as_bytes()[1..]);
+                }
+                t.push(0x14);
+                t.extend_from_slice(tal_text(&a.text).as_bytes());
+                t.extend_from_slice(&[0x14, 0]);
+                let r = ((a.onset / spr as f64).floor().max(0.0) as u64).min(records - 1);
+                (r, t)
+            })
+            .collect();
+        let keeping_max = tal_number(frac + (records * u64::from(record_s)) as f64).len() + 3;
+        let mut need: std::collections::BTreeMap<u64, usize> = Default::default();
+        for (r, t) in &tals {
+            *need.entry(*r).or_default() += t.len();
+        }
+        let largest = tals.iter().map(|t| t.1.len()).max().unwrap_or(0);
+        let busiest = need.values().copied().max().unwrap_or(0);
+        let mut budget = (keeping_max + busiest.min(MAX_ANNOT_BYTES)).max(keeping_max + largest);
+        let (assigned, spilled) = loop {
+            budget = budget.div_ceil(6) * 6;
+            if let Some(a) = assign(&tals, records, budget, keeping_max) {
+                break a;
+            }
+            budget *= 2;
+        };
+        TalPlan {
+            frac,
+            record_s,
+            tals,
+            assigned,
+            spilled,
+            budget,
+        }
+    }
+
+    /// Record `r`'s annotation signal: its time-keeping TAL, then the TALs
+    /// assigned to it (from `next` on), zero-padded to the budget.
+    fn write_record(&self, r: u64, next: &mut usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(
+            format!(
+                "{}\x14\x14\0",
+                tal_number(self.frac + (r * u64::from(self.record_s)) as f64)
+            )
+            .as_bytes(),
+        );
+        while *next < self.assigned.len() && self.assigned[*next].0 == r {
+            out.extend_from_slice(&self.tals[self.assigned[*next].1].1);
+            *next += 1;
+        }
+        out.resize(start + self.budget, 0);
+    }
 }
 
 /// Assign each TAL to a record: its own when it fits, else the next with
