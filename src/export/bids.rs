@@ -120,26 +120,7 @@ pub fn export_bids(
         check_label("--session", s)?;
     }
     let description = root.join("dataset_description.json");
-    let new_dataset = !root.exists();
-    if !new_dataset {
-        if !root.is_dir() {
-            return Err(ExportError::Usage(format!(
-                "{} exists and is not a folder; --out of --format bids is a dataset root",
-                root.display()
-            )));
-        }
-        let empty = std::fs::read_dir(root)
-            .map_err(io_at(root))?
-            .next()
-            .is_none();
-        if !empty && !description.exists() {
-            return Err(ExportError::Usage(format!(
-                "{} exists and is not a BIDS dataset (no dataset_description.json); give a new \
-                 folder or an existing dataset's root",
-                root.display()
-            )));
-        }
-    }
+    let new_dataset = check_dataset_root(root, &description)?;
     // Entities and paths.
     let sub = format!("sub-{}", opts.subject);
     let mut eeg_dir = root.join(&sub);
@@ -150,37 +131,7 @@ pub fn export_bids(
     }
     eeg_dir = eeg_dir.join("eeg");
     base += &format!("_task-{}", opts.task);
-    // Refuse an existing recording of the same subject/session/task/run.
-    if let Ok(rd) = std::fs::read_dir(&eeg_dir) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let ents = entities(&name);
-            let get = |k: &str| ents.iter().find(|e| e.0 == k).map(|e| e.1.clone());
-            let run_matches = match (get("run"), opts.run) {
-                (None, None) => true,
-                (Some(r), Some(n)) => r.parse::<u32>().ok() == Some(n),
-                _ => false,
-            };
-            if get("sub").as_deref() == Some(opts.subject.as_str())
-                && get("ses") == opts.session
-                && get("task").as_deref() == Some(opts.task.as_str())
-                && run_matches
-            {
-                return Err(ExportError::Usage(format!(
-                    "{} already holds a recording of subject {}{}, task {}{} ({name}); give another \
-                     --run (or --session), or another dataset",
-                    root.display(),
-                    opts.subject,
-                    opts.session
-                        .as_ref()
-                        .map(|s| format!(", session {s}"))
-                        .unwrap_or_default(),
-                    opts.task,
-                    opts.run.map(|r| format!(", run {r}")).unwrap_or_default(),
-                )));
-            }
-        }
-    }
+    refuse_existing_recording(root, &eeg_dir, opts)?;
     // Declared first: dropped last, after the temporary files.
     let mut dirs = CreatedDirs::default();
     dirs.create(&eeg_dir)?;
@@ -239,9 +190,114 @@ pub fn export_bids(
             bad_channels: bad,
         });
     }
-    // The dataset's shared files.
+    let participants = root.join("participants.tsv");
+    let mut shared = dataset_files(root, &description, &participants, &site, &sub, &mut files)?;
+    // Commit: new files first (never over anything), then the shared ones.
+    let mut committed: Vec<PathBuf> = Vec::new();
+    let result = (|| {
+        for f in files.drain(..).chain(shared.drain(..)) {
+            let p = f.target().to_path_buf();
+            f.commit()?;
+            committed.push(p);
+        }
+        Ok::<(), ExportError>(())
+    })();
+    if let Err(e) = result {
+        for p in &committed {
+            if p != &description && p != &participants {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        return Err(e);
+    }
+    dirs.keep();
+    Ok(BidsSummary {
+        root: root.to_path_buf(),
+        new_dataset,
+        recordings,
+    })
+}
+
+/// A dataset root is a new folder, an empty one or an existing BIDS
+/// dataset; whether it is new.
+fn check_dataset_root(root: &Path, description: &Path) -> Result<bool, ExportError> {
+    let new_dataset = !root.exists();
+    if !new_dataset {
+        if !root.is_dir() {
+            return Err(ExportError::Usage(format!(
+                "{} exists and is not a folder; --out of --format bids is a dataset root",
+                root.display()
+            )));
+        }
+        let empty = std::fs::read_dir(root)
+            .map_err(io_at(root))?
+            .next()
+            .is_none();
+        if !empty && !description.exists() {
+            return Err(ExportError::Usage(format!(
+                "{} exists and is not a BIDS dataset (no dataset_description.json); give a new \
+                 folder or an existing dataset's root",
+                root.display()
+            )));
+        }
+    }
+    Ok(new_dataset)
+}
+
+/// Refuse to add a recording of a subject/session/task/run that `eeg_dir`
+/// already holds.
+fn refuse_existing_recording(
+    root: &Path,
+    eeg_dir: &Path,
+    opts: &BidsOptions,
+) -> Result<(), ExportError> {
+    if let Ok(rd) = std::fs::read_dir(eeg_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ents = entities(&name);
+            let get = |k: &str| ents.iter().find(|e| e.0 == k).map(|e| e.1.clone());
+            let run_matches = match (get("run"), opts.run) {
+                (None, None) => true,
+                (Some(r), Some(n)) => r.parse::<u32>().ok() == Some(n),
+                _ => false,
+            };
+            if get("sub").as_deref() == Some(opts.subject.as_str())
+                && get("ses") == opts.session
+                && get("task").as_deref() == Some(opts.task.as_str())
+                && run_matches
+            {
+                return Err(ExportError::Usage(format!(
+                    "{} already holds a recording of subject {}{}, task {}{} ({name}); give another \
+                     --run (or --session), or another dataset",
+                    root.display(),
+                    opts.subject,
+                    opts.session
+                        .as_ref()
+                        .map(|s| format!(", session {s}"))
+                        .unwrap_or_default(),
+                    opts.task,
+                    opts.run.map(|r| format!(", run {r}")).unwrap_or_default(),
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The dataset's shared files: dataset_description.json and
+/// participants.tsv updated (returned, to be committed last, replacing
+/// the old ones), participants.json and a README when missing (added to
+/// `files`, the new files).
+fn dataset_files(
+    root: &Path,
+    description: &Path,
+    participants: &Path,
+    site: &str,
+    sub: &str,
+    files: &mut Vec<OutFile>,
+) -> Result<Vec<OutFile>, ExportError> {
     let mut shared: Vec<OutFile> = Vec::new();
-    let desc_old: Option<Value> = match std::fs::read_to_string(&description) {
+    let desc_old: Option<Value> = match std::fs::read_to_string(description) {
         Ok(t) => Some(serde_json::from_str(&t).map_err(|e| {
             ExportError::Usage(format!(
                 "{}: not valid JSON ({e}); fix it before adding to the dataset",
@@ -250,16 +306,15 @@ pub fn export_bids(
         })?),
         Err(_) => None,
     };
-    let desc_new = dataset_description(desc_old.as_ref(), &site);
+    let desc_new = dataset_description(desc_old.as_ref(), site);
     if desc_old.as_ref() != Some(&desc_new) {
-        let mut f = OutFile::replacing(&description)?;
+        let mut f = OutFile::replacing(description)?;
         f.write_all(pretty(&desc_new).as_bytes())?;
         shared.push(f);
     }
-    let participants = root.join("participants.tsv");
-    let old = std::fs::read_to_string(&participants).ok();
-    if let Some(text) = participants_tsv(old.as_deref(), &sub) {
-        let mut f = OutFile::replacing(&participants)?;
+    let old = std::fs::read_to_string(participants).ok();
+    if let Some(text) = participants_tsv(old.as_deref(), sub) {
+        let mut f = OutFile::replacing(participants)?;
         f.write_all(text.as_bytes())?;
         shared.push(f);
     }
@@ -287,30 +342,7 @@ pub fn export_bids(
         )?;
         files.push(f);
     }
-    // Commit: new files first (never over anything), then the shared ones.
-    let mut committed: Vec<PathBuf> = Vec::new();
-    let result = (|| {
-        for f in files.drain(..).chain(shared.drain(..)) {
-            let p = f.target().to_path_buf();
-            f.commit()?;
-            committed.push(p);
-        }
-        Ok::<(), ExportError>(())
-    })();
-    if let Err(e) = result {
-        for p in &committed {
-            if p != &description && p != &participants {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-        return Err(e);
-    }
-    dirs.keep();
-    Ok(BidsSummary {
-        root: root.to_path_buf(),
-        new_dataset,
-        recordings,
-    })
+    Ok(shared)
 }
 
 fn pretty(v: &Value) -> String {
