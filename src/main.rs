@@ -464,6 +464,79 @@ fn open_keyring(cfg: Option<&Config>, keys: &[PathBuf]) -> Result<crypto::Keyrin
     ring.ok_or_else(|| usage("no key file given"))
 }
 
+/// `journal verify`: SQLite's integrity check and every batch opened.
+fn verify_cmd(j: &Journal, keys: &crypto::Keyring, json: bool) -> Result<(), Fail> {
+    let report = inspect::verify(j, keys, |done, total| {
+        if !json && total >= 1000 {
+            eprintln!("verified {done}/{total} batches");
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("integrity_check: {}", report.integrity);
+        println!(
+            "batches: {} checked, {} ok",
+            report.batches_checked, report.batches_ok
+        );
+        for p in &report.problems {
+            println!("problem: {p}");
+        }
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(Fail(
+            1,
+            format!(
+                "journal verification found {} problem(s)",
+                report.problems.len() + usize::from(report.integrity != "ok")
+            ),
+        ))
+    }
+}
+
+/// `journal decrypt`: one batch, opened, as JSON.
+fn decrypt_cmd(
+    j: &Journal,
+    keys: &crypto::Keyring,
+    batch_id: Option<&str>,
+    device: Option<&str>,
+    seq: Option<u64>,
+) -> Result<(), Fail> {
+    use neuroedge::journal::RowKey;
+    let key = match (batch_id, device, seq) {
+        (Some(id), _, _) => RowKey::BatchId(id),
+        (None, Some(d), Some(s)) => RowKey::DeviceSeq(d, s),
+        _ => return Err(usage("give --batch-id ID, or --device DEV --seq N")),
+    };
+    let env = inspect::envelope(j, key)?
+        .ok_or_else(|| Fail(1, "no such batch in the journal".to_string()))?;
+    let (h, b) = neuroedge::batch::open(keys, &env)?;
+    let ch = b.channels.len().max(1);
+    let frames = |v: &[f32]| v.chunks(ch).map(|c| c.to_vec()).collect::<Vec<_>>();
+    let out = serde_json::json!({
+        "header": h,
+        "channels": b.channels,
+        "units": b.units,
+        "timestamps": b.timestamps,
+        "raw": frames(&b.raw),
+        // null when the journal does not store it (`[journal] store`;
+        // `journal export --filtered` reproduces it from raw).
+        "filtered": (b.filtered.len() == b.raw.len()).then(|| frames(&b.filtered)),
+        "filter": b.filter,
+        "features": b.features.iter().map(|f| serde_json::json!({
+            "t": f.t,
+            "band_power": f.band_power.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "rms": f.rms,
+        })).collect::<Vec<_>>(),
+        "markers": b.markers,
+        "gaps": b.gaps,
+    });
+    println!("{out}");
+    Ok(())
+}
+
 fn journal_cmd(
     config: &ConfigArg,
     journal: Option<PathBuf>,
@@ -571,35 +644,7 @@ fn journal_cmd(
             Ok(())
         }
         JournalCommand::Verify { json } => {
-            let keys = open_keyring(cfg.as_ref(), &keys)?;
-            let report = inspect::verify(&j, &keys, |done, total| {
-                if !json && total >= 1000 {
-                    eprintln!("verified {done}/{total} batches");
-                }
-            })?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("integrity_check: {}", report.integrity);
-                println!(
-                    "batches: {} checked, {} ok",
-                    report.batches_checked, report.batches_ok
-                );
-                for p in &report.problems {
-                    println!("problem: {p}");
-                }
-            }
-            if report.ok() {
-                Ok(())
-            } else {
-                Err(Fail(
-                    1,
-                    format!(
-                        "journal verification found {} problem(s)",
-                        report.problems.len() + usize::from(report.integrity != "ok")
-                    ),
-                ))
-            }
+            verify_cmd(&j, &open_keyring(cfg.as_ref(), &keys)?, json)
         }
         JournalCommand::Export(args) => export_cmd::export(&j, cfg.as_ref(), &keys, *args),
         JournalCommand::Salvage { .. } => unreachable!("handled before the journal is opened"),
@@ -612,37 +657,7 @@ fn journal_cmd(
                 return Err(usage("give --batch-id ID, or --device DEV --seq N"));
             }
             let keys = open_keyring(cfg.as_ref(), &keys)?;
-            use neuroedge::journal::RowKey;
-            let key = match (&batch_id, &device, seq) {
-                (Some(id), _, _) => RowKey::BatchId(id),
-                (None, Some(d), Some(s)) => RowKey::DeviceSeq(d, s),
-                _ => return Err(usage("give --batch-id ID, or --device DEV --seq N")),
-            };
-            let env = inspect::envelope(&j, key)?
-                .ok_or_else(|| Fail(1, "no such batch in the journal".to_string()))?;
-            let (h, b) = neuroedge::batch::open(&keys, &env)?;
-            let ch = b.channels.len().max(1);
-            let frames = |v: &[f32]| v.chunks(ch).map(|c| c.to_vec()).collect::<Vec<_>>();
-            let out = serde_json::json!({
-                "header": h,
-                "channels": b.channels,
-                "units": b.units,
-                "timestamps": b.timestamps,
-                "raw": frames(&b.raw),
-                // null when the journal does not store it (`[journal] store`;
-                // `journal export --filtered` reproduces it from raw).
-                "filtered": (b.filtered.len() == b.raw.len()).then(|| frames(&b.filtered)),
-                "filter": b.filter,
-                "features": b.features.iter().map(|f| serde_json::json!({
-                    "t": f.t,
-                    "band_power": f.band_power.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                    "rms": f.rms,
-                })).collect::<Vec<_>>(),
-                "markers": b.markers,
-                "gaps": b.gaps,
-            });
-            println!("{out}");
-            Ok(())
+            decrypt_cmd(&j, &keys, batch_id.as_deref(), device.as_deref(), seq)
         }
     }
 }
