@@ -363,15 +363,21 @@ fn reload_summary(r: &serde_json::Value) -> String {
         list("changed"),
         list("unchanged")
     );
-    for n in r
-        .get("restart_needed")
+    for n in reply_strings(r, "restart_needed") {
+        out += &format!("\nnote: {n}");
+    }
+    out
+}
+
+/// The strings of a reply's array `key` (none when absent; a non-string
+/// entry reads as empty).
+fn reply_strings<'a>(reply: &'a serde_json::Value, key: &str) -> impl Iterator<Item = &'a str> {
+    reply
+        .get(key)
         .and_then(|v| v.as_array())
         .into_iter()
         .flatten()
-    {
-        out += &format!("\nnote: {}", n.as_str().unwrap_or(""));
-    }
-    out
+        .map(|v| v.as_str().unwrap_or(""))
 }
 
 fn socket_path(socket: Option<PathBuf>, config: &ConfigArg) -> Result<PathBuf, Fail> {
@@ -427,13 +433,8 @@ fn control_command(
     let reply = client::request(&socket, line)?;
     if let Some(e) = reply.get("error").and_then(|v| v.as_str()) {
         let mut m = e.to_string();
-        for p in reply
-            .get("problems")
-            .and_then(|v| v.as_array())
-            .into_iter()
-            .flatten()
-        {
-            m += &format!("\n  {}", p.as_str().unwrap_or(""));
+        for p in reply_strings(&reply, "problems") {
+            m += &format!("\n  {p}");
         }
         if let Some(h) = reply.get("hint").and_then(|v| v.as_str()) {
             m += &format!("\nhint: {h}");

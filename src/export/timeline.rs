@@ -257,6 +257,36 @@ impl<'r> TimelineBuilder<'r> {
         Ok(())
     }
 
+    /// The first batch with samples sets the export's layout (and its
+    /// filter, site and node); a later one must match it.
+    fn adopt_layout(
+        &mut self,
+        header: &crate::batch::BatchHeader,
+        b: &crate::batch::BatchData,
+        layout: &Layout,
+    ) -> Result<(), ExportError> {
+        match &self.tl.layout {
+            None => {
+                self.tl.stats = vec![ChannelStats::default(); layout.channels.len()];
+                self.tl.filter = b.filter.clone();
+                self.tl.site_id = header.site_id.clone();
+                self.tl.node_id = header.node_id.clone();
+                self.tl.layout = Some(layout.clone());
+            }
+            Some(l) if l != layout => {
+                return Err(self.req.layout_error(
+                    self.format,
+                    &self.device,
+                    header.seq,
+                    layout,
+                    l,
+                ));
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
     /// Take one batch as read; frames go to `sink`.
     pub fn push(&mut self, item: ReadBatch, sink: &mut dyn FrameSink) -> Result<(), ExportError> {
         let (header, b) = match item {
@@ -266,24 +296,8 @@ impl<'r> TimelineBuilder<'r> {
         self.tl.summary.saw_opened(header.seq, &b);
         let n = b.n_samples();
         let layout = Layout::of(&header, &b);
-        match &self.tl.layout {
-            None if n > 0 => {
-                self.tl.stats = vec![ChannelStats::default(); layout.channels.len()];
-                self.tl.filter = b.filter.clone();
-                self.tl.site_id = header.site_id.clone();
-                self.tl.node_id = header.node_id.clone();
-                self.tl.layout = Some(layout.clone());
-            }
-            Some(l) if n > 0 && *l != layout => {
-                return Err(self.req.layout_error(
-                    self.format,
-                    &self.device,
-                    header.seq,
-                    &layout,
-                    l,
-                ));
-            }
-            _ => {}
+        if n > 0 {
+            self.adopt_layout(&header, &b, &layout)?;
         }
         let rate = layout.rate;
         let steps_before: f64 = b
