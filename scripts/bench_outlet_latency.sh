@@ -12,8 +12,13 @@
 #   the synthetic source stamps samples as it makes them), p50 / p99;
 #   target p99 <= one ring block (100 ms) + 20 ms;
 # - run 2: the same device without outlets;
-# - CPU = utime + stime of neuroedge (/proc/PID/stat) over SECONDS after a
-#   3 s warm-up; ratio = run 1 / run 2 (target <= 1.3).
+# - CPU = neuroedge's threads' run time (/proc/PID/task/*/schedstat, ns)
+#   over SECONDS after a 3 s warm-up; ratio = run 1 / run 2 (target <= 1.3);
+# - run 3, the floor: a pylsl outlet of the same shape (channels, rate,
+#   float32, one chunk per 100 ms) and the same inlet, without neuroedge;
+#   CPU of liblsl's own threads in that process (all but the Python thread
+#   that pushes). No outlet built on liblsl costs less than that:
+#   best ratio = (run 2 + floor) / run 2.
 #
 # Needs root (network namespace), python3 with pylsl and numpy. Usage:
 #   scripts/bench_outlet_latency.sh [--bin target/release/neuroedge]
@@ -31,7 +36,7 @@ while [ $# -gt 0 ]; do
     --bin) BIN=$2; shift 2 ;;
     --seconds) SECONDS_RUN=$2; shift 2 ;;
     --loads) LOADS=$2; shift 2 ;;
-    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,26p "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -83,7 +88,49 @@ with open(out, "w") as f:
     f.write(f"{np.percentile(lat, 50):.1f} {np.percentile(lat, 99):.1f} {len(lat)}\n")
 EOF
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cat > "$WORK/floor.py" <<'EOF'
+import os, sys, threading, time
+import numpy as np
+import pylsl
+name, channels, rate, seconds, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+info = pylsl.StreamInfo(name, "EEG", channels, rate, pylsl.cf_float32, name + "-floor")
+outlet = pylsl.StreamOutlet(info)
+me = threading.get_native_id()
+def liblsl_ns():
+    total = 0
+    for t in os.listdir("/proc/self/task"):
+        if int(t) != me:
+            with open(f"/proc/self/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+    return total
+chunk = np.random.default_rng(1).standard_normal((int(rate / 10), channels)).astype(np.float32)
+start = time.monotonic(); nxt = start; c0 = t0 = None
+while time.monotonic() - start < seconds + 3.0:
+    nxt += 0.1
+    time.sleep(max(0.0, nxt - time.monotonic()))
+    outlet.push_chunk(chunk)
+    if c0 is None and time.monotonic() - start >= 3.0:
+        c0, t0 = liblsl_ns(), time.monotonic()
+with open(out, "w") as f:
+    f.write(f"{100 * (liblsl_ns() - c0) / 1e9 / (time.monotonic() - t0):.3f}\n")
+EOF
+
+# Run time of all of PID's threads, in nanoseconds.
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s}'; }
+
+# floor LOAD CHANNELS RATE -> prints liblsl's CPU % for an outlet of that shape
+floor() {
+  local dir=$WORK/$1-floor
+  mkdir -p "$dir"
+  ip netns exec "$NS" python3 "$WORK/floor.py" bench.floor "$2" "$3" "$SECONDS_RUN" "$dir/cpu" &
+  local pusher=$!
+  PIDS+=("$pusher")
+  ip netns exec "$NS" python3 "$WORK/inlet.py" bench.floor $((SECONDS_RUN + 3)) "$dir/lat" &
+  local inlet=$!
+  PIDS+=("$inlet")
+  wait "$pusher" "$inlet"
+  cat "$dir/cpu"
+}
 
 # run LOAD CHANNELS RATE OUTLETS(0|1) -> prints "cpu_percent [p50 p99 n]"
 run() {
@@ -118,19 +165,18 @@ EOF
   fi
   sleep 3
   local t0 c0
-  t0=$(date +%s.%N); c0=$(cpu_ticks "$pid")
+  t0=$(date +%s.%N); c0=$(cpu_ns "$pid")
   sleep "$SECONDS_RUN"
   local t1 c1
-  t1=$(date +%s.%N); c1=$(cpu_ticks "$pid")
+  t1=$(date +%s.%N); c1=$(cpu_ns "$pid")
   [ -n "$inlet" ] && wait "$inlet"
   kill -TERM "$pid"; wait "$pid" || true
-  local hz; hz=$(getconf CLK_TCK)
-  local cpu; cpu=$(echo "($c1 - $c0) / $hz / ($t1 - $t0) * 100" | bc -l)
-  printf '%.1f %s\n' "$cpu" "$( [ -f "$dir/lat" ] && cat "$dir/lat" )"
+  local cpu; cpu=$(echo "($c1 - $c0) / 1000000000 / ($t1 - $t0) * 100" | bc -l)
+  printf '%.3f %s\n' "$cpu" "$( [ -f "$dir/lat" ] && cat "$dir/lat" )"
 }
 
-printf '| load | p50 ms | p99 ms | samples | CPU with outlet %% | CPU without %% | ratio |\n'
-printf '| --- | --- | --- | --- | --- | --- | --- |\n'
+printf '| load | p50 ms | p99 ms | samples | CPU with outlet %% | CPU without %% | ratio | liblsl floor %% | best ratio |\n'
+printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
 for load in ${LOADS//,/ }; do
   case $load in
     A) ch=8; rate=250 ;;
@@ -140,7 +186,9 @@ for load in ${LOADS//,/ }; do
   esac
   read -r cpu1 p50 p99 n <<< "$(run "$load" "$ch" "$rate" 1)"
   read -r cpu0 <<< "$(run "$load" "$ch" "$rate" 0)"
+  read -r lsl <<< "$(floor "$load" "$ch" "$rate")"
   ratio=$(echo "$cpu1 / $cpu0" | bc -l)
-  printf '| %s (%s ch x %s Hz) | %s | %s | %s | %s | %s | %.2f |\n' \
-    "$load" "$ch" "$rate" "$p50" "$p99" "$n" "$cpu1" "$cpu0" "$ratio"
+  best=$(echo "($cpu0 + $lsl) / $cpu0" | bc -l)
+  printf '| %s (%s ch x %s Hz) | %s | %s | %s | %s | %s | %.2f | %s | %.2f |\n' \
+    "$load" "$ch" "$rate" "$p50" "$p99" "$n" "$cpu1" "$cpu0" "$ratio" "$lsl" "$best"
 done

@@ -14,8 +14,18 @@ the alternation spreads other load over both sides.
 Then `neuroedge scope` runs in a tmux pane (120 x 40) on each rig for a
 phase; its own CPU is reported as % of one core.
 
+The floor: after each rig, `examples/socket_floor` (a program that only
+writes) sends the same clients the same bytes per second the daemon sent,
+in one write per client per ring block (100 ms, one write per processing
+publish, as the daemon's feed does), and its CPU is measured the same way.
+No feed can cost less than those system calls and the readers' wake-ups:
+"best ratio" = (daemon without + floor) / daemon without is the lowest
+ratio any implementation reaches on this machine.
+
+    cargo build --release --example socket_floor
     scripts/bench_scope.py [--bin target/release/neuroedge] [--phase 10]
                            [--rounds 3] [--subscribers 20] [--hz 30] [--json]
+                           [--floor target/release/examples/socket_floor]
 """
 import argparse
 import json
@@ -198,6 +208,39 @@ def measure_daemon(binary, channels, rate, args):
     }
 
 
+def measure_floor(floor, client_bytes_per_s, args):
+    """CPU (cores) of socket_floor writing client_bytes_per_s to each of
+    the subscribers, one write per client every 100 ms; one socket_floor
+    per round (it serves one set of clients)."""
+    root = tempfile.mkdtemp(prefix="ne-bench-floor-")
+    sock = f"{root}/floor.sock"
+    per_write = max(1, round(client_bytes_per_s / 10))
+    cores = []
+    try:
+        for _ in range(args.rounds):
+            p = subprocess.Popen([floor, sock, str(args.subscribers), "100", str(per_write)])
+            try:
+                end = time.monotonic() + 10
+                while not os.path.exists(sock):
+                    if time.monotonic() > end or p.poll() is not None:
+                        raise SystemExit(f"{floor} did not listen on {sock}")
+                    time.sleep(0.05)
+                g = subscribers_phase(sock, args.subscribers, args.hz, args.phase, args.warmup)
+                assert next(g) == "t0"
+                c0, w0 = cpu_seconds(p.pid), time.monotonic()
+                next(g)
+                c1, w1 = cpu_seconds(p.pid), time.monotonic()
+                cores.append((c1 - c0) / (w1 - w0))
+            finally:
+                p.kill()
+                p.wait()
+                if os.path.exists(sock):
+                    os.unlink(sock)
+        return {"bytes_per_write": per_write, "cpu": [round(x, 5) for x in cores]}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def measure_scope(binary, sock, args):
     if shutil.which("tmux") is None:
         return None
@@ -234,11 +277,20 @@ def main():
     ap.add_argument("--rigs", default="8x250,384x30000")
     ap.add_argument("--no-scope", dest="scope", action="store_false")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--floor", default="target/release/examples/socket_floor",
+                    help="socket_floor binary; 'none' skips the floor")
     args = ap.parse_args()
+    if args.floor != "none" and not os.access(args.floor, os.X_OK):
+        raise SystemExit(f"no {args.floor}: cargo build --release --example socket_floor (or --floor none)")
     results = []
     for rig in args.rigs.split(","):
         ch, rate = rig.split("x")
         r = measure_daemon(os.path.abspath(args.bin), int(ch), float(rate), args)
+        if args.floor != "none":
+            per_client = 1e6 * sum(x["mbytes_per_s"] for x in r["subscribers"]) / len(r["subscribers"]) / args.subscribers
+            r["floor"] = measure_floor(os.path.abspath(args.floor), per_client, args)
+            without = sum(r["cpu_without"]) / len(r["cpu_without"])
+            r["best_ratio"] = round((without + sum(r["floor"]["cpu"]) / len(r["floor"]["cpu"])) / without, 4)
         results.append(r)
         if not args.json:
             print(
@@ -251,6 +303,13 @@ def main():
                 f"scope CPU {r['scope_cpu_percent']} % of a core",
                 flush=True,
             )
+            if "floor" in r:
+                f = r["floor"]
+                print(
+                    f"  floor: socket_floor writing the same {f['bytes_per_write']} B per client every 100 ms: "
+                    f"{sum(f['cpu'])/len(f['cpu']):.4f} core -> best ratio {r['best_ratio']:.3f}",
+                    flush=True,
+                )
     if args.json:
         print(json.dumps(results))
 
