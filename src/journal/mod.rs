@@ -32,8 +32,12 @@ use std::sync::Mutex;
 /// eviction the left edge: a few dozen pages stay hot; a bigger cache only
 /// holds pages of batches already written, which the soak saw filling for
 /// the first quarter hour (heaptrack: +2.2 MiB of live heap between minute
-/// 4 and minute 10, all SQLite page cache).
-const WRITER_CACHE_KIB: u32 = 1024;
+/// 4 and minute 10, all SQLite page cache). At 1 MiB the idle default run's
+/// anonymous memory still grew by 2 MiB over its first two minutes (until
+/// the first WAL checkpoint); 64 pages hold the hot edges with room to
+/// spare. A batch bigger than the cache spills its pages to the WAL
+/// before the commit, which writes the same frames, only earlier.
+const WRITER_CACHE_KIB: u32 = 256;
 /// The page cache of a read-only connection (uplink paging, export, CLI):
 /// each batch is read once, so only the b-trees' inner pages are worth
 /// keeping.
