@@ -33,8 +33,15 @@ const CHANNEL_BATCHES: usize = 64;
 const RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
 /// Upload verdicts that may wait for the writer's next transaction; when
 /// full, the uplink keeps them and retries (a bounded channel allocates
-/// and touches all of its slots up front: 4096 is 256 KiB).
-const MARKS_QUEUED: usize = 4096;
+/// and touches all of its slots up front: 4096 was 256 KiB of every run's
+/// memory; the writer takes them all at least every `IDLE_WAIT`).
+const MARKS_QUEUED: usize = 1024;
+/// Audit records that may wait for the writer: state changes of devices,
+/// the uplink and the daemon, which their back-offs keep to a few a
+/// second even while the writer retries a failing disk (at most 15 s).
+/// A full queue loses the record and says so in the log. (4096 slots were
+/// 384 KiB resident in every run, idle or not.)
+const AUDITS_QUEUED: usize = 1024;
 /// How long the writer sleeps when it has nothing to do. It stamps its
 /// heartbeat (the systemd watchdog's liveness check) and takes audit
 /// records and upload marks on each wake: an uploaded batch shows as
@@ -167,7 +174,7 @@ impl JournalTx {
     /// batch queue as the real one is bounded.
     pub(crate) fn for_tests(capacity: usize) -> (JournalTx, TestJournal) {
         let (btx, brx) = crossbeam_channel::bounded(capacity);
-        let (atx, arx) = crossbeam_channel::bounded(4096);
+        let (atx, arx) = crossbeam_channel::bounded(AUDITS_QUEUED);
         let (mtx, mrx) = crossbeam_channel::bounded(16);
         let (_, commits) = watch::channel(0);
         let tx = JournalTx {
@@ -231,7 +238,7 @@ pub fn spawn_writer(
     let pending = (status.pending_batches, status.pending_bytes);
     shared.update(|s| *s = status);
     let (btx, brx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
-    let (atx, arx) = crossbeam_channel::bounded(4096);
+    let (atx, arx) = crossbeam_channel::bounded(AUDITS_QUEUED);
     let (mtx, mrx) = crossbeam_channel::bounded(MARKS_QUEUED);
     let (commits_tx, commits_rx) = watch::channel(0u64);
     let tx = JournalTx {
