@@ -347,57 +347,21 @@ fn acquisition(
         stats.set_error(None);
         failed_opens = 0;
         let stall_after = t.stall_after + Duration::from_secs_f64(p.info.chunk_s.clamp(0.0, 10.0));
-        let mut last_progress = Instant::now();
-        let mut next_index = p.producer.next_index();
-        let mut reopen = false;
         let mut sink = Sink {
             frames: &mut p.producer,
             markers: &marker_tx,
             timing,
             clock,
         };
-        while !stop.load(Ordering::Relaxed) {
-            let r = source.read(&mut sink);
-            sink.frames.flush();
-            if let Err(e) = r {
-                let m = e.to_string();
-                stats.set_error(Some(m.clone()));
-                let fatal = matches!(e, SourceError::Fatal(_));
-                set_state(
-                    &stats,
-                    &journal,
-                    if fatal {
-                        DeviceState::Error
-                    } else {
-                        DeviceState::Disconnected
-                    },
-                    Some(&m),
-                );
-                break;
-            }
-            let now = Instant::now();
-            if sink.frames.next_index() != next_index {
-                next_index = sink.frames.next_index();
-                last_progress = now;
-                stats.effective_rate.store(sink.timing.effective_rate());
-                if stats.state() == DeviceState::Stalled {
-                    set_state(&stats, &journal, DeviceState::Streaming, None);
-                    stats.set_error(None);
-                }
-            } else {
-                let silent = now.duration_since(last_progress);
-                if silent >= stall_after && stats.state() == DeviceState::Streaming {
-                    let m = format!("connected but no samples for {:.1} s", silent.as_secs_f64());
-                    stats.set_error(Some(m.clone()));
-                    set_state(&stats, &journal, DeviceState::Stalled, Some(&m));
-                }
-                if silent >= stall_after + t.reopen_stalled_after {
-                    tracing::warn!(device = %stats.id, "stalled device: closing and reopening it");
-                    reopen = true;
-                    break;
-                }
-            }
-        }
+        let reopen = read_until_lost(
+            source.as_mut(),
+            &mut sink,
+            &stats,
+            &journal,
+            &stop,
+            stall_after,
+            t.reopen_stalled_after,
+        );
         source.drain(&mut sink);
         sink.frames.flush();
         source.close();
@@ -418,6 +382,64 @@ fn acquisition(
     if stop.load(Ordering::Relaxed) && stats.state() != DeviceState::Error {
         stats.set_state(DeviceState::Disconnected);
     }
+}
+
+/// Read from an open source until it fails, the daemon stops or it stays
+/// silent too long: `Stalled` after `stall_after` without samples, and
+/// true (close and reopen it) after `reopen_after` more.
+fn read_until_lost(
+    source: &mut dyn Source,
+    sink: &mut Sink<'_>,
+    stats: &DeviceStats,
+    journal: &JournalTx,
+    stop: &AtomicBool,
+    stall_after: Duration,
+    reopen_after: Duration,
+) -> bool {
+    let mut last_progress = Instant::now();
+    let mut next_index = sink.frames.next_index();
+    while !stop.load(Ordering::Relaxed) {
+        let r = source.read(sink);
+        sink.frames.flush();
+        if let Err(e) = r {
+            let m = e.to_string();
+            stats.set_error(Some(m.clone()));
+            let fatal = matches!(e, SourceError::Fatal(_));
+            set_state(
+                stats,
+                journal,
+                if fatal {
+                    DeviceState::Error
+                } else {
+                    DeviceState::Disconnected
+                },
+                Some(&m),
+            );
+            return false;
+        }
+        let now = Instant::now();
+        if sink.frames.next_index() != next_index {
+            next_index = sink.frames.next_index();
+            last_progress = now;
+            stats.effective_rate.store(sink.timing.effective_rate());
+            if stats.state() == DeviceState::Stalled {
+                set_state(stats, journal, DeviceState::Streaming, None);
+                stats.set_error(None);
+            }
+        } else {
+            let silent = now.duration_since(last_progress);
+            if silent >= stall_after && stats.state() == DeviceState::Streaming {
+                let m = format!("connected but no samples for {:.1} s", silent.as_secs_f64());
+                stats.set_error(Some(m.clone()));
+                set_state(stats, journal, DeviceState::Stalled, Some(&m));
+            }
+            if silent >= stall_after + reopen_after {
+                tracing::warn!(device = %stats.id, "stalled device: closing and reopening it");
+                return true;
+            }
+        }
+    }
+    false
 }
 
 #[cfg(test)]
