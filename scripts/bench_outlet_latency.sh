@@ -116,7 +116,7 @@ with open(out, "w") as f:
 EOF
 
 # Run time of all of PID's threads, in nanoseconds.
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s}'; }
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
 # floor LOAD CHANNELS RATE -> prints liblsl's CPU % for an outlet of that shape
 floor() {
