@@ -900,9 +900,11 @@ pub fn decode_plaintext(plain: &[u8], header: &BatchHeader) -> Result<BatchData,
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_zstd_window_holds_the_plaintext_up_to_the_default() {
-        use super::zstd_window_log as w;
+        let w = zstd_window_log;
         assert_eq!(w(0), 10);
         assert_eq!(w(1024), 10);
         assert_eq!(w(1025), 11);
@@ -911,8 +913,6 @@ mod tests {
         assert_eq!(w(16 << 20), 19);
         assert_eq!(w(usize::MAX), 19);
     }
-
-    use super::*;
 
     pub fn sample_batch() -> BatchData {
         BatchData {
