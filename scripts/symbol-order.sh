@@ -7,7 +7,8 @@
 #   scripts/symbol-order.sh --check [--bin PATH]
 #
 # Making it: runs the daemon under valgrind's callgrind (each run N seconds,
-# default 90, then SIGINT: start-up, the steady state and the stop) on
+# default 150, then SIGINT: start-up, the steady state, the minute's heap
+# trim, the first WAL checkpoint at ~2 minutes, and the stop) on
 #   1. config/neuroedge.toml (the synthetic device), asking `status` on the
 #      way, and
 #   2. the LSL device (devices/lsl-eeg.toml) recording a pylsl outlet of
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 BIN=target/release/neuroedge
-SECS=90
+SECS=150
 LSL=1
 OUT=link/x86_64-unknown-linux-gnu.order
 CHECK=0
@@ -57,9 +58,9 @@ for line in nm.splitlines():
         funcs[p[3]] = (int(p[0], 16), int(p[1], 16))
 found = [funcs[n] for n in names if n in funcs]
 # ThinLTO renames the local functions it shares between codegen units to
-# name.llvm.<hash of the module>, and the module holds the build directory
-# (debug info): a checkout at another path misses those and links them
-# elsewhere.
+# name.llvm.<hash of the module>: the module's code and its debug info,
+# which holds the build directory. A change to a module's code, or a
+# checkout at another path, misses those and links them elsewhere.
 base = lambda n: n.split(".llvm.")[0]
 bases = {base(n) for n in funcs}
 suffix_only = sum(1 for n in names if n not in funcs and base(n) in bases)
@@ -70,8 +71,9 @@ print(f"symbol order: {len(found)} of {len(names)} listed functions are in {bina
       f"({size / 1e6:.2f} MB of {total / 1e6:.1f} MB of code, in {len(pieces)} pieces of 64 KiB = "
       f"{len(pieces) * 64 / 1024:.1f} MiB)")
 if suffix_only:
-    print(f"  {suffix_only} more differ only in their .llvm.<hash> suffix: built at another path "
-          "than the file was made at (they lie elsewhere: ~1 MB more resident code)")
+    print(f"  {suffix_only} more differ only in their .llvm.<hash> suffix: their code changed "
+          "since the file was made, or this build is at another path (they lie elsewhere: "
+          "up to ~1 MB more resident code)")
 EOF
   exit 0
 fi
