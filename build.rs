@@ -29,17 +29,20 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
     let order = manifest.join(ORDER);
-    if let Err(why) = applies(&order) {
-        // Not an error: debug builds, other targets and linkers link as usual.
-        if std::env::var("PROFILE").as_deref() == Ok("release") {
-            println!("cargo:warning=function order not applied: {why}");
+    let version = match applies(&order) {
+        Ok(version) => version,
+        Err(why) => {
+            // Not an error: debug builds, other targets and linkers link as usual.
+            if std::env::var("PROFILE").as_deref() == Ok("release") {
+                println!("cargo:warning=function order not applied: {why}");
+            }
+            return;
         }
-        return;
-    }
-    if let Some(stale) = stale(&order, &manifest.join("Cargo.lock")) {
+    };
+    if let Some(stale) = stale(&order, &manifest.join("Cargo.lock"), &version) {
         println!(
-            "cargo:warning={ORDER} was made for {stale}: most of its symbols will not be found, \
-             so the daemon's idle memory is ~4 MB higher; regenerate it with scripts/symbol-order.sh"
+            "cargo:warning={ORDER} was made for {stale}: many of its symbols will not be found, \
+             so the daemon's idle memory is up to ~4 MB higher; regenerate it with scripts/symbol-order.sh"
         );
     }
     println!(
@@ -51,8 +54,9 @@ fn main() {
     println!("cargo:rustc-link-arg-bin=neuroedge=-Wl,--no-warn-symbol-ordering");
 }
 
-/// Why the order file cannot be given to this link, if it cannot.
-fn applies(order: &Path) -> Result<(), String> {
+/// Why the order file cannot be given to this link, if it cannot; else
+/// `rustc -vV`.
+fn applies(order: &Path) -> Result<String, String> {
     let env = |k: &str| std::env::var(k).unwrap_or_default();
     if env("PROFILE") != "release" {
         return Err("not a release build".into());
@@ -96,12 +100,12 @@ fn applies(order: &Path) -> Result<(), String> {
             lld.display()
         ));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// What the order file was made for, when that differs from this build:
 /// its header records rustc's commit and Cargo.lock's SHA-256.
-fn stale(order: &Path, lock: &Path) -> Option<String> {
+fn stale(order: &Path, lock: &Path, version: &str) -> Option<String> {
     let text = std::fs::read_to_string(order).ok()?;
     let header = |key: &str| {
         text.lines()
@@ -115,11 +119,7 @@ fn stale(order: &Path, lock: &Path) -> Option<String> {
             .unwrap_or("")
             .to_string()
     };
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let commit = run(&rustc, &["-vV"])
-        .ok()
-        .and_then(|v| field(&v, "commit-hash"))
-        .unwrap_or_default();
+    let commit = field(version, "commit-hash").unwrap_or_default();
     let lock_sha = std::fs::read(lock)
         .map(|b| hex(&Sha256::digest(b)))
         .unwrap_or_default();

@@ -45,21 +45,9 @@ done
 BIN=$(realpath "$BIN")
 python3 -c 'import pylsl, numpy' 2>/dev/null || { echo "python3 lacks pylsl or numpy" >&2; exit 2; }
 
-NS="neoutbench-$$"
-WORK=$(mktemp -d /tmp/neuroedge-outbench.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-ip netns add "$NS"
-ip netns exec "$NS" ip link set lo up
-ip netns exec "$NS" ip link set lo multicast on
-ip netns exec "$NS" ip route add 224.0.0.0/4 dev lo
-export LSLAPICFG=$ROOT/tests/peers/lsl_api.cfg
+. scripts/lsl-netns-lib.sh
+lsl_work neuroedge-outbench
+lsl_netns
 
 cat > "$WORK/inlet.py" <<'EOF'
 import sys, time

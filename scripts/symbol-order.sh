@@ -79,16 +79,8 @@ EOF
 fi
 
 command -v valgrind >/dev/null || { echo "needs valgrind (apt install valgrind)" >&2; exit 2; }
-WORK=$(mktemp -d /tmp/neuroedge-order.XXXXXX)
-NS="neorder-$$"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/lsl-netns-lib.sh
+lsl_work neuroedge-order
 
 # One daemon under callgrind for $SECS seconds: profile into $1.out.
 profile() { # name, then the command prefix (e.g. ip netns exec NS)
@@ -121,11 +113,7 @@ profile default
 if [ "$LSL" = 1 ]; then
   [ "$(id -u)" -eq 0 ] || { echo "the LSL run needs root (network namespace); --no-lsl skips it" >&2; exit 2; }
   python3 -c 'import pylsl' 2>/dev/null || { echo "python3 lacks pylsl (pip install pylsl); --no-lsl skips it" >&2; exit 2; }
-  ip netns add "$NS"
-  ip netns exec "$NS" ip link set lo up
-  ip netns exec "$NS" ip link set lo multicast on
-  ip netns exec "$NS" ip route add 224.0.0.0/4 dev lo
-  export LSLAPICFG=$ROOT/tests/peers/lsl_api.cfg
+  lsl_netns
   mkdir -p "$WORK/lsl/devices"
   sed -e 's/^enabled = false/enabled = true/' -e 's/^# name = .*/name = "order"/' \
     "$ROOT/devices/lsl-eeg.toml" > "$WORK/lsl/devices/lsl-eeg.toml"
