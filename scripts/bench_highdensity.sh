@@ -37,7 +37,7 @@ for ch in 384 1024; do
   echo "== neuroedge bench --channels $ch --rate 30000"
   "$BIN" bench --channels "$ch" --rate 30000 --seconds 10 2>/dev/null
 done
-echo "== the binary's function order (build.rs; stale after a toolchain or Cargo.lock change: scripts/symbol-order.sh)"
+echo "== the binary's function order (build.rs; regenerate with scripts/symbol-order.sh after a toolchain, Cargo.lock or large code change)"
 scripts/symbol-order.sh --check --bin "$BIN" || true
 echo "== the daemon, paced (scripts/bench_highdensity.py)"
 python3 scripts/bench_highdensity.py --bin "$BIN" --seconds "$SECS" --idle-seconds 60
