@@ -8,8 +8,10 @@
 //! the linker puts them first, together, and the idle default run's
 //! resident code drops to ~3 MB (docs/performance.md). The file names
 //! functions by their mangled symbols, which a different toolchain or
-//! Cargo.lock renames: the build then warns that the file is stale (the
-//! link still works; only the memory figure suffers).
+//! Cargo.lock renames (the build then warns that the file is stale), and
+//! code changes rename some (ThinLTO's `.llvm.<hash>` locals; the
+//! script's `--check` counts them). The link works either way; only the
+//! memory figure suffers.
 //!
 //! Only for release builds of the `neuroedge` binary on
 //! x86_64-unknown-linux-gnu with rustc >= 1.90's default linker (rust-lld):
