@@ -5,17 +5,19 @@
 //! liblsl is loaded at run time ([`crate::lsl_ffi`]: `$NEUROEDGE_LSL_LIB`,
 //! else pylsl's bundled liblsl, else the system's); without it the device
 //! is in `error` with a message naming the fix, and the other devices run.
-//! liblsl's calls block, so everything LSL runs on a worker thread per
-//! connection; the driver talks to it over a channel. The worker resolves
-//! the stream, opens an inlet (with liblsl's own recovery on), pulls
-//! samples in chunks (waiting on liblsl's condition variable for at most
-//! 100 ms for the first sample, then taking what is there) and maps their
-//! stamps to the local LSL clock with `time_correction`. The driver maps
-//! LSL's local clock to neuroedge's monotonic timeline (both are the
-//! system's monotonic clock; the offset is measured on every read).
+//! liblsl's resolve and set-up calls block for seconds, so they run on a
+//! thread of their own per connection, which hands the open inlet over.
+//! The driver then pulls on the acquisition thread: it waits on liblsl's
+//! condition variable for at most 100 ms for the first sample, takes what
+//! is there in one chunked pull, and maps the stamps to the local LSL clock
+//! with `time_correction`. (A pull thread of its own handed each chunk to
+//! the acquisition thread, a wake-up each time: recording an 8 ch x 250 Hz
+//! stream cost ~0.035 % of a core more, of ~0.8 % in all.) The driver maps LSL's local clock
+//! to neuroedge's monotonic timeline (both are the system's monotonic
+//! clock; the offset is measured on every read).
 //!
 //! An outlet that goes away: liblsl's recovery hides it (pulls just return
-//! nothing), so the worker checks, after 1 s without data, whether the
+//! nothing), so the driver checks, after 1 s without data, whether the
 //! stream is still on the network; if not, the device is `disconnected`
 //! and the runner reconnects (re-resolves) with backoff. A stream that is
 //! there but silent is `stalled` (runner) until data resumes.
@@ -24,7 +26,7 @@ use super::{default_names, Sink, Source, SourceError, StreamInfo};
 use super::{BuildContext, DriverConfig};
 use crate::lsl_ffi::{self, Inlet, LslError};
 use crate::validate::{self, Findings};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,16 +82,18 @@ impl DriverConfig for LslConnection {
 
 /// The longest a pull blocks.
 const PULL_TIMEOUT: f64 = 0.1;
-/// Once data flows, the worker pulls at most this often: what arrives
+/// Once data flows, the driver pulls at most this often: what arrives
 /// meanwhile waits in liblsl's buffer and comes in one chunk. An outlet
-/// pushing every 10 ms would otherwise wake the worker, the acquisition
-/// and the processing threads 100 times a second each (recording an
-/// 8 ch x 250 Hz stream cost ~1.2 % of a core, ~0.4 % pulled this way).
+/// pushing every 10 ms would otherwise wake the acquisition and the
+/// processing threads 100 times a second each (recording an 8 ch x 250 Hz
+/// stream cost ~1.2 % of a core, ~0.4 % pulled this way).
 /// One ring block: the live outputs' latency bound (issue 12) allows it.
 /// Only for stamps on LSL's clock: a stream stamped on another clock is
 /// placed by arrival times, which must stay tight, so it is pulled as each
 /// burst arrives.
 const PULL_EVERY: Duration = Duration::from_millis(100);
+/// A read returns within about this long (the [`Source::read`] contract).
+const READ_AT_MOST: Duration = Duration::from_millis(100);
 /// A pull takes up to a second of samples (at least 32), but at most this
 /// many values: a backlog (the set-up's first moments) comes in one chunk,
 /// so the arrival time of its newest sample is a true arrival time.
@@ -122,7 +126,7 @@ const MAX_CH_SAMPLES_PER_S: f64 = 5_000_000.0;
 const MAX_STAMP_OFFSET_S: f64 = 2.0 * INLET_BUFFER_S as f64;
 /// Bad stamps are reported at most this often.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
-/// Chunk buffers kept for reuse between the worker and the driver.
+/// Chunk buffers kept for reuse.
 const SPARE_CHUNKS: usize = 32;
 /// liblsl inlet buffer, seconds.
 const INLET_BUFFER_S: i32 = 60;
@@ -161,20 +165,6 @@ pub fn predicate(name: Option<&str>, stream_type: Option<&str>, source_id: Optio
     .join(" and ")
 }
 
-/// What the worker tells the driver.
-enum Msg {
-    Opened(Result<Opened, SourceError>),
-    /// Frame-major values and their stamps on the local LSL clock.
-    Data {
-        values: Vec<f32>,
-        stamps: Vec<f64>,
-    },
-    /// Markers: (local LSL time, text).
-    Markers(Vec<(f64, String)>),
-    /// The connection is over.
-    Lost(SourceError),
-}
-
 struct Opened {
     rate: f64,
     channels: usize,
@@ -182,24 +172,26 @@ struct Opened {
     describe: String,
 }
 
-/// A chunk's buffers (values, stamps), sent back by the driver once pushed
-/// so that the worker reuses them instead of allocating per chunk.
+/// What the connecting thread hands over: the stream it opened, or why not.
+type Connecting = Result<(Opened, Box<Puller>), SourceError>;
+
+/// A chunk's buffers (values, stamps), kept once pushed so that the next
+/// pulls reuse them instead of allocating per chunk.
 type Spare = (Vec<f32>, Vec<f64>);
 
-struct Worker {
+/// The thread that resolves the stream and opens an inlet on it (liblsl's
+/// resolve and set-up calls block for seconds; `open` waits for it in
+/// short steps so that a stop request is seen).
+struct Connector {
     stop: Arc<AtomicBool>,
-    rx: Receiver<Msg>,
-    spare: Sender<Spare>,
+    rx: Receiver<Connecting>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Worker {
+impl Connector {
     fn finish(self) {
-        let Worker {
-            stop, rx, thread, ..
-        } = self;
+        let Connector { stop, rx, thread } = self;
         stop.store(true, Ordering::Relaxed);
-        // A worker blocked on a full channel sees it closed and returns.
         drop(rx);
         if let Some(t) = thread {
             let _ = t.join();
@@ -214,18 +206,111 @@ struct Chunk {
     stamps: Vec<f64>,
 }
 
+/// An open data inlet and what pulling from it needs. It is pulled on the
+/// acquisition thread: a pull waits on liblsl's condition variable for at
+/// most [`PULL_TIMEOUT`].
+struct Puller {
+    lib: Arc<lsl_ffi::Lsl>,
+    inlet: Inlet,
+    /// The sender's clock offset (`time_correction`).
+    correction: f64,
+    uid: String,
+    describe: String,
+    channels: usize,
+    markers: Option<MarkerInlet>,
+    /// The pull buffers, allocated once: pulled samples are copied from
+    /// them into the chunk pushed (only what was pulled).
+    values: Vec<f32>,
+    stamps: Vec<f64>,
+    placer: Stamps,
+    last_data: Instant,
+    last_check: Instant,
+    /// Stamps on LSL's clock are pulled at most every [`PULL_EVERY`]: the
+    /// next pull not before this.
+    next_pull: Instant,
+}
+
+impl Puller {
+    /// Wait for the first sample (at most `timeout` s), then take what is
+    /// already there in one chunked pull, into `values` / `stamps` with
+    /// the stamps on the local LSL clock.
+    fn pull(
+        &mut self,
+        timeout: f64,
+        values: &mut Vec<f32>,
+        stamps: &mut Vec<f64>,
+    ) -> Result<(), SourceError> {
+        let turn = Instant::now();
+        let ch = self.channels;
+        let inlet = &mut self.inlet;
+        let (pv, ps) = (&mut self.values, &mut self.stamps);
+        let pulled = inlet
+            .pull_chunk_f32(&mut pv[..ch], &mut ps[..1], timeout)
+            .and_then(|first| {
+                if first == 0 {
+                    return Ok(0);
+                }
+                inlet
+                    .pull_chunk_f32(&mut pv[ch..], &mut ps[1..], 0.0)
+                    .map(|rest| first + rest)
+            })
+            .map_err(|e| SourceError::Disconnected(format!("LSL stream {}: {e}", self.describe)))?;
+        if pulled == 0 {
+            return Ok(());
+        }
+        values.extend_from_slice(&pv[..pulled * ch]);
+        stamps.extend_from_slice(&ps[..pulled]);
+        if let Ok(c) = self.inlet.time_correction(0.0) {
+            self.correction = c;
+        }
+        let now = self.lib.local_clock();
+        let own_clock = self
+            .placer
+            .place(stamps, self.correction, now, &self.describe);
+        self.last_data = Instant::now();
+        // What arrives until the next pull waits in liblsl's buffer, unless
+        // the stamps are on another clock (their arrival times place them,
+        // so they are pulled as each burst arrives).
+        if own_clock {
+            self.next_pull = turn + PULL_EVERY;
+        }
+        Ok(())
+    }
+
+    /// liblsl's recovery keeps an inlet of a vanished outlet waiting
+    /// silently: after [`SILENCE_CHECK`] without data, ask the network
+    /// whether the stream is still there.
+    fn check_silence(&mut self) -> Result<(), SourceError> {
+        if self.last_data.elapsed() < SILENCE_CHECK || self.last_check.elapsed() < SILENCE_CHECK {
+            return Ok(());
+        }
+        self.last_check = Instant::now();
+        let q = format!("uid={}", xpath_literal(&self.uid));
+        match self.lib.resolve(&q, 1, RESOLVE_STEP) {
+            Ok(found) if found.is_empty() => Err(SourceError::Disconnected(format!(
+                "LSL stream {} vanished (no data for {:.1} s and no longer on the network)",
+                self.describe,
+                self.last_data.elapsed().as_secs_f64()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub struct Lsl {
     cfg: LslConnection,
     /// liblsl, once loaded (at the first open).
     lib: Option<Arc<lsl_ffi::Lsl>>,
     /// The runner's stop request, watched while a connection is set up.
     stop: Arc<AtomicBool>,
-    worker: Option<Worker>,
+    puller: Option<Box<Puller>>,
     describe: String,
     channels: usize,
     period: f64,
     /// Data waiting out [`MARKER_HOLD`].
     pending: VecDeque<Chunk>,
+    /// Buffers of pushed chunks, for the next pulls.
+    spares: Vec<Spare>,
     /// Local LSL time of the last sample pushed (this connection).
     last_stamp: Option<f64>,
 }
@@ -236,11 +321,12 @@ impl Lsl {
             cfg,
             lib: None,
             stop,
-            worker: None,
+            puller: None,
             describe: String::new(),
             channels: 0,
             period: 0.0,
             pending: VecDeque::new(),
+            spares: Vec::new(),
             last_stamp: None,
         }
     }
@@ -277,13 +363,68 @@ impl Lsl {
                 self.last_stamp = Some(t);
                 sink.push_stamped(t - offset, frame);
             }
-            if let Some(w) = &self.worker {
+            if self.spares.len() < SPARE_CHUNKS {
                 values.clear();
                 stamps.clear();
-                // A full spare queue just lets this pair go.
-                let _ = w.spare.try_send((values, stamps));
+                self.spares.push((values, stamps));
             }
         }
+    }
+
+    /// One turn of [`Source::read`] on the open puller `p`.
+    fn read_from(&mut self, p: &mut Puller, sink: &mut Sink<'_>) -> Result<(), SourceError> {
+        // Without a marker stream nothing needs holding back.
+        let all = self.cfg.markers.is_none();
+        let start = Instant::now();
+        let deadline = start + READ_AT_MOST;
+        // A held chunk falling due bounds every wait.
+        let due = self.pending.front().map(|c| c.arrived + MARKER_HOLD);
+        if start < p.next_pull {
+            let until = due.map_or(p.next_pull, |d| d.min(p.next_pull));
+            std::thread::sleep(until.min(deadline).saturating_duration_since(start));
+            if Instant::now() < p.next_pull {
+                self.push_due(sink, all);
+                return Ok(());
+            }
+        }
+        let limit = due.map_or(deadline, |d| d.min(deadline));
+        let timeout = limit
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64()
+            .min(PULL_TIMEOUT);
+        let channels = self.channels;
+        let (mut values, mut stamps) = self
+            .spares
+            .pop()
+            .unwrap_or_else(|| (Vec::with_capacity(64 * channels), Vec::with_capacity(64)));
+        if let Err(e) = p.pull(timeout, &mut values, &mut stamps) {
+            self.push_due(sink, true);
+            return Err(e);
+        }
+        if stamps.is_empty() {
+            self.spares.push((values, stamps));
+        } else {
+            self.pending.push_back(Chunk {
+                arrived: Instant::now(),
+                values,
+                stamps,
+            });
+        }
+        if let Some(m) = p.markers.as_mut() {
+            let ms = m.poll(p.correction);
+            if !ms.is_empty() {
+                let offset = p.lib.local_clock() - sink.mono_now();
+                for (t, v) in ms {
+                    sink.marker(t - offset, v);
+                }
+            }
+        }
+        self.push_due(sink, all);
+        if let Err(e) = p.check_silence() {
+            self.push_due(sink, true);
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -306,34 +447,33 @@ impl Source for Lsl {
             self.cfg.source_id.as_deref(),
         );
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = crossbeam_channel::bounded(256);
-        let (spare_tx, spare_rx) = crossbeam_channel::bounded(SPARE_CHUNKS);
+        let (tx, rx) = crossbeam_channel::bounded(1);
         let thread = {
             let cfg = self.cfg.clone();
             let stop = stop.clone();
             let pred = pred.clone();
             std::thread::Builder::new()
-                .name("lsl-inlet".into())
-                .spawn(move || worker(lib, cfg, pred, stop, tx, spare_rx))
+                .name("lsl-connect".into())
+                .spawn(move || {
+                    let _ = tx.send(connect_stream(lib, cfg, pred, &stop));
+                })
                 .map_err(|e| SourceError::Unavailable(format!("cannot start LSL thread: {e}")))?
         };
-        let w = Worker {
+        let c = Connector {
             stop,
             rx,
-            spare: spare_tx,
             thread: Some(thread),
         };
-        // Wait for the worker in short steps so that a stop request
-        // (shutdown, reload) is seen at once.
+        // Wait for the connecting thread in short steps so that a stop
+        // request (shutdown, reload) is seen at once.
         let wait = Duration::from_secs_f64(self.cfg.resolve_timeout_s + 4.0 * SETUP_TIMEOUT);
         let until = Instant::now() + wait;
-        let opened = loop {
+        let connected = loop {
             if self.stop.load(Ordering::Relaxed) {
                 break Err(SourceError::Unavailable("stopping".into()));
             }
-            match w.rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Msg::Opened(r)) => break r,
-                Ok(_) => break Err(SourceError::Unavailable("LSL worker out of step".into())),
+            match c.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(r) => break r,
                 Err(RecvTimeoutError::Timeout) if Instant::now() < until => {}
                 Err(_) => {
                     break Err(SourceError::Unavailable(format!(
@@ -342,20 +482,15 @@ impl Source for Lsl {
                 }
             }
         };
-        let o = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                w.finish();
-                return Err(e);
-            }
-        };
+        c.finish();
+        let (o, puller) = connected?;
         tracing::info!(stream = %o.describe, rate = o.rate, channels = o.channels, "LSL inlet open");
         self.describe = o.describe;
         self.channels = o.channels;
         self.period = 1.0 / o.rate;
         self.pending.clear();
         self.last_stamp = None;
-        self.worker = Some(w);
+        self.puller = Some(puller);
         Ok(StreamInfo {
             sample_rate: o.rate,
             channels: o.channels,
@@ -365,55 +500,12 @@ impl Source for Lsl {
     }
 
     fn read(&mut self, sink: &mut Sink<'_>) -> Result<(), SourceError> {
-        let Some(w) = self.worker.as_ref() else {
+        let Some(mut p) = self.puller.take() else {
             return Err(SourceError::Unavailable("read before open".into()));
         };
-        let rx = w.rx.clone();
-        let deadline = Instant::now() + Duration::from_millis(100);
-        loop {
-            // Wake for the next held chunk falling due, or the deadline.
-            let now = Instant::now();
-            let until = self
-                .pending
-                .front()
-                .map(|c| (c.arrived + MARKER_HOLD).min(deadline))
-                .unwrap_or(deadline);
-            let msg = rx.recv_timeout(until.saturating_duration_since(now));
-            let offset = self.lib.as_ref().map_or(0.0, |l| l.local_clock()) - sink.mono_now();
-            match msg {
-                Ok(Msg::Data { values, stamps }) => {
-                    self.pending.push_back(Chunk {
-                        arrived: Instant::now(),
-                        values,
-                        stamps,
-                    });
-                }
-                Ok(Msg::Markers(ms)) => {
-                    for (t, v) in ms {
-                        sink.marker(t - offset, v);
-                    }
-                }
-                Ok(Msg::Opened(_)) => {}
-                Ok(Msg::Lost(e)) => {
-                    self.push_due(sink, true);
-                    return Err(e);
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.push_due(sink, true);
-                    return Err(SourceError::Disconnected(format!(
-                        "LSL inlet for {} ended",
-                        self.describe
-                    )));
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            // Without a marker stream nothing needs holding back.
-            let all = self.cfg.markers.is_none();
-            self.push_due(sink, all);
-            if Instant::now() >= deadline || (rx.is_empty() && self.pending.is_empty()) {
-                return Ok(());
-            }
-        }
+        let r = self.read_from(&mut p, sink);
+        self.puller = Some(p);
+        r
     }
 
     fn drain(&mut self, sink: &mut Sink<'_>) {
@@ -422,9 +514,7 @@ impl Source for Lsl {
     }
 
     fn close(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.finish();
-        }
+        self.puller = None;
         self.pending.clear();
     }
 }
@@ -780,131 +870,49 @@ impl Stamps {
     }
 }
 
-/// Resolve, open and pull; everything LSL happens on this thread.
-fn worker(
+/// Resolve the stream, open an inlet on it and measure its clock (on the
+/// connecting thread): what the driver pulls from afterwards.
+fn connect_stream(
     lib: Arc<lsl_ffi::Lsl>,
     cfg: LslConnection,
     pred: String,
-    stop: Arc<AtomicBool>,
-    tx: Sender<Msg>,
-    spare: Receiver<Spare>,
-) {
-    let opened = |r: Result<Opened, SourceError>| {
-        let _ = tx.send(Msg::Opened(r));
-    };
-    let mut info = match resolve_first(&lib, &pred, cfg.resolve_timeout_s, &stop) {
-        Ok(Some(info)) => info,
-        Ok(None) => return,
-        Err(e) => return opened(Err(e)),
+    stop: &AtomicBool,
+) -> Connecting {
+    let mut info = match resolve_first(&lib, &pred, cfg.resolve_timeout_s, stop)? {
+        Some(info) => info,
+        None => return Err(SourceError::Unavailable("stopping".into())),
     };
     let Connected {
-        mut inlet,
-        opened: o,
-        mut correction,
-    } = match connect(&mut info) {
-        Ok(c) => c,
-        Err(e) => return opened(Err(e)),
-    };
-    let (rate, channels, describe) = (o.rate, o.channels, o.describe.clone());
-    opened(Ok(o));
-
+        inlet,
+        opened,
+        correction,
+    } = connect(&mut info)?;
+    let (rate, channels) = (opened.rate, opened.channels);
     let uid = info.uid();
     let host = info.hostname();
-    let mut markers = cfg
+    let markers = cfg
         .markers
         .as_deref()
         .map(|name| MarkerInlet::new(lib.clone(), name, host.clone()));
-    // The pull buffers, allocated once: pulled samples are copied from
-    // them into the chunk sent to the driver (only what was pulled).
     let chunk = (rate.ceil() as usize).clamp(32, (MAX_PULL_VALUES / channels).max(1));
-    let mut pull_values = vec![0.0f32; chunk * channels];
-    let mut pull_stamps = vec![0.0f64; chunk];
-    let mut last_data = Instant::now();
-    let mut last_check = Instant::now();
-    let mut placer = Stamps::new();
-    let lost = |e: SourceError| {
-        let _ = tx.send(Msg::Lost(e));
+    let now = Instant::now();
+    let puller = Puller {
+        lib,
+        inlet,
+        correction,
+        uid,
+        describe: opened.describe.clone(),
+        channels,
+        markers,
+        values: vec![0.0f32; chunk * channels],
+        stamps: vec![0.0f64; chunk],
+        placer: Stamps::new(),
+        last_data: now,
+        last_check: now,
+        next_pull: now,
     };
-    // An empty pull keeps its buffers for the next one.
-    let mut held: Option<Spare> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let turn = Instant::now();
-        // Buffers come back from the driver once pushed: after the first
-        // few chunks the pull loop allocates nothing.
-        let (mut values, mut stamps) = held
-            .take()
-            .or_else(|| spare.try_recv().ok())
-            .unwrap_or_else(|| (Vec::with_capacity(64 * channels), Vec::with_capacity(64)));
-        // Wait for the first sample (at most PULL_TIMEOUT; liblsl waits on
-        // a condition variable), then take what is already there in one
-        // chunked pull; then rest until PULL_EVERY has passed, unless the
-        // stamps are on another clock (their arrival times place them).
-        let pulled = inlet
-            .pull_chunk_f32(
-                &mut pull_values[..channels],
-                &mut pull_stamps[..1],
-                PULL_TIMEOUT,
-            )
-            .and_then(|first| {
-                if first == 0 {
-                    return Ok(0);
-                }
-                inlet
-                    .pull_chunk_f32(&mut pull_values[channels..], &mut pull_stamps[1..], 0.0)
-                    .map(|rest| first + rest)
-            });
-        match pulled {
-            Ok(n) => {
-                values.extend_from_slice(&pull_values[..n * channels]);
-                stamps.extend_from_slice(&pull_stamps[..n]);
-            }
-            Err(e) => {
-                return lost(SourceError::Disconnected(format!(
-                    "LSL stream {describe}: {e}"
-                )))
-            }
-        }
-        if !stamps.is_empty() {
-            if let Ok(c) = inlet.time_correction(0.0) {
-                correction = c;
-            }
-            let now = lib.local_clock();
-            let own_clock = placer.place(&mut stamps, correction, now, &describe);
-            last_data = Instant::now();
-            if tx.send(Msg::Data { values, stamps }).is_err() {
-                return;
-            }
-            let rest = PULL_EVERY.saturating_sub(turn.elapsed());
-            if own_clock && !rest.is_zero() {
-                std::thread::sleep(rest);
-            }
-        } else {
-            held = Some((values, stamps));
-        }
-        if let Some(m) = markers.as_mut() {
-            let ms = m.poll(correction);
-            if !ms.is_empty() && tx.send(Msg::Markers(ms)).is_err() {
-                return;
-            }
-        }
-        if last_data.elapsed() >= SILENCE_CHECK && last_check.elapsed() >= SILENCE_CHECK {
-            // liblsl's recovery keeps an inlet of a vanished outlet
-            // waiting silently: ask the network whether it is still there.
-            last_check = Instant::now();
-            let q = format!("uid={}", xpath_literal(&uid));
-            match lib.resolve(&q, 1, RESOLVE_STEP) {
-                Ok(found) if found.is_empty() => {
-                    return lost(SourceError::Disconnected(format!(
-                        "LSL stream {describe} vanished (no data for {:.1} s and no longer on the network)",
-                        last_data.elapsed().as_secs_f64()
-                    )))
-                }
-                _ => {}
-            }
-        }
-    }
+    Ok((opened, Box::new(puller)))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
