@@ -191,57 +191,85 @@ fn round_samples(x: f64) -> f64 {
 /// as NumPy's pairwise sum does.
 const LANES: usize = 8;
 
-/// `sum(f(x))` over `xs`, in [`LANES`] interleaved partial sums.
-#[inline]
-fn lane_sum(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += f(x);
-        }
-    }
-    let mut s = 0.0;
-    for a in acc {
-        s += a;
-    }
-    for &x in rest {
-        s += f(x);
-    }
-    s
+/// A channel's window, oldest first: (up to) two slices of its ring.
+type Parts<'a> = [&'a [f32]; 2];
+
+/// Samples `[a, b)` of the window `w`.
+fn sub(w: Parts<'_>, a: usize, b: usize) -> Parts<'_> {
+    let n0 = w[0].len();
+    [
+        &w[0][a.min(n0)..b.min(n0)],
+        &w[1][a.saturating_sub(n0)..b.saturating_sub(n0)],
+    ]
 }
 
-/// Minimum, maximum, and how many values have `|x| >= rail`, in
+/// Sum and sum of squares of `w` (widened to f64, exactly), in [`LANES`]
+/// interleaved chains: one pass for the RMS and the Welch mean.
+#[inline]
+fn lane_moments(w: Parts<'_>) -> (f64, f64) {
+    let mut s = [0.0f64; LANES];
+    let mut q = [0.0f64; LANES];
+    let (mut st, mut qt) = (0.0, 0.0);
+    for part in w {
+        let chunks = part.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for i in 0..LANES {
+                let x = f64::from(c[i]);
+                s[i] += x;
+                q[i] += x * x;
+            }
+        }
+        for &x in rest {
+            let x = f64::from(x);
+            st += x;
+            qt += x * x;
+        }
+    }
+    for i in 0..LANES {
+        st += s[i];
+        qt += q[i];
+    }
+    (st, qt)
+}
+
+/// Minimum, maximum, how many values have `|x| >= rail`, and the sum, in
 /// [`LANES`] interleaved chains. NaN never wins a comparison (as
 /// `f64::min`/`max` ignore it).
 #[inline]
-fn lane_extent(xs: &[f64], rail: f64) -> (f64, f64, usize) {
+fn lane_extent(w: Parts<'_>, rail: f64) -> (f64, f64, usize, f64) {
     let mut lo = [f64::INFINITY; LANES];
     let mut hi = [f64::NEG_INFINITY; LANES];
     let mut railed = [0usize; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for i in 0..LANES {
-            let x = c[i];
-            lo[i] = if x < lo[i] { x } else { lo[i] };
-            hi[i] = if x > hi[i] { x } else { hi[i] };
-            railed[i] += usize::from(x.abs() >= rail);
+    let mut sum = [0.0f64; LANES];
+    let (mut l, mut h, mut r, mut st) = (f64::INFINITY, f64::NEG_INFINITY, 0, 0.0);
+    for part in w {
+        let chunks = part.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for i in 0..LANES {
+                let x = f64::from(c[i]);
+                lo[i] = if x < lo[i] { x } else { lo[i] };
+                hi[i] = if x > hi[i] { x } else { hi[i] };
+                railed[i] += usize::from(x.abs() >= rail);
+                sum[i] += x;
+            }
+        }
+        for &x in rest {
+            let x = f64::from(x);
+            l = l.min(x);
+            h = h.max(x);
+            r += usize::from(x.abs() >= rail);
+            st += x;
         }
     }
-    let (mut l, mut h, mut r) = (f64::INFINITY, f64::NEG_INFINITY, 0);
     for i in 0..LANES {
         l = l.min(lo[i]);
         h = h.max(hi[i]);
         r += railed[i];
+        st += sum[i];
     }
-    for &x in rest {
-        l = l.min(x);
-        h = h.max(x);
-        r += usize::from(x.abs() >= rail);
-    }
-    (l, h, r)
+    (l, h, r, st)
 }
 
 /// Welch PSD machinery for one fixed window length.
@@ -290,18 +318,27 @@ impl Welch {
         }
     }
 
-    /// PSD of the window `x` (length `win`) into `self.psd[..upto]` (the
-    /// bins past `upto` are left stale: callers that need fewer bins skip
-    /// their accumulation).
-    fn compute(&mut self, x: &[f64], upto: usize) {
+    /// PSD of the window `w` into `self.psd[..upto]` (the bins past
+    /// `upto` are left stale: callers that need fewer bins skip their
+    /// accumulation). `sum` is the window's sum, which gives the mean of
+    /// a segment that is the whole window without another pass.
+    fn compute(&mut self, w: Parts<'_>, sum: f64, upto: usize) {
         let upto = upto.min(self.psd.len());
         self.psd[..upto].fill(0.0);
         let n = self.nperseg;
+        let whole = self.nseg == 1 && w[0].len() + w[1].len() == n;
         for seg in 0..self.nseg {
-            let s = &x[seg * self.hop..seg * self.hop + n];
-            let mean = lane_sum(s, |v| v) / n as f64;
-            for ((b, &v), &w) in self.buf.iter_mut().zip(s).zip(&self.hann) {
-                *b = (v - mean) * w;
+            let s = sub(w, seg * self.hop, seg * self.hop + n);
+            let total = if whole { sum } else { lane_moments(s).0 };
+            let mean = total / n as f64;
+            // Detrended and windowed straight from the ring (no copy).
+            let (b0, b1) = self.buf.split_at_mut(s[0].len());
+            let (h0, h1) = self.hann.split_at(s[0].len());
+            for ((b, &v), &h) in b0.iter_mut().zip(s[0]).zip(h0) {
+                *b = (f64::from(v) - mean) * h;
+            }
+            for ((b, &v), &h) in b1.iter_mut().zip(s[1]).zip(h1) {
+                *b = (f64::from(v) - mean) * h;
             }
             // Lengths are fixed at construction, so this cannot fail.
             let _ =
@@ -329,15 +366,14 @@ pub struct FeatureExtractor {
     bands: Vec<Band>,
     thresholds: QualityThresholds,
     /// Channel-major circular histories (`channels * win`).
-    /// (f32, as the samples arrive: widening to f64 when a window is
-    /// unrolled is exact, and it halves the memory: 92 MB at 384 ch × 30 kHz.)
+    /// (f32, as the samples arrive: the features read them in place,
+    /// widened to f64 exactly, and it halves the memory: 92 MB at 384 ch
+    /// × 30 kHz.)
     raw_ring: Vec<f32>,
     filt_ring: Vec<f32>,
     pos: usize,
     filled: usize,
     since_emit: usize,
-    /// Unrolled (oldest-first) copy of one channel's window.
-    lin: Vec<f64>,
     welch: Welch,
     bin_width: f64,
     band_bins: Vec<(usize, usize)>,
@@ -470,7 +506,6 @@ impl FeatureExtractor {
             pos: 0,
             filled: 0,
             since_emit: 0,
-            lin: vec![0.0; win],
             welch,
             bin_width: fs / nperseg as f64,
             band_bins,
@@ -569,16 +604,10 @@ impl FeatureExtractor {
         Ok(emitted)
     }
 
-    /// Copy channel `ch`'s window from `ring` into `lin`, oldest first.
-    fn unroll(lin: &mut [f64], ring: &[f32], win: usize, pos: usize, ch: usize) {
+    /// Channel `ch`'s window in `ring`, oldest first.
+    fn window(ring: &[f32], win: usize, pos: usize, ch: usize) -> Parts<'_> {
         let r = &ring[ch * win..(ch + 1) * win];
-        let (old, new) = lin.split_at_mut(win - pos);
-        for (l, &x) in old.iter_mut().zip(&r[pos..]) {
-            *l = f64::from(x);
-        }
-        for (l, &x) in new.iter_mut().zip(&r[..pos]) {
-            *l = f64::from(x);
-        }
+        [&r[pos..], &r[..pos]]
     }
 
     fn sum_bins(psd: &[f64], (a, b): (usize, usize)) -> f64 {
@@ -589,24 +618,24 @@ impl FeatureExtractor {
     fn compute(&mut self) {
         let c = self.channels;
         let th = self.thresholds;
+        let upto_filt = self.band_bins.iter().map(|b| b.1).max().unwrap_or(0);
+        let upto_raw = self.total_bins.1.max(self.line_bins.1);
         for ch in 0..c {
             // Filtered: band powers + RMS.
-            Self::unroll(&mut self.lin, &self.filt_ring, self.win, self.pos, ch);
-            let ss = lane_sum(&self.lin, |x| x * x);
+            let w = Self::window(&self.filt_ring, self.win, self.pos, ch);
+            let (sum, ss) = lane_moments(w);
             let rms = (ss / self.win as f64).sqrt();
             self.rms[ch] = rms;
-            let upto = self.band_bins.iter().map(|b| b.1).max().unwrap_or(0);
-            self.welch.compute(&self.lin, upto);
+            self.welch.compute(w, sum, upto_filt);
             for (bi, &range) in self.band_bins.iter().enumerate() {
                 self.band_power[bi * c + ch] =
                     Self::sum_bins(&self.welch.psd, range) * self.bin_width;
             }
 
             // Raw: flat / railed / line noise.
-            Self::unroll(&mut self.lin, &self.raw_ring, self.win, self.pos, ch);
-            let (lo, hi, railed) = lane_extent(&self.lin, th.railed_abs_uv);
-            let upto = self.total_bins.1.max(self.line_bins.1);
-            self.welch.compute(&self.lin, upto);
+            let w = Self::window(&self.raw_ring, self.win, self.pos, ch);
+            let (lo, hi, railed, sum) = lane_extent(w, th.railed_abs_uv);
+            self.welch.compute(w, sum, upto_raw);
             let total = Self::sum_bins(&self.welch.psd, self.total_bins);
             let line = Self::sum_bins(&self.welch.psd, self.line_bins);
             let ratio = if total > 0.0 { line / total } else { 0.0 };
@@ -674,23 +703,36 @@ mod tests {
     #[test]
     fn lane_reductions_match_plain_ones() {
         for n in [0usize, 1, 7, 8, 9, 30_001] {
-            let xs: Vec<f64> = (0..n)
-                .map(|i| ((i * 7919) % 1000) as f64 - 500.0 + 0.25 * (i % 3) as f64)
+            let xs: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 - 500.0 + 0.25 * (i % 3) as f32)
                 .collect();
-            let plain: f64 = xs.iter().map(|x| x * x).sum();
-            let lanes = lane_sum(&xs, |x| x * x);
-            assert!((plain - lanes).abs() <= 1e-12 * plain.abs().max(1.0), "{n}");
-            let (lo, hi, r) = lane_extent(&xs, 400.0);
-            let plo = xs.iter().copied().fold(f64::INFINITY, f64::min);
-            let phi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let pr = xs.iter().filter(|x| x.abs() >= 400.0).count();
-            assert_eq!((lo, hi, r), (plo, phi, pr), "{n}");
+            let wide: Vec<f64> = xs.iter().map(|&x| f64::from(x)).collect();
+            let plain_sum: f64 = wide.iter().sum();
+            let plain: f64 = wide.iter().map(|x| x * x).sum();
+            let plo = wide.iter().copied().fold(f64::INFINITY, f64::min);
+            let phi = wide.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let pr = wide.iter().filter(|x| x.abs() >= 400.0).count();
+            // Whole, and split into a ring's two parts anywhere.
+            for cut in [0, n / 3, n] {
+                let w = [&xs[..cut], &xs[cut..]];
+                let (sum, ss) = lane_moments(w);
+                assert!((plain - ss).abs() <= 1e-12 * plain.abs().max(1.0), "{n}");
+                assert!((plain_sum - sum).abs() <= 1e-9, "{n}: {sum} vs {plain_sum}");
+                let (lo, hi, r, s2) = lane_extent(w, 400.0);
+                assert_eq!((lo, hi, r), (plo, phi, pr), "{n}");
+                assert!((plain_sum - s2).abs() <= 1e-9, "{n}");
+                assert_eq!(
+                    sub(w, 2.min(n), n).iter().map(|p| p.len()).sum::<usize>(),
+                    n - 2.min(n)
+                );
+            }
         }
         // NaN is ignored, as f64::min/max ignore it.
-        let mut xs = vec![1.0; 20];
-        xs[3] = f64::NAN;
+        let mut xs = [1.0f32; 20];
+        xs[3] = f32::NAN;
         xs[17] = -2.0;
-        assert_eq!(lane_extent(&xs, 1.0), (-2.0, 1.0, 19));
+        let (lo, hi, r, _) = lane_extent([&xs[..5], &xs[5..]], 1.0);
+        assert_eq!((lo, hi, r), (-2.0, 1.0, 19));
     }
 
     #[test]
