@@ -1,8 +1,10 @@
 //! The stages issue 14 touched, on one second of a 384-channel 30 kHz
 //! recording (synthetic: the daemon's own generator), each as a rate with
 //! a reference measured in the same run:
-//! - `filter` and `features` beside `widen_f32_to_f64` (one pass over the
-//!   same samples: what touching the data costs at all);
+//! - `filter`, `features` and `synthetic_generate` (the synthetic device's
+//!   generator, which feeds the daemon's high-density runs) beside
+//!   `widen_f32_to_f64` (one pass over the same samples: what touching the
+//!   data costs at all);
 //! - `seal_v2_raw` (the default journal) beside `seal_v1_raw_filtered` (what
 //!   the journal did before) and `zstd3_plain_raw` (compressing the raw bytes
 //!   the old way, without sealing).
@@ -72,6 +74,9 @@ fn bench(c: &mut Criterion) {
                 black_box(&out);
             }
         })
+    });
+    g.bench_function("synthetic_generate", |b| {
+        b.iter(|| black_box(generate(&cfg, frames, 1.7e9).1.len()))
     });
     let mut fx = FeatureExtractor::new(RATE, CH, &FeatureConfig::default()).expect("features");
     g.bench_function("features", |b| {
