@@ -44,6 +44,8 @@ pub struct BenchArgs<'a> {
     /// Seal the filtered signal too (`[journal] store = ["raw", "filtered"]`);
     /// the default journal stores raw only.
     pub store_filtered: bool,
+    /// The journals' SQLite page size, KiB (`[journal] page_size_kib`).
+    pub journal_page_kib: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -333,10 +335,20 @@ fn bench_seal(
     Ok((spent, bytes))
 }
 
-/// A journal writer on a temporary file (sync full, as the default config).
-fn open_writer(dir: &Path, name: &str, key: &BatchKey) -> Result<journal::WriterHandle, String> {
-    let j =
-        Journal::open(&dir.join(name), crate::config::SyncMode::Full).map_err(|e| e.to_string())?;
+/// A journal writer on a temporary file (sync full, as the default config;
+/// pages of `page_kib`).
+fn open_writer(
+    dir: &Path,
+    name: &str,
+    key: &BatchKey,
+    page_kib: u32,
+) -> Result<journal::WriterHandle, String> {
+    let j = Journal::open_with(
+        &dir.join(name),
+        crate::config::SyncMode::Full,
+        page_kib * 1024,
+    )
+    .map_err(|e| e.to_string())?;
     journal::spawn_writer(
         j,
         Arc::new(Keyring::new(key.clone())),
@@ -358,9 +370,10 @@ fn open_writer(dir: &Path, name: &str, key: &BatchKey) -> Result<journal::Writer
 fn bench_journal(
     dir: &Path,
     key: &BatchKey,
+    page_kib: u32,
     batches: impl Iterator<Item = BatchData>,
 ) -> Result<f64, String> {
-    let w = open_writer(dir, "stage.db", key)?;
+    let w = open_writer(dir, "stage.db", key, page_kib)?;
     let tx = w.sender();
     let t = Instant::now();
     let mut n = 0u64;
@@ -392,7 +405,7 @@ fn bench_end_to_end(
     progress(&format!(
         "end to end: the real runner for {seconds} s, unpaced"
     ));
-    let w = open_writer(dir, "e2e.db", key)?;
+    let w = open_writer(dir, "e2e.db", key, args.journal_page_kib)?;
     let tx = w.sender();
     let cfg = DeviceConfig {
         file: "bench".into(),
@@ -488,7 +501,12 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
     }
     let tmp = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
     if want(Stage::Journal) {
-        let spent = bench_journal(tmp.path(), &key, batches(&s, &inp, stored, &filter_desc))?;
+        let spent = bench_journal(
+            tmp.path(),
+            &key,
+            args.journal_page_kib,
+            batches(&s, &inp, stored, &filter_desc),
+        )?;
         record("journal", "journal (seal + commit, sync full)", spent);
     }
     drop((inp, filtered));

@@ -91,7 +91,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         tracing::warn!(key_file = %cfg.daemon.crypto.key_file.display(), key_id = %key_id, "generated a new batch key; back it up: batches cannot be read without it");
     }
     let jcfg = &cfg.daemon.journal;
-    let journal = Journal::open(&jcfg.path, jcfg.sync)?;
+    let journal = Journal::open_with(&jcfg.path, jcfg.sync, jcfg.page_size())?;
     let cursors = journal.cursors()?;
     tracing::info!(path = %jcfg.path.display(), devices_known = cursors.len(), "journal open and checked");
     let writer = journal::spawn_writer(

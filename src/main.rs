@@ -131,6 +131,9 @@ enum Command {
         /// Store the filtered signal too, as `[journal] store = ["raw", "filtered"]` [default: raw only, as the default journal]
         #[arg(long)]
         store_filtered: bool,
+        /// SQLite page size of the bench's journals, KiB, as `[journal] page_size_kib` (1 to 64)
+        #[arg(long, value_name = "KIB", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+        journal_page_kib: u32,
         #[arg(long)]
         json: bool,
     },
@@ -241,6 +244,7 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
             stage,
             input,
             store_filtered,
+            journal_page_kib,
             json,
         } => {
             let r = neuroedge::bench::run(&neuroedge::bench::BenchArgs {
@@ -251,6 +255,7 @@ fn dispatch(cmd: Command) -> Result<(), Fail> {
                 stage,
                 input: input.as_deref(),
                 store_filtered,
+                journal_page_kib,
             })
             .map_err(usage)?;
             if json {

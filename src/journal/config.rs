@@ -67,6 +67,14 @@ pub struct JournalSection {
     /// optional) or 1 (for a backend that reads v1 only; needs
     /// `store = ["raw", "filtered"]`). docs/batch-format.md.
     pub batch_format: u8,
+    /// SQLite page size, KiB, of a journal file this creates (1, 2, 4, 8,
+    /// 16, 32 or 64; default 4). An existing journal keeps the size it was
+    /// made with. 64 suits rigs of a million channel-samples a second and
+    /// more (1024 ch × 30 kHz: the journal thread's work 57–65 → 84–94 M
+    /// channel-samples/s): fewer, larger pages per sealed batch. Small rigs
+    /// keep 4: each commit rewrites whole pages, so 64 KiB pages made an
+    /// 8-channel journal grow ten times as fast (docs/performance.md).
+    pub page_size_kib: u32,
 }
 
 impl JournalSection {
@@ -84,7 +92,13 @@ impl JournalSection {
         }
     }
 
-    /// Problems with `store` and `batch_format`: (key, what, hint).
+    /// The page size of a journal this creates, bytes.
+    pub fn page_size(&self) -> u32 {
+        self.page_size_kib * 1024
+    }
+
+    /// Problems with `store`, `batch_format` and `page_size_kib`: (key,
+    /// what, hint).
     pub fn format_problems(&self) -> Vec<(&'static str, String, &'static str)> {
         let mut out = Vec::new();
         if !self.store.contains(&StoredSignal::Raw) {
@@ -108,6 +122,13 @@ impl JournalSection {
                 "use 2 (default) or 1 (for a backend that reads v1 only)",
             )),
         }
+        if !(self.page_size_kib.is_power_of_two() && self.page_size_kib <= 64) {
+            out.push((
+                "journal.page_size_kib",
+                format!("{} is not a SQLite page size", self.page_size_kib),
+                "use 1, 2, 4 (default), 8, 16, 32 or 64",
+            ));
+        }
         out
     }
 }
@@ -123,6 +144,7 @@ impl Default for JournalSection {
             retain_uploaded: HumanDuration(Duration::from_secs(24 * 3600)),
             store: vec![StoredSignal::Raw],
             batch_format: 2,
+            page_size_kib: 4,
         }
     }
 }
@@ -130,6 +152,27 @@ impl Default for JournalSection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_sizes_are_sqlites() {
+        for kib in [1, 2, 4, 8, 16, 32, 64] {
+            let s = JournalSection {
+                page_size_kib: kib,
+                ..Default::default()
+            };
+            assert!(s.format_problems().is_empty(), "{kib}");
+            assert_eq!(s.page_size(), kib * 1024);
+        }
+        for kib in [0, 3, 128] {
+            let s = JournalSection {
+                page_size_kib: kib,
+                ..Default::default()
+            };
+            let p = s.format_problems();
+            assert_eq!(p.len(), 1, "{kib}");
+            assert_eq!(p[0].0, "journal.page_size_kib");
+        }
+    }
 
     #[test]
     fn store_and_batch_format_are_checked_together() {

@@ -38,6 +38,9 @@ use std::sync::Mutex;
 /// spare. A batch bigger than the cache spills its pages to the WAL
 /// before the commit, which writes the same frames, only earlier.
 const WRITER_CACHE_KIB: u32 = 256;
+/// The page size of a journal created by [`Journal::open`] (SQLite's
+/// default); `[journal] page_size_kib` chooses another for the daemon's.
+const DEFAULT_PAGE_SIZE: u32 = 4096;
 /// The page cache of a read-only connection (uplink paging, export, CLI):
 /// each batch is read once, so only the b-trees' inner pages are worth
 /// keeping.
@@ -282,9 +285,15 @@ fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
 }
 
 impl Journal {
-    /// Open (creating if needed) for writing: WAL, sync level, migrations,
-    /// and a quick integrity check.
+    /// Open (creating if needed, with SQLite's default page size) for
+    /// writing: WAL, sync level, migrations, and a quick integrity check.
     pub fn open(path: &Path, sync: SyncMode) -> Result<Journal, JournalError> {
+        Journal::open_with(path, sync, DEFAULT_PAGE_SIZE)
+    }
+
+    /// [`Journal::open`], a new file getting pages of `page_size` bytes (a
+    /// power of two, 512 to 65 536); an existing one keeps its own.
+    pub fn open_with(path: &Path, sync: SyncMode, page_size: u32) -> Result<Journal, JournalError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|source| JournalError::Io {
                 path: path.to_path_buf(),
@@ -294,6 +303,9 @@ impl Journal {
         let e = sqlite_err(path);
         let conn = Connection::open(path).map_err(&e)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(&e)?;
+        // Takes effect only while the file is empty (before WAL mode).
+        conn.execute_batch(&format!("PRAGMA page_size = {page_size}"))
             .map_err(&e)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -590,6 +602,32 @@ pub(crate) fn insert_audit(conn: &Connection, ev: &AuditEvent) -> rusqlite::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_journal_gets_the_page_size_asked_and_keeps_it() {
+        let d = tempfile::tempdir().unwrap();
+        let page = |j: &Journal| -> i64 {
+            j.conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap()
+        };
+        let p = d.path().join("big.db");
+        let j = Journal::open_with(&p, SyncMode::Full, 65536).unwrap();
+        assert_eq!(page(&j), 65536);
+        j.audit(&AuditEvent::new("test", None, serde_json::json!({})))
+            .unwrap();
+        drop(j);
+        // Reopened with another size (or the default): it keeps its own.
+        let j = Journal::open(&p, SyncMode::Full).unwrap();
+        assert_eq!(page(&j), 65536);
+        let n: i64 = j
+            .conn
+            .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+            .unwrap();
+        assert!(n >= 1);
+        let j = Journal::open(&d.path().join("small.db"), SyncMode::Full).unwrap();
+        assert_eq!(page(&j), i64::from(DEFAULT_PAGE_SIZE));
+    }
 
     #[test]
     fn open_migrates_and_reopens() {
