@@ -6,6 +6,7 @@
 //! are prepared in [`FeatureExtractor::new`]; `push` never allocates.
 
 use super::DspError;
+use multiversion::multiversion;
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 use std::f64::consts::PI;
@@ -318,28 +319,47 @@ impl Welch {
         }
     }
 
+    /// Segment `seg` of the window `w`, detrended and windowed, into
+    /// `self.buf` (straight from the ring: no copy). `sum` is the window's
+    /// sum, which gives the mean of a segment that is the whole window
+    /// without another pass.
+    fn fill_segment(&mut self, w: Parts<'_>, seg: usize, sum: f64) {
+        let n = self.nperseg;
+        let whole = self.nseg == 1 && w[0].len() + w[1].len() == n;
+        let s = sub(w, seg * self.hop, seg * self.hop + n);
+        let total = if whole { sum } else { lane_moments(s).0 };
+        let mean = total / n as f64;
+        let (b0, b1) = self.buf.split_at_mut(s[0].len());
+        let (h0, h1) = self.hann.split_at(s[0].len());
+        for ((b, &v), &h) in b0.iter_mut().zip(s[0]).zip(h0) {
+            *b = (f64::from(v) - mean) * h;
+        }
+        for ((b, &v), &h) in b1.iter_mut().zip(s[1]).zip(h1) {
+            *b = (f64::from(v) - mean) * h;
+        }
+    }
+
+    /// The density scale of one-sided bin `i` (all but DC and, for even
+    /// n, Nyquist count twice), averaged over the segments.
+    fn bin_scale(&self, i: usize) -> f64 {
+        let k = self.scale / self.nseg as f64;
+        let last = self.psd.len() - 1;
+        let double = i > 0 && (i < last || self.nperseg % 2 == 1);
+        if double {
+            2.0 * k
+        } else {
+            k
+        }
+    }
+
     /// PSD of the window `w` into `self.psd[..upto]` (the bins past
     /// `upto` are left stale: callers that need fewer bins skip their
-    /// accumulation). `sum` is the window's sum, which gives the mean of
-    /// a segment that is the whole window without another pass.
+    /// accumulation).
     fn compute(&mut self, w: Parts<'_>, sum: f64, upto: usize) {
         let upto = upto.min(self.psd.len());
         self.psd[..upto].fill(0.0);
-        let n = self.nperseg;
-        let whole = self.nseg == 1 && w[0].len() + w[1].len() == n;
         for seg in 0..self.nseg {
-            let s = sub(w, seg * self.hop, seg * self.hop + n);
-            let total = if whole { sum } else { lane_moments(s).0 };
-            let mean = total / n as f64;
-            // Detrended and windowed straight from the ring (no copy).
-            let (b0, b1) = self.buf.split_at_mut(s[0].len());
-            let (h0, h1) = self.hann.split_at(s[0].len());
-            for ((b, &v), &h) in b0.iter_mut().zip(s[0]).zip(h0) {
-                *b = (f64::from(v) - mean) * h;
-            }
-            for ((b, &v), &h) in b1.iter_mut().zip(s[1]).zip(h1) {
-                *b = (f64::from(v) - mean) * h;
-            }
+            self.fill_segment(w, seg, sum);
             // Lengths are fixed at construction, so this cannot fail.
             let _ =
                 self.fft
@@ -348,12 +368,365 @@ impl Welch {
                 *p += b.norm_sqr();
             }
         }
+        for i in 0..upto {
+            self.psd[i] *= self.bin_scale(i);
+        }
+    }
+
+    /// The raw window's line-noise power and total power (the sums of
+    /// `psd` over `d.line` and over `d.kept`), without a spectrum: the
+    /// total by Parseval (all one-sided bins sum to `scale * n * Σ x²` of
+    /// the windowed segment) less the few bins it leaves out, and those
+    /// and the line bins as direct DFT sums. Equal to the FFT's sums up to
+    /// rounding (`tests::direct_line_power_matches_the_spectrum`).
+    fn line_and_total(&mut self, w: Parts<'_>, sum: f64, d: &mut DirectBins) -> (f64, f64) {
+        d.power.fill(0.0);
+        let mut energy = 0.0;
+        for seg in 0..self.nseg {
+            self.fill_segment(w, seg, sum);
+            energy += d.accumulate(&self.buf);
+        }
         let k = self.scale / self.nseg as f64;
-        let last = self.psd.len() - 1;
-        for (i, p) in self.psd[..upto].iter_mut().enumerate() {
-            // One-sided: double all but DC and (for even n) Nyquist.
-            let double = i > 0 && (i < last || n % 2 == 1);
-            *p *= if double { 2.0 * k } else { k };
+        let mut line = 0.0;
+        let mut left_out = 0.0;
+        for (j, &bin) in d.bins.iter().enumerate() {
+            let p = d.power[j] * self.bin_scale(bin);
+            if j < d.line_count {
+                line += p;
+            }
+            if !(d.kept.0..d.kept.1).contains(&bin) {
+                left_out += p;
+            }
+        }
+        let total = k * self.nperseg as f64 * energy - left_out;
+        (line, total)
+    }
+}
+
+/// Length of the blocks of the direct DFT ([`DirectBins`]): its table of
+/// twiddles is `bins × DFT_BLOCK` long, and stays in L1.
+const DFT_BLOCK: usize = 128;
+
+/// At most this many bins are summed directly; more, and the FFT is
+/// cheaper.
+const MAX_DIRECT_BINS: usize = 8;
+
+/// The few DFT bins the raw window's quality needs (the line-noise bins,
+/// and the bins the total leaves out: DC, normally), summed directly in
+/// blocks of [`DFT_BLOCK`]: `X[k] = Σ_j e^{-iθjB} Σ_r x[jB + r] e^{-iθr}`
+/// with `θ = 2πk/n`. About 2 multiply-adds per sample and bin, where the
+/// FFT of the whole segment costs some 30 operations per sample.
+struct DirectBins {
+    /// The line bins first (`line_count` of them), then the left-out ones.
+    bins: Vec<usize>,
+    line_count: usize,
+    /// Bins counted in the total, `[first, end)`.
+    kept: (usize, usize),
+    /// `cos(θr)` and `sin(θr)` per bin, `DFT_BLOCK` each.
+    cos: Vec<f64>,
+    sin: Vec<f64>,
+    /// `cos(θjB)` and `sin(θjB)` per bin, one per block of the segment.
+    block_cos: Vec<f64>,
+    block_sin: Vec<f64>,
+    blocks: usize,
+    /// `|X[k]|²` per bin, summed over the segments.
+    power: Vec<f64>,
+}
+
+impl DirectBins {
+    /// `None` when more than [`MAX_DIRECT_BINS`] bins would be needed.
+    fn new(n: usize, line: (usize, usize), kept: (usize, usize)) -> Option<Self> {
+        let last = n / 2;
+        let left_out = (0..=last).filter(|k| !(kept.0..kept.1).contains(k));
+        let bins: Vec<usize> = (line.0..line.1).chain(left_out).collect();
+        if bins.len() > MAX_DIRECT_BINS {
+            return None;
+        }
+        // The angle of k·m reduced modulo n first, so that it stays exact
+        // for any segment length.
+        let angle = |k: usize, m: usize| {
+            let r = (k as u128 * m as u128 % n as u128) as f64;
+            2.0 * PI * r / n as f64
+        };
+        let blocks = n.div_ceil(DFT_BLOCK);
+        let mut d = DirectBins {
+            line_count: line.1 - line.0,
+            kept,
+            cos: Vec::with_capacity(bins.len() * DFT_BLOCK),
+            sin: Vec::with_capacity(bins.len() * DFT_BLOCK),
+            block_cos: Vec::with_capacity(bins.len() * blocks),
+            block_sin: Vec::with_capacity(bins.len() * blocks),
+            blocks,
+            power: vec![0.0; bins.len()],
+            bins,
+        };
+        for &k in &d.bins {
+            for r in 0..DFT_BLOCK {
+                d.cos.push(angle(k, r).cos());
+                d.sin.push(angle(k, r).sin());
+            }
+            for j in 0..blocks {
+                d.block_cos.push(angle(k, j * DFT_BLOCK).cos());
+                d.block_sin.push(angle(k, j * DFT_BLOCK).sin());
+            }
+        }
+        Some(d)
+    }
+
+    /// Add `|X[k]|²` of the windowed segment `x` to `power`; returns
+    /// `Σ x²`.
+    fn accumulate(&mut self, x: &[f64]) -> f64 {
+        let nb = self.bins.len();
+        for b in 0..nb {
+            let cos = &self.cos[b * DFT_BLOCK..(b + 1) * DFT_BLOCK];
+            let sin = &self.sin[b * DFT_BLOCK..(b + 1) * DFT_BLOCK];
+            let bc = &self.block_cos[b * self.blocks..(b + 1) * self.blocks];
+            let bs = &self.block_sin[b * self.blocks..(b + 1) * self.blocks];
+            let (mut re, mut im) = (0.0, 0.0);
+            for ((blk, &c), &s) in x.chunks(DFT_BLOCK).zip(bc).zip(bs) {
+                // a - ib = Σ x e^{-iθr}; times e^{-iθjB} = c - is.
+                let (a, b) = dot2(blk, cos, sin);
+                re += a * c - b * s;
+                im -= a * s + b * c;
+            }
+            self.power[b] += re * re + im * im;
+        }
+        sum_squares(x)
+    }
+}
+
+/// `(Σ x·c, Σ x·s)` over `x` (`c` and `s` at least as long), in
+/// [`LANES`] chains; compiled per SIMD target and dispatched at run time.
+#[multiversion(targets = "simd")]
+fn dot2(x: &[f64], c: &[f64], s: &[f64]) -> (f64, f64) {
+    let (c, s) = (&c[..x.len()], &s[..x.len()]);
+    let mut a = [0.0f64; LANES];
+    let mut b = [0.0f64; LANES];
+    let xs = x.chunks_exact(LANES);
+    let (mut at, mut bt) = (0.0, 0.0);
+    for ((&v, &cv), &sv) in xs
+        .remainder()
+        .iter()
+        .zip(c.chunks_exact(LANES).remainder())
+        .zip(s.chunks_exact(LANES).remainder())
+    {
+        at += v * cv;
+        bt += v * sv;
+    }
+    for ((xv, cv), sv) in xs.zip(c.chunks_exact(LANES)).zip(s.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            a[i] += xv[i] * cv[i];
+            b[i] += xv[i] * sv[i];
+        }
+    }
+    for i in 0..LANES {
+        at += a[i];
+        bt += b[i];
+    }
+    (at, bt)
+}
+
+/// `Σ x²` in [`LANES`] chains.
+fn sum_squares(x: &[f64]) -> f64 {
+    let mut q = [0.0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let mut t: f64 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for i in 0..LANES {
+            q[i] += c[i] * c[i];
+        }
+    }
+    for v in q {
+        t += v;
+    }
+    t
+}
+
+/// At most this many blocks per window are kept by [`BlockMoments`]; a
+/// window and step whose greatest common divisor is smaller (say 1.0 s
+/// and 0.33 s) reduce the whole window at each emission instead.
+const MAX_BLOCKS: usize = 64;
+
+/// The window reductions the features need (the filtered signal's sum
+/// and sum of squares; the raw signal's minimum, maximum, railed count and
+/// sum), kept per block of `gcd(window, step)` frames as the frames
+/// arrive, while they are in cache. Every window is whole blocks (the
+/// first ends at frame `max(window, step)` after a reset, the next ones a
+/// step apart), so an emission adds up `window / block` partials per
+/// channel instead of reading both windows from memory once more.
+/// Slot-major arrays (`blocks × channels`), so a frame's update runs
+/// along the channels.
+struct BlockMoments {
+    channels: usize,
+    /// Frames per block, and blocks per window.
+    block: usize,
+    blocks: usize,
+    /// The slot being filled, and its frames so far.
+    at: usize,
+    filled: usize,
+    rail: f64,
+    filt_sum: Vec<f64>,
+    filt_sq: Vec<f64>,
+    raw_min: Vec<f64>,
+    raw_max: Vec<f64>,
+    /// Counts, as f64 so that the update stays in vector registers.
+    raw_railed: Vec<f64>,
+    raw_sum: Vec<f64>,
+}
+
+/// One slot's partials (each `channels` long).
+struct Slot<'a> {
+    filt_sum: &'a mut [f64],
+    filt_sq: &'a mut [f64],
+    raw_min: &'a mut [f64],
+    raw_max: &'a mut [f64],
+    raw_railed: &'a mut [f64],
+    raw_sum: &'a mut [f64],
+}
+
+/// The window's reductions of one channel, from [`BlockMoments::window`]
+/// or the rings.
+struct Moments {
+    filt_sum: f64,
+    filt_sq: f64,
+    raw_min: f64,
+    raw_max: f64,
+    raw_railed: usize,
+    raw_sum: f64,
+}
+
+impl BlockMoments {
+    /// `None` when a window would need more than [`MAX_BLOCKS`] blocks.
+    fn new(channels: usize, win: usize, step: usize, rail: f64) -> Option<Self> {
+        let (mut a, mut b) = (win, step);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        let blocks = win / a;
+        if blocks > MAX_BLOCKS {
+            return None;
+        }
+        let len = blocks * channels;
+        Some(BlockMoments {
+            channels,
+            block: a,
+            blocks,
+            at: 0,
+            filled: 0,
+            rail,
+            filt_sum: vec![0.0; len],
+            filt_sq: vec![0.0; len],
+            raw_min: vec![0.0; len],
+            raw_max: vec![0.0; len],
+            raw_railed: vec![0.0; len],
+            raw_sum: vec![0.0; len],
+        })
+    }
+
+    fn reset(&mut self) {
+        self.at = 0;
+        self.filled = 0;
+    }
+
+    /// Frames that still fit in the current block.
+    fn room(&self) -> usize {
+        self.block - self.filled
+    }
+
+    /// Add frames (at most [`Self::room`]) to the current block.
+    fn add(&mut self, raw: &[f32], filt: &[f32]) {
+        let c = self.channels;
+        let r = self.at * c..(self.at + 1) * c;
+        let slot = Slot {
+            filt_sum: &mut self.filt_sum[r.clone()],
+            filt_sq: &mut self.filt_sq[r.clone()],
+            raw_min: &mut self.raw_min[r.clone()],
+            raw_max: &mut self.raw_max[r.clone()],
+            raw_railed: &mut self.raw_railed[r.clone()],
+            raw_sum: &mut self.raw_sum[r],
+        };
+        if self.filled == 0 {
+            slot.filt_sum.fill(0.0);
+            slot.filt_sq.fill(0.0);
+            slot.raw_min.fill(f64::INFINITY);
+            slot.raw_max.fill(f64::NEG_INFINITY);
+            slot.raw_railed.fill(0.0);
+            slot.raw_sum.fill(0.0);
+        }
+        accumulate(raw, filt, self.rail, slot);
+        self.filled += raw.len() / c;
+        if self.filled == self.block {
+            self.filled = 0;
+            self.at = if self.at + 1 == self.blocks {
+                0
+            } else {
+                self.at + 1
+            };
+        }
+    }
+
+    /// Channel `ch`'s reductions over the last `blocks` whole blocks.
+    fn window(&self, ch: usize) -> Moments {
+        let mut m = Moments {
+            filt_sum: 0.0,
+            filt_sq: 0.0,
+            raw_min: f64::INFINITY,
+            raw_max: f64::NEG_INFINITY,
+            raw_railed: 0,
+            raw_sum: 0.0,
+        };
+        let mut railed = 0.0;
+        for i in (0..self.blocks).map(|b| b * self.channels + ch) {
+            m.filt_sum += self.filt_sum[i];
+            m.filt_sq += self.filt_sq[i];
+            m.raw_min = m.raw_min.min(self.raw_min[i]);
+            m.raw_max = m.raw_max.max(self.raw_max[i]);
+            railed += self.raw_railed[i];
+            m.raw_sum += self.raw_sum[i];
+        }
+        // Counts below 2^53 are exact in f64.
+        m.raw_railed = railed as usize;
+        m
+    }
+}
+
+/// Frames of `raw` and `filt` (frame-major, `slot`'s channel count per
+/// frame) into `slot`'s partials, channel by channel along each frame (a
+/// vector of channels at a time); compiled per SIMD target and dispatched
+/// at run time. NaN never wins a comparison, as in [`lane_extent`].
+#[multiversion(targets = "simd")]
+fn accumulate<'a>(raw: &[f32], filt: &[f32], rail: f64, slot: Slot<'a>) {
+    let c = slot.filt_sum.len();
+    let Slot {
+        filt_sum,
+        filt_sq,
+        raw_min,
+        raw_max,
+        raw_railed,
+        raw_sum,
+    } = slot;
+    let (raw_min, raw_max, raw_railed, raw_sum) = (
+        &mut raw_min[..c],
+        &mut raw_max[..c],
+        &mut raw_railed[..c],
+        &mut raw_sum[..c],
+    );
+    let filt_sq = &mut filt_sq[..c];
+    for f in filt.chunks_exact(c) {
+        for ((s, q), &x) in filt_sum.iter_mut().zip(filt_sq.iter_mut()).zip(f) {
+            let x = f64::from(x);
+            *s += x;
+            *q += x * x;
+        }
+    }
+    for r in raw.chunks_exact(c) {
+        let r = &r[..c];
+        for i in 0..c {
+            let x = f64::from(r[i]);
+            raw_min[i] = if x < raw_min[i] { x } else { raw_min[i] };
+            raw_max[i] = if x > raw_max[i] { x } else { raw_max[i] };
+            raw_railed[i] += if x.abs() >= rail { 1.0 } else { 0.0 };
+            raw_sum[i] += x;
         }
     }
 }
@@ -375,6 +748,12 @@ pub struct FeatureExtractor {
     filled: usize,
     since_emit: usize,
     welch: Welch,
+    /// The raw side's line and total power without an FFT (`None` when
+    /// the bands need more bins than that is cheap for).
+    direct: Option<DirectBins>,
+    /// The window reductions kept as frames arrive (`None` when the
+    /// window and step share no block length worth keeping).
+    moments: Option<BlockMoments>,
     bin_width: f64,
     band_bins: Vec<(usize, usize)>,
     line_bins: (usize, usize),
@@ -495,6 +874,8 @@ impl FeatureExtractor {
             rms_uv: 0.0,
             line_noise_ratio: 0.0,
         };
+        let direct = DirectBins::new(nperseg, line_bins, total_bins);
+        let moments = BlockMoments::new(channels, win, step, t.railed_abs_uv);
         Ok(FeatureExtractor {
             channels,
             win,
@@ -507,6 +888,8 @@ impl FeatureExtractor {
             filled: 0,
             since_emit: 0,
             welch,
+            direct,
+            moments,
             bin_width: fs / nperseg as f64,
             band_bins,
             line_bins,
@@ -548,6 +931,9 @@ impl FeatureExtractor {
         self.pos = 0;
         self.filled = 0;
         self.since_emit = 0;
+        if let Some(m) = &mut self.moments {
+            m.reset();
+        }
     }
 
     /// Feed frame-major `raw` and `filtered` samples (µV, `n × channels`)
@@ -578,21 +964,40 @@ impl FeatureExtractor {
             });
         }
         let mut emitted = 0;
-        let frames = raw.chunks_exact(c).zip(filtered.chunks_exact(c));
-        for ((r, f), &t) in frames.zip(timestamps) {
-            let pos = self.pos;
-            for ch in 0..c {
-                self.raw_ring[ch * self.win + pos] = r[ch];
-                self.filt_ring[ch * self.win + pos] = f[ch];
+        let mut done = 0;
+        while done < timestamps.len() {
+            // Up to the next emission (a window is complete and a step has
+            // passed) and the end of the current block, whichever is first.
+            let to_emit = self
+                .step
+                .saturating_sub(self.since_emit)
+                .max(self.win - self.filled)
+                .max(1);
+            let mut len = (timestamps.len() - done).min(to_emit);
+            if let Some(m) = &self.moments {
+                len = len.min(m.room());
             }
-            self.pos = if pos + 1 == self.win { 0 } else { pos + 1 };
-            self.filled = (self.filled + 1).min(self.win);
-            self.since_emit += 1;
+            let r = &raw[done * c..(done + len) * c];
+            let f = &filtered[done * c..(done + len) * c];
+            for (r, f) in r.chunks_exact(c).zip(f.chunks_exact(c)) {
+                let pos = self.pos;
+                for ch in 0..c {
+                    self.raw_ring[ch * self.win + pos] = r[ch];
+                    self.filt_ring[ch * self.win + pos] = f[ch];
+                }
+                self.pos = if pos + 1 == self.win { 0 } else { pos + 1 };
+            }
+            if let Some(m) = &mut self.moments {
+                m.add(r, f);
+            }
+            done += len;
+            self.filled = (self.filled + len).min(self.win);
+            self.since_emit += len;
             if self.since_emit >= self.step && self.filled == self.win {
                 self.since_emit = 0;
                 self.compute();
                 emit(&FeatureFrame {
-                    t,
+                    t: timestamps[done - 1],
                     band_power: &self.band_power,
                     rms: &self.rms,
                     quality: &self.quality,
@@ -614,6 +1019,28 @@ impl FeatureExtractor {
         psd[a..b].iter().sum()
     }
 
+    /// Channel `ch`'s window reductions: from the blocks kept as the
+    /// frames arrived, or read from the rings.
+    fn moments(&self, ch: usize) -> Moments {
+        if let Some(m) = &self.moments {
+            debug_assert_eq!(m.filled, 0, "a window is whole blocks");
+            return m.window(ch);
+        }
+        let filt = Self::window(&self.filt_ring, self.win, self.pos, ch);
+        let (filt_sum, filt_sq) = lane_moments(filt);
+        let raw = Self::window(&self.raw_ring, self.win, self.pos, ch);
+        let (raw_min, raw_max, raw_railed, raw_sum) =
+            lane_extent(raw, self.thresholds.railed_abs_uv);
+        Moments {
+            filt_sum,
+            filt_sq,
+            raw_min,
+            raw_max,
+            raw_railed,
+            raw_sum,
+        }
+    }
+
     /// Features for the current full window (all channels).
     fn compute(&mut self) {
         let c = self.channels;
@@ -622,8 +1049,9 @@ impl FeatureExtractor {
         let upto_raw = self.total_bins.1.max(self.line_bins.1);
         for ch in 0..c {
             // Filtered: band powers + RMS.
+            let m = self.moments(ch);
             let w = Self::window(&self.filt_ring, self.win, self.pos, ch);
-            let (sum, ss) = lane_moments(w);
+            let (sum, ss) = (m.filt_sum, m.filt_sq);
             let rms = (ss / self.win as f64).sqrt();
             self.rms[ch] = rms;
             self.welch.compute(w, sum, upto_filt);
@@ -634,10 +1062,18 @@ impl FeatureExtractor {
 
             // Raw: flat / railed / line noise.
             let w = Self::window(&self.raw_ring, self.win, self.pos, ch);
-            let (lo, hi, railed, sum) = lane_extent(w, th.railed_abs_uv);
-            self.welch.compute(w, sum, upto_raw);
-            let total = Self::sum_bins(&self.welch.psd, self.total_bins);
-            let line = Self::sum_bins(&self.welch.psd, self.line_bins);
+            let (lo, hi, railed, sum) = (m.raw_min, m.raw_max, m.raw_railed, m.raw_sum);
+            let (line, total) = match &mut self.direct {
+                Some(d) => self.welch.line_and_total(w, sum, d),
+                None => {
+                    self.welch.compute(w, sum, upto_raw);
+                    let psd = &self.welch.psd;
+                    (
+                        Self::sum_bins(psd, self.line_bins),
+                        Self::sum_bins(psd, self.total_bins),
+                    )
+                }
+            };
             let ratio = if total > 0.0 { line / total } else { 0.0 };
             let railed_frac = railed as f64 / self.win as f64;
             let status = if railed > 0 && railed_frac >= th.railed_min_fraction {
@@ -733,6 +1169,135 @@ mod tests {
         xs[17] = -2.0;
         let (lo, hi, r, _) = lane_extent([&xs[..5], &xs[5..]], 1.0);
         assert_eq!((lo, hi, r), (-2.0, 1.0, 19));
+    }
+
+    /// The raw side's line and total power summed directly equal the
+    /// FFT's sums, for one segment and several, even and odd lengths,
+    /// a rate whose first bin falls below 1 Hz, and a large offset with a
+    /// drift (as raw EEG has).
+    #[test]
+    fn direct_line_power_matches_the_spectrum() {
+        let cases: [(f64, f64, f64); 6] = [
+            (250.0, 1.0, 50.0),
+            (2000.0, 1.0, 60.0),
+            (255.0, 1.0, 50.0),
+            (250.0, 2.5, 50.0),
+            (249.6, 1.0, 50.0),
+            (30_000.0, 1.0, 50.0),
+        ];
+        for (fs, window_s, line_hz) in cases {
+            let config = FeatureConfig {
+                window_s,
+                line_hz,
+                ..FeatureConfig::default()
+            };
+            let mut direct = FeatureExtractor::new(fs, 3, &config).expect("extractor");
+            assert!(direct.direct.is_some(), "{fs} Hz takes the direct path");
+            let mut fft = FeatureExtractor::new(fs, 3, &config).expect("extractor");
+            fft.direct = None;
+            let n = (fs * window_s * 2.2) as usize;
+            let mut x = Vec::with_capacity(n * 3);
+            for i in 0..n {
+                let t = i as f64 / fs;
+                let mains = 40.0 * (2.0 * PI * line_hz * t).sin();
+                let alpha = 20.0 * (2.0 * PI * 10.0 * t + 0.3).sin();
+                let noise = ((i * 7919) % 997) as f64 / 997.0 - 0.5;
+                x.push((mains + alpha + noise) as f32);
+                x.push((-31_000.0 + 900.0 * t + alpha + noise) as f32);
+                x.push((5.0 * noise) as f32);
+            }
+            let ts: Vec<f64> = (0..n).map(|i| i as f64 / fs).collect();
+            let collect = |fx: &mut FeatureExtractor| {
+                let mut got = Vec::new();
+                fx.push(&x, &x, &ts, &mut |f: &FeatureFrame<'_>| {
+                    got.extend(f.quality.iter().map(|q| q.line_noise_ratio));
+                })
+                .expect("push");
+                got
+            };
+            let (a, b) = (collect(&mut direct), collect(&mut fft));
+            assert!(!a.is_empty() && a.len() == b.len(), "{fs}");
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                assert!((p - q).abs() < 1e-12, "{fs} Hz, {i}: {p} vs {q}");
+            }
+            // The mains channel is mostly line noise, the others are not.
+            assert!(a[0] > 0.5 && a[1] < 0.01 && a[2] < 0.2, "{fs}: {a:?}");
+        }
+        // Wide line bands fall back to the FFT.
+        assert!(DirectBins::new(250, (40, 60), (1, 126)).is_none());
+    }
+
+    /// The reductions kept per block as frames arrive give the features
+    /// that reducing the whole window at each emission gives: windows and
+    /// steps that divide each other or not, a step longer than the window,
+    /// pushes of any length, a reset midway, NaN and railed samples.
+    #[test]
+    fn block_moments_match_the_whole_window() {
+        let fs = 250.0;
+        for (window_s, step_s) in [(1.0, 0.5), (1.0, 0.3), (1.0, 1.0), (0.4, 1.0), (2.0, 0.2)] {
+            let config = FeatureConfig {
+                window_s,
+                step_s,
+                ..FeatureConfig::default()
+            };
+            let mut blocks = FeatureExtractor::new(fs, 3, &config).expect("extractor");
+            assert!(blocks.moments.is_some(), "{window_s}/{step_s}");
+            let mut whole = FeatureExtractor::new(fs, 3, &config).expect("extractor");
+            whole.moments = None;
+            let n = 1500;
+            let mut raw = Vec::with_capacity(n * 3);
+            for i in 0..n {
+                let t = i as f64 / fs;
+                raw.push((30.0 * (2.0 * PI * 10.0 * t).sin()) as f32);
+                raw.push(if i % 97 < 40 { 200_000.0 } else { -3.0 } as f32);
+                raw.push(if i == 400 {
+                    f32::NAN
+                } else {
+                    (i % 13) as f32 * 0.01
+                });
+            }
+            let filt: Vec<f32> = raw.iter().map(|x| x * 0.5 + 1.0).collect();
+            let ts: Vec<f64> = (0..n).map(|i| i as f64 / fs).collect();
+            let collect = |fx: &mut FeatureExtractor, cut: &[usize]| {
+                let mut got = Vec::new();
+                let mut from = 0;
+                for &to in cut.iter().chain([n].iter()) {
+                    if from == 700 {
+                        fx.reset();
+                    }
+                    let (r, f) = (&raw[from * 3..to * 3], &filt[from * 3..to * 3]);
+                    fx.push(r, f, &ts[from..to], &mut |x: &FeatureFrame<'_>| {
+                        got.push(x.t);
+                        got.extend(x.rms);
+                        got.extend(x.band_power);
+                        for q in x.quality {
+                            got.push(q.status as u8 as f64);
+                            got.push(q.line_noise_ratio);
+                        }
+                    })
+                    .expect("push");
+                    from = to;
+                }
+                got
+            };
+            let a = collect(&mut blocks, &[1, 2, 63, 200, 333, 700, 701, 1111]);
+            let b = collect(&mut whole, &[700]);
+            assert!(a.len() > 20 && a.len() == b.len(), "{window_s}/{step_s}");
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                let same = p.to_bits() == q.to_bits()
+                    || (p - q).abs() <= 1e-9 * q.abs().max(1.0)
+                    || (p.is_nan() && q.is_nan());
+                assert!(same, "{window_s}/{step_s} [{i}]: {p} vs {q}");
+            }
+        }
+        // A window and step with no common block worth keeping.
+        let odd = FeatureConfig {
+            window_s: 1.0,
+            step_s: 0.308,
+            ..FeatureConfig::default()
+        };
+        let fx = FeatureExtractor::new(250.0, 1, &odd).expect("extractor");
+        assert!(fx.moments.is_none());
     }
 
     #[test]
