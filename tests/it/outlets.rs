@@ -386,9 +386,12 @@ fn check_recording(env: &Env, log: &std::path::Path, restarted: f64) {
         .iter()
         .find_map(|l| l["clock"]["unix_minus_lsl"].as_f64())
         .unwrap();
+    // The daemon's timeline is the wall clock as it was at its start and
+    // does not follow changes under 0.5 s (docs/timing.md; a VM's host
+    // nudges its wall clock by tens of ms), so within 0.6 s.
     for (off, _) in &runs {
         assert!(
-            (off - clock).abs() < 0.1,
+            (off - clock).abs() < 0.6,
             "offset {off} is not unix - LSL clock ({clock})"
         );
     }
