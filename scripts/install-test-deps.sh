@@ -26,6 +26,7 @@ command -v lintian >/dev/null || need_apt+=(lintian)
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 command -v tmux >/dev/null || need_apt+=(tmux)
 command -v strace >/dev/null || need_apt+=(strace)
+command -v fincore >/dev/null || need_apt+=(util-linux-extra)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   SUDO=""

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod inspect;
+mod page_cache;
 pub mod reader;
 pub mod refilter;
 pub mod salvage;

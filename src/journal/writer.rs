@@ -10,6 +10,7 @@
 //! as counted gaps rather than block.
 
 use super::config::WhenFull;
+use super::page_cache::{PageCache, RELEASE_EVERY_BYTES};
 use super::{
     insert_audit, AuditEvent, DeviceCursor, Journal, JournalShared, JournalState, RowState,
 };
@@ -251,6 +252,8 @@ pub fn spawn_writer(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let mut w = Writer {
+        page_cache: PageCache::for_journal(journal.path(), cfg.max_bytes),
+        unreleased: 0,
         journal,
         keyring,
         cfg,
@@ -369,6 +372,11 @@ struct Writer {
     /// Upload verdicts waiting for the next commit.
     marks: Vec<UploadMark>,
     stop: Arc<AtomicBool>,
+    /// The journal file's pages in the OS page cache (handed back only
+    /// when the quota could not stay cached anyway), and the bytes
+    /// committed since they were last handed back.
+    page_cache: Option<PageCache>,
+    unreleased: u64,
 }
 
 impl Drop for Writer {
@@ -662,6 +670,17 @@ impl Writer {
         });
         if committed > 0 {
             self.commits.send_replace(committed_total);
+        }
+        self.unreleased += t.added.1;
+        if let Some(pc) = self
+            .page_cache
+            .as_mut()
+            .filter(|_| self.unreleased >= RELEASE_EVERY_BYTES)
+        {
+            self.unreleased = 0;
+            if let Err(e) = pc.release() {
+                tracing::debug!(error = %e, "could not hand the journal's cached pages back to the kernel");
+            }
         }
     }
 
@@ -1011,6 +1030,39 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn committed_pages_leave_the_page_cache_every_16_mib_when_the_quota_could_not_stay_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let memory = crate::journal::page_cache::memory_bytes().unwrap();
+        let (size, cached) = fill_and_measure(&d.path().join("big.db"), memory / 2 + 1);
+        // Released after every 16 MiB or more: what is cached came after
+        // the last release, or was still in the WAL then (and the
+        // b-trees' pages read since): 16–28 MiB in runs here.
+        assert!(cached < size / 3, "{cached} of {size} bytes still cached");
+        // A quota that fits in half the memory: the pages stay (deleting
+        // a batch reads them).
+        let (size, cached) = fill_and_measure(&d.path().join("small.db"), memory / 2);
+        assert!(cached > size / 2, "{cached} of {size} bytes cached");
+    }
+
+    /// 120 MiB of batches into a new journal with quota `max_bytes`: its
+    /// file's size and the bytes of it in the page cache.
+    fn fill_and_measure(p: &std::path::Path, max_bytes: u64) -> (u64, u64) {
+        let w = start(p, max_bytes, WhenFull::DropOldest);
+        let tx = w.sender();
+        // 40 batches of 3 MiB each (raw, filtered and timestamps, not
+        // compressed here): 120 MiB.
+        for i in 0..40u64 {
+            assert!(tx.send_batch_blocking(batch("dev", i * 131_072, 131_072)));
+        }
+        wait(&tx, |s| s.committed_batches == 40);
+        let size = std::fs::metadata(p).unwrap().len();
+        let cached = crate::journal::page_cache::tests::cached(p);
+        w.shutdown();
+        assert!(size > 100 << 20, "{size}");
+        (size, cached)
     }
 
     #[test]
