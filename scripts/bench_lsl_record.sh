@@ -20,7 +20,10 @@
 # LabRecorder). Usage:
 #   scripts/bench_lsl_record.sh [--bin target/release/neuroedge] [--seconds 60]
 #       [--loads A,B] [--labrecorder PATH/LabRecorderCLI] [--label TEXT]
-# Prints one table row per (load, recorder).
+#       [--features-step S]
+# Prints one table row per (load, recorder). --features-step sets the
+# device's [features] step_s (default 0.5): e.g. 60 for a floor run that
+# records, filters and journals but computes features once a minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -37,6 +40,7 @@ while [ $# -gt 0 ]; do
     --loads) LOADS=$2; shift 2 ;;
     --labrecorder) LABREC=$2; shift 2 ;;
     --label) LABEL=$2; shift 2 ;;
+    --features-step) FEATURES_STEP=$2; shift 2 ;;
     -h|--help) sed -n 2,25p "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -84,6 +88,9 @@ run_neuroedge() { # channels rate
   sed -i 's#^devices_dir = .*#devices_dir = "devices"#; s#"\.\./var/#"var/#' "$d/neuroedge.toml"
   sed -e 's/^enabled = false/enabled = true/' -e 's/^# name = .*/name = "bench"/' \
     "$ROOT/devices/lsl-eeg.toml" > "$d/devices/lsl-eeg.toml"
+  if [ -n "${FEATURES_STEP:-}" ]; then
+    sed -i "s/^step_s = .*/step_s = $FEATURES_STEP/" "$d/devices/lsl-eeg.toml"
+  fi
   ip netns exec "$NS" "$BIN" run --config "$d/neuroedge.toml" 2>"$d/log" &
   local pid=$!
   local t0; t0=$(date +%s.%N)

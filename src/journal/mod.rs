@@ -226,6 +226,9 @@ pub struct JournalShared {
     pub(crate) channel_bytes: std::sync::atomic::AtomicU64,
     /// The writer thread has ended (or panicked): nothing will make room.
     pub(crate) writer_gone: std::sync::atomic::AtomicBool,
+    /// Bytes the batch channel may hold, and the writer's queue as much
+    /// again (see [`writer::QUEUE_SECONDS`]).
+    pub(crate) queue_limit: std::sync::atomic::AtomicU64,
 }
 
 impl JournalShared {

@@ -30,6 +30,15 @@ use tokio::sync::watch;
 const MAX_PER_TX: usize = 64;
 /// Queue between processing threads and the writer.
 const CHANNEL_BATCHES: usize = 64;
+/// Seconds of the devices' samples the batch channel holds, and the
+/// writer's queue as much again: how long the disk may stall before a
+/// batch is refused (a journal gap). 1 024 ch × 30 kHz (123 MB/s of raw
+/// samples): 184 MB each, ~3 s in all; small rigs stay at the configured
+/// floor (64 MiB in the daemon). The memory is used only while a stall
+/// lasts.
+pub const QUEUE_SECONDS: f64 = 1.5;
+/// At most this many bytes each, whatever the rigs' rates.
+pub const QUEUE_CAP: u64 = 256 << 20;
 /// Retrying a failed commit.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
 /// Upload verdicts that may wait for the writer's next transaction; when
@@ -61,7 +70,9 @@ pub struct WriterConfig {
     pub max_bytes: u64,
     pub when_full: WhenFull,
     pub retain_uploaded: Duration,
-    /// Bound of the in-memory queue of unsealed batches (bytes).
+    /// Bound of the in-memory queue of unsealed batches (bytes), and of
+    /// the channel into it: at least this, more for rigs whose
+    /// [`QUEUE_SECONDS`] of samples need more (at most [`QUEUE_CAP`]).
     pub max_queue_bytes: u64,
     pub compress: bool,
     /// The batch format sealed (`[journal] batch_format`).
@@ -83,12 +94,12 @@ pub enum UploadMark {
 /// Sending side, cloned into every device.
 #[derive(Clone)]
 pub struct JournalTx {
+    /// Bounded in bytes as well as in count (`JournalShared::queue_limit`,
+    /// beyond one batch, which an empty channel always takes): a
+    /// high-density batch holds up to 16 MiB of samples
+    /// (`pipeline::MAX_BATCH_SAMPLE_BYTES`), so a count alone would let a
+    /// stalled disk pin a gigabyte.
     batches: Sender<BatchData>,
-    /// Bytes the batch channel may hold (beyond one batch, which an empty
-    /// channel always takes): a high-density batch holds up to 16 MiB of
-    /// samples (`pipeline::MAX_BATCH_SAMPLE_BYTES`), so a count alone would
-    /// let a stalled disk pin a gigabyte.
-    channel_max_bytes: u64,
     audits: Sender<AuditEvent>,
     marks: Sender<UploadMark>,
     shared: Arc<JournalShared>,
@@ -132,7 +143,8 @@ impl JournalTx {
     fn reserve(&self, n: u64) -> bool {
         let held = &self.shared.channel_bytes;
         let before = held.fetch_add(n, Ordering::AcqRel);
-        if before > 0 && before.saturating_add(n) > self.channel_max_bytes {
+        let limit = self.shared.queue_limit.load(Ordering::Acquire);
+        if before > 0 && before.saturating_add(n) > limit {
             held.fetch_sub(n, Ordering::AcqRel);
             return false;
         }
@@ -178,12 +190,13 @@ impl JournalTx {
         let (atx, arx) = crossbeam_channel::bounded(AUDITS_QUEUED);
         let (mtx, mrx) = crossbeam_channel::bounded(16);
         let (_, commits) = watch::channel(0);
+        let shared = Arc::new(JournalShared::default());
+        shared.queue_limit.store(u64::MAX, Ordering::Release);
         let tx = JournalTx {
             batches: btx,
-            channel_max_bytes: u64::MAX,
             audits: atx,
             marks: mtx,
-            shared: Arc::new(JournalShared::default()),
+            shared,
             commits,
         };
         (
@@ -234,6 +247,9 @@ pub fn spawn_writer(
     let cursors = journal.cursors()?;
     let mut status = journal.load_status(cfg.max_bytes)?;
     let shared = Arc::new(JournalShared::default());
+    shared
+        .queue_limit
+        .store(cfg.max_queue_bytes, Ordering::Release);
     status.state = JournalState::Ok;
     let total_bytes = status.total_bytes;
     let pending = (status.pending_batches, status.pending_bytes);
@@ -244,7 +260,6 @@ pub fn spawn_writer(
     let (commits_tx, commits_rx) = watch::channel(0u64);
     let tx = JournalTx {
         batches: btx,
-        channel_max_bytes: cfg.max_queue_bytes,
         audits: atx,
         marks: mtx,
         shared: shared.clone(),
@@ -253,6 +268,7 @@ pub fn spawn_writer(
     let stop = Arc::new(AtomicBool::new(false));
     let mut w = Writer {
         page_cache: PageCache::for_journal(journal.path(), cfg.max_bytes),
+        rates: HashMap::new(),
         unreleased: 0,
         journal,
         keyring,
@@ -377,6 +393,8 @@ struct Writer {
     /// committed since they were last handed back.
     page_cache: Option<PageCache>,
     unreleased: u64,
+    /// Bytes per second of samples of each device, from its latest batch.
+    rates: HashMap<String, f64>,
 }
 
 impl Drop for Writer {
@@ -437,7 +455,8 @@ impl Writer {
     /// Take batches from the channel: wait when idle, never beyond the
     /// memory bound (except at shutdown, when nothing new arrives).
     fn receive(&mut self, stopping: bool) {
-        let room = |w: &Writer| stopping || w.queue_bytes < w.cfg.max_queue_bytes;
+        let room =
+            |w: &Writer| stopping || w.queue_bytes < w.shared.queue_limit.load(Ordering::Acquire);
         let wait = match &self.failing {
             Some(f) => f
                 .retry_at
@@ -470,7 +489,30 @@ impl Writer {
             b.carry_gap(g);
         }
         self.queue_bytes += batch_bytes(&b);
+        self.follow_rate(&b);
         self.queue.push_back(b);
+    }
+
+    /// The queue's bound from the devices' byte rates: [`QUEUE_SECONDS`]
+    /// of their samples, at least `max_queue_bytes`, at most
+    /// [`QUEUE_CAP`] (each for the channel and the queue).
+    fn follow_rate(&mut self, b: &BatchData) {
+        let secs = b.n_samples() as f64 / b.sample_rate;
+        if !(secs.is_finite() && secs > 0.0) {
+            return;
+        }
+        let rate = batch_bytes(b) as f64 / secs;
+        match self.rates.get_mut(&b.device_id) {
+            Some(r) if *r == rate => return,
+            Some(r) => *r = rate,
+            None => {
+                self.rates.insert(b.device_id.clone(), rate);
+            }
+        }
+        let want = (self.rates.values().sum::<f64>() * QUEUE_SECONDS) as u64;
+        let floor = self.cfg.max_queue_bytes;
+        let limit = want.clamp(floor, QUEUE_CAP.max(floor));
+        self.shared.queue_limit.store(limit, Ordering::Release);
     }
 
     fn publish_queue_len(&self) {
@@ -1104,6 +1146,55 @@ mod tests {
         assert!(tx.try_send_batch(batch("a", 10_000, 100)));
         wait(&tx, |s| s.committed_batches == accepted + 1);
         assert_eq!(tx.shared().channel_bytes.load(Ordering::Acquire), 0);
+        w.shutdown();
+    }
+
+    #[test]
+    fn a_faster_rig_gets_queue_seconds_of_samples_while_the_disk_stalls() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j.db");
+        let j = Journal::open(&p, SyncMode::Normal).unwrap();
+        let fast = |first: u64| BatchData {
+            sample_rate: 800.0,
+            ..batch("f", first, 100)
+        };
+        let one = batch_bytes(&fast(0));
+        let w = spawn_writer(
+            j,
+            Arc::new(Keyring::new(BatchKey::from_bytes(&[1u8; 32]))),
+            WriterConfig {
+                site_id: "lab".into(),
+                node_id: "n".into(),
+                max_bytes: 1 << 30,
+                when_full: WhenFull::DropOldest,
+                retain_uploaded: Duration::from_secs(3600),
+                max_queue_bytes: 3 * one,
+                compress: false,
+                format: crate::batch::BatchFormat::V2,
+            },
+        )
+        .unwrap();
+        let tx = w.sender();
+        let limit = || tx.shared().queue_limit.load(Ordering::Acquire);
+        assert_eq!(limit(), 3 * one);
+        let other = rusqlite::Connection::open(&p).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        // 100 samples at 800 Hz: 1.5 s of them are 12 batches.
+        assert!(tx.try_send_batch(fast(0)));
+        let t = Instant::now();
+        while limit() == 3 * one {
+            assert!(t.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(limit(), (12 * one as usize) as u64);
+        let accepted = 1 + (1..60).filter(|i| tx.try_send_batch(fast(i * 100))).count() as u64;
+        // The channel's 12 batches' bytes (and the one that crossed the
+        // line), and what the writer took into its queue before its
+        // commit began to wait (at most as much again); the floor alone
+        // (3 batches) held at most 8.
+        assert!((12..=27).contains(&accepted), "{accepted} batches held");
+        other.execute_batch("ROLLBACK").unwrap();
+        wait(&tx, |s| s.committed_batches == accepted);
         w.shutdown();
     }
 
