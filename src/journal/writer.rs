@@ -1062,6 +1062,25 @@ mod tests {
         .unwrap()
     }
 
+    /// A writer on `j` (1 GiB quota) whose queue's floor is `max_queue_bytes`.
+    fn start_queue(j: Journal, max_queue_bytes: u64) -> WriterHandle {
+        spawn_writer(
+            j,
+            Arc::new(Keyring::new(BatchKey::from_bytes(&[1u8; 32]))),
+            WriterConfig {
+                site_id: "lab".into(),
+                node_id: "n".into(),
+                max_bytes: 1 << 30,
+                when_full: WhenFull::DropOldest,
+                retain_uploaded: Duration::from_secs(3600),
+                max_queue_bytes,
+                compress: false,
+                format: crate::batch::BatchFormat::V2,
+            },
+        )
+        .unwrap()
+    }
+
     fn wait(tx: &JournalTx, cond: impl Fn(&super::super::JournalStatus) -> bool) {
         let t = Instant::now();
         while !cond(&tx.shared().snapshot()) {
@@ -1113,21 +1132,7 @@ mod tests {
         let p = d.path().join("j.db");
         let j = Journal::open(&p, SyncMode::Normal).unwrap();
         let one = batch_bytes(&batch("a", 0, 100));
-        let w = spawn_writer(
-            j,
-            Arc::new(Keyring::new(BatchKey::from_bytes(&[1u8; 32]))),
-            WriterConfig {
-                site_id: "lab".into(),
-                node_id: "n".into(),
-                max_bytes: 1 << 30,
-                when_full: WhenFull::DropOldest,
-                retain_uploaded: Duration::from_secs(3600),
-                max_queue_bytes: 3 * one,
-                compress: false,
-                format: crate::batch::BatchFormat::V2,
-            },
-        )
-        .unwrap();
+        let w = start_queue(j, 3 * one);
         let tx = w.sender();
         // Another process holds the write lock: commits wait.
         let other = rusqlite::Connection::open(&p).unwrap();
@@ -1159,21 +1164,7 @@ mod tests {
             ..batch("f", first, 100)
         };
         let one = batch_bytes(&fast(0));
-        let w = spawn_writer(
-            j,
-            Arc::new(Keyring::new(BatchKey::from_bytes(&[1u8; 32]))),
-            WriterConfig {
-                site_id: "lab".into(),
-                node_id: "n".into(),
-                max_bytes: 1 << 30,
-                when_full: WhenFull::DropOldest,
-                retain_uploaded: Duration::from_secs(3600),
-                max_queue_bytes: 3 * one,
-                compress: false,
-                format: crate::batch::BatchFormat::V2,
-            },
-        )
-        .unwrap();
+        let w = start_queue(j, 3 * one);
         let tx = w.sender();
         let limit = || tx.shared().queue_limit.load(Ordering::Acquire);
         assert_eq!(limit(), 3 * one);
