@@ -500,13 +500,12 @@ impl Journal {
     }
 
     pub fn oldest_pending_created_at(&self) -> Result<Option<f64>, JournalError> {
+        // Asked after every commit: the statement is prepared once.
         self.conn
-            .query_row(
+            .prepare_cached(
                 "SELECT created_at FROM batches WHERE state = 'pending' ORDER BY id LIMIT 1",
-                [],
-                |r| r.get(0),
             )
-            .optional()
+            .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
             .map_err(sqlite_err(&self.path))
     }
 

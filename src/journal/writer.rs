@@ -900,6 +900,14 @@ fn apply_marks(
     Ok(())
 }
 
+/// A committed batch's row.
+const INSERT_BATCH: &str = "INSERT INTO batches (batch_id, device_id, seq, first_sample, n_samples, t_start, t_end, key_id, created_at, size, envelope)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// The device's cursor after a committed batch.
+const UPSERT_CURSOR: &str = "INSERT INTO devices (device_id, next_seq, next_sample) VALUES (?1, ?2, ?3)
+     ON CONFLICT (device_id) DO UPDATE SET next_seq = excluded.next_seq, next_sample = excluded.next_sample";
+
 /// Seal one batch with the device's next seq, make room under the quota
 /// (`when_full`), insert it and advance the device's cursor. A batch that
 /// cannot be sealed or does not fit is refused (audited), not an error.
@@ -958,32 +966,30 @@ fn commit_batch(
         t.outcomes.push(Outcome::Refused);
         return Ok(());
     }
-    tx.execute(
-        "INSERT INTO batches (batch_id, device_id, seq, first_sample, n_samples, t_start, t_end, key_id, created_at, size, envelope)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            header.batch_id,
-            header.device_id,
-            header.seq as i64,
-            header.first_sample as i64,
-            header.n_samples as i64,
-            header.t_start,
-            header.t_end,
-            header.key_id,
-            header.created_at,
-            size as i64,
-            env
-        ],
-    )?;
+    // The two statements of every batch are prepared once (the
+    // connection's statement cache), not parsed per batch.
+    tx.prepare_cached(INSERT_BATCH)?.execute(params![
+        header.batch_id,
+        header.device_id,
+        header.seq as i64,
+        header.first_sample as i64,
+        header.n_samples as i64,
+        header.t_start,
+        header.t_end,
+        header.key_id,
+        header.created_at,
+        size as i64,
+        env
+    ])?;
     let next = DeviceCursor {
         next_seq: cur.next_seq + 1,
         next_sample: b.end_sample(),
     };
-    tx.execute(
-        "INSERT INTO devices (device_id, next_seq, next_sample) VALUES (?1, ?2, ?3)
-         ON CONFLICT (device_id) DO UPDATE SET next_seq = excluded.next_seq, next_sample = excluded.next_sample",
-        params![b.device_id, next.next_seq as i64, next.next_sample as i64],
-    )?;
+    tx.prepare_cached(UPSERT_CURSOR)?.execute(params![
+        b.device_id,
+        next.next_seq as i64,
+        next.next_sample as i64
+    ])?;
     t.cursors.insert(b.device_id.clone(), next);
     t.total += size;
     t.added.0 += 1;
