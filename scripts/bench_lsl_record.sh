@@ -20,10 +20,15 @@
 # LabRecorder). Usage:
 #   scripts/bench_lsl_record.sh [--bin target/release/neuroedge] [--seconds 60]
 #       [--loads A,B] [--labrecorder PATH/LabRecorderCLI] [--label TEXT]
-#       [--features-step S]
+#       [--features-step S] [--together] [--threads]
 # Prints one table row per (load, recorder). --features-step sets the
 # device's [features] step_s (default 0.5): e.g. 60 for a floor run that
 # records, filters and journals but computes features once a minute.
+# --together runs both recorders at once on the same outlet (one after
+# the other by default): the same seconds of a shared host for both, so
+# their ratio does not move with the host's load between the two runs.
+# --threads adds neuroedge's CPU per thread (liblsl's threads are
+# `lsl-connect`; ours acq-*, dsp-*, journal, neuroedge-io).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -33,6 +38,8 @@ SECONDS_RUN=60
 LOADS=A,B
 LABREC=""
 LABEL=neuroedge
+TOGETHER=0
+THREADS=0
 while [ $# -gt 0 ]; do
   case $1 in
     --bin) BIN=$2; shift 2 ;;
@@ -41,7 +48,9 @@ while [ $# -gt 0 ]; do
     --labrecorder) LABREC=$2; shift 2 ;;
     --label) LABEL=$2; shift 2 ;;
     --features-step) FEATURES_STEP=$2; shift 2 ;;
-    -h|--help) sed -n 2,25p "$0"; exit 0 ;;
+    --together) TOGETHER=1; shift ;;
+    --threads) THREADS=1; shift ;;
+    -h|--help) sed -n 2,31p "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -81,8 +90,10 @@ HZ=$(getconf CLK_TCK)
 
 printf '%-5s %-28s %10s %12s %10s %6s\n' load recorder "%core" "peakRSS_MB" samples lost
 
-run_neuroedge() { # channels rate
-  local d=$WORK/ne
+# neuroedge with the LSL device profile, recording the outlet `bench`.
+start_neuroedge() {
+  NE_DIR=$WORK/ne
+  local d=$NE_DIR
   rm -rf "$d"; mkdir -p "$d/devices"
   cp "$ROOT/config/neuroedge.toml" "$d/neuroedge.toml"
   sed -i 's#^devices_dir = .*#devices_dir = "devices"#; s#"\.\./var/#"var/#' "$d/neuroedge.toml"
@@ -92,14 +103,28 @@ run_neuroedge() { # channels rate
     sed -i "s/^step_s = .*/step_s = $FEATURES_STEP/" "$d/devices/lsl-eeg.toml"
   fi
   ip netns exec "$NS" "$BIN" run --config "$d/neuroedge.toml" 2>"$d/log" &
-  local pid=$!
-  local t0; t0=$(date +%s.%N)
-  sleep "$SECONDS_RUN"
-  local tk hwm t1 st
+  NE_PID=$!
+  NE_T0=$(date +%s.%N)
+}
+
+# Per thread name: CPU over the process's life so far, % of one core.
+thread_cpu() { # pid seconds
+  for t in /proc/"$1"/task/*; do
+    printf '%s\t%s\n' "$(cat "$t/comm")" "$(awk '{print $14 + $15}' "$t/stat")"
+  done | awk -F'\t' -v hz="$HZ" -v s="$2" '{c[$1] += $2}
+    END {for (n in c) if (c[n] > 0) printf "  %s %.3f", n, c[n] / hz / s * 100; print ""}'
+}
+
+finish_neuroedge() {
+  local pid=$NE_PID d=$NE_DIR
+  local tk hwm t1 st threads=""
   tk=$(ticks "$pid"); hwm=$(hwm_kb "$pid"); t1=$(date +%s.%N)
+  if [ "$THREADS" = 1 ]; then
+    threads=$(thread_cpu "$pid" "$(python3 -c "print($t1 - $NE_T0)")")
+  fi
   st=$("$BIN" status --socket "$d/var/run/neuroedge.sock" --json 2>/dev/null || echo '{}')
   kill -TERM "$pid"; wait "$pid" || true
-  python3 - "$tk" "$HZ" "$t0" "$t1" "$hwm" "$st" "$LABEL" "$LOAD" <<'EOF'
+  python3 - "$tk" "$HZ" "$NE_T0" "$t1" "$hwm" "$st" "$LABEL" "$LOAD" <<'EOF'
 import json, sys
 tk, hz, t0, t1, hwm, st, label, load = sys.argv[1:]
 cpu = float(tk) / float(hz) / (float(t1) - float(t0)) * 100
@@ -108,22 +133,27 @@ lost = (d.get("dropped_samples") or 0) + (d.get("gaps") or 0)
 print(f"{load:<5} {label:<28} {cpu:10.2f} {int(hwm) / 1024:12.1f} {d.get('samples_total', 0):>10} {lost:>6}"
       + ("" if d.get("state") == "streaming" else f"  (state {d.get('state')}: {d.get('last_error')})"))
 EOF
+  [ -z "$threads" ] || echo "      threads (% of a core):$threads"
 }
 
-run_labrecorder() {
-  local d=$WORK/lr
+start_labrecorder() {
+  LR_DIR=$WORK/lr
+  local d=$LR_DIR
   rm -rf "$d"; mkdir -p "$d"
   local fifo=$d/stdin; mkfifo "$fifo"
   ip netns exec "$NS" "$LABREC" "$d/rec.xdf" 'name="bench"' <"$fifo" >"$d/log" 2>&1 &
-  local pid=$!
+  LR_PID=$!
   exec 9>"$fifo"
-  local t0; t0=$(date +%s.%N)
-  sleep "$SECONDS_RUN"
+  LR_T0=$(date +%s.%N)
+}
+
+finish_labrecorder() {
+  local pid=$LR_PID d=$LR_DIR
   local tk hwm t1
   tk=$(ticks "$pid"); hwm=$(hwm_kb "$pid"); t1=$(date +%s.%N)
   echo >&9; exec 9>&-
   wait "$pid" || true
-  python3 - "$tk" "$HZ" "$t0" "$t1" "$hwm" "$d/rec.xdf" "$LOAD" <<'EOF'
+  python3 - "$tk" "$HZ" "$LR_T0" "$t1" "$hwm" "$d/rec.xdf" "$LOAD" <<'EOF'
 import sys
 tk, hz, t0, t1, hwm, xdf, load = sys.argv[1:]
 cpu = float(tk) / float(hz) / (float(t1) - float(t0)) * 100
@@ -137,21 +167,42 @@ print(f"{load:<5} {'LabRecorderCLI':<28} {cpu:10.2f} {int(hwm) / 1024:12.1f} {n:
 EOF
 }
 
+start_outlet() {
+  ip netns exec "$NS" python3 "$WORK/outlet.py" "$CH" "$RATE" &
+  OUTLET=$!
+  PIDS+=("$OUTLET")
+  sleep 3
+}
+
+stop_outlet() {
+  kill "$OUTLET" 2>/dev/null || true
+  wait "$OUTLET" 2>/dev/null || true
+}
+
 for LOAD in ${LOADS//,/ }; do
   case $LOAD in
     A) CH=8; RATE=250 ;;
     B) CH=64; RATE=2000 ;;
     *) echo "unknown load $LOAD (A or B)" >&2; exit 2 ;;
   esac
+  if [ "$TOGETHER" = 1 ] && [ -n "$LABREC" ]; then
+    # Both recording the same outlet over the same seconds.
+    start_outlet
+    start_neuroedge
+    start_labrecorder
+    sleep "$SECONDS_RUN"
+    finish_neuroedge
+    finish_labrecorder
+    stop_outlet
+    continue
+  fi
   recorders=(neuroedge)
   [ -n "$LABREC" ] && recorders+=(labrecorder)
   for rec in "${recorders[@]}"; do
-    ip netns exec "$NS" python3 "$WORK/outlet.py" "$CH" "$RATE" &
-    OUTLET=$!
-    PIDS+=("$OUTLET")
-    sleep 3
-    "run_$rec"
-    kill "$OUTLET" 2>/dev/null || true
-    wait "$OUTLET" 2>/dev/null || true
+    start_outlet
+    "start_$rec"
+    sleep "$SECONDS_RUN"
+    "finish_$rec"
+    stop_outlet
   done
 done
