@@ -27,8 +27,9 @@
 # --together runs both recorders at once on the same outlet (one after
 # the other by default): the same seconds of a shared host for both, so
 # their ratio does not move with the host's load between the two runs.
-# --threads adds neuroedge's CPU per thread (liblsl's threads are
-# `lsl-connect`; ours acq-*, dsp-*, journal, neuroedge-io).
+# --threads adds each recorder's CPU per thread name, over its life
+# (threads that have exited are in the total only; liblsl's threads are
+# `lsl-connect`; neuroedge's own acq-*, dsp-*, journal, neuroedge-io).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -149,8 +150,11 @@ start_labrecorder() {
 
 finish_labrecorder() {
   local pid=$LR_PID d=$LR_DIR
-  local tk hwm t1
+  local tk hwm t1 threads=""
   tk=$(ticks "$pid"); hwm=$(hwm_kb "$pid"); t1=$(date +%s.%N)
+  if [ "$THREADS" = 1 ]; then
+    threads=$(thread_cpu "$pid" "$(python3 -c "print($t1 - $LR_T0)")")
+  fi
   echo >&9; exec 9>&-
   wait "$pid" || true
   python3 - "$tk" "$HZ" "$LR_T0" "$t1" "$hwm" "$d/rec.xdf" "$LOAD" <<'EOF'
@@ -165,6 +169,7 @@ except Exception as e:
     n = f"? ({e})"
 print(f"{load:<5} {'LabRecorderCLI':<28} {cpu:10.2f} {int(hwm) / 1024:12.1f} {n:>10} {'-':>6}")
 EOF
+  [ -z "$threads" ] || echo "      threads (% of a core):$threads"
 }
 
 start_outlet() {
