@@ -78,6 +78,7 @@ def main():
     gaps = 0
     labels = None
     prev_end = None
+    last_seq = batches[-1][0]["seq"] if batches else None
     for h, p in batches:
         n, ch = h["n_samples"], h["n_channels"]
         labels = p["channels"]
@@ -108,7 +109,11 @@ def main():
         for m in p["markers"]:
             journaled[m["value"]] = m["t"]
             after = prev_end if prev_end is not None else float("-inf")
-            if not (after < m["t"] <= h["t_end"]):
+            # The run's last batch also carries the markers stamped after
+            # its last sample (the daemon stopped before a later batch
+            # could cover them: docs/batch-format.md).
+            upto = float("inf") if h["seq"] == last_seq else h["t_end"]
+            if not (after < m["t"] <= upto):
                 problems.append(
                     f"marker {m['value']} at {m['t']:.4f} not in its batch "
                     f"({after:.4f}, {h['t_end']:.4f}] (seq {h['seq']})")
