@@ -563,10 +563,20 @@ impl Journal {
     pub(crate) fn insert_row_for_tests(&self, h: &crate::batch::BatchHeader, envelope: &[u8]) {
         self.conn
             .execute(
-                "INSERT INTO batches (batch_id, device_id, seq, first_sample, n_samples, t_start, t_end, key_id, created_at, size, envelope)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![h.batch_id, h.device_id, h.seq as i64, h.first_sample as i64, h.n_samples as i64,
-                        h.t_start, h.t_end, h.key_id, h.created_at, envelope.len() as i64, envelope],
+                writer::INSERT_BATCH,
+                params![
+                    h.batch_id,
+                    h.device_id,
+                    h.seq as i64,
+                    h.first_sample as i64,
+                    h.n_samples as i64,
+                    h.t_start,
+                    h.t_end,
+                    h.key_id,
+                    h.created_at,
+                    envelope.len() as i64,
+                    envelope
+                ],
             )
             .expect("insert row");
         self.conn

@@ -2,8 +2,9 @@
 //!
 //! A journal only appends: once a batch is committed and checkpointed into
 //! the database file, its pages in the OS page cache are read again only
-//! to upload it and to delete it (see below). Left there, they fill memory, and every new batch
-//! lands in page-cache pages the kernel takes fresh from its free memory.
+//! to upload it and to delete it (see below). Left there, they fill
+//! memory, and every new batch lands in page-cache pages the kernel takes
+//! fresh from its free memory.
 //! On a virtual machine that returns free memory to its host (free page
 //! reporting, ballooning) a fresh page costs a host fault: writing 1 GB to
 //! a new file took 4.9 s of CPU on the 2-core test VM, against 0.15–0.25 s

@@ -901,7 +901,7 @@ fn apply_marks(
 }
 
 /// A committed batch's row.
-const INSERT_BATCH: &str = "INSERT INTO batches (batch_id, device_id, seq, first_sample, n_samples, t_start, t_end, key_id, created_at, size, envelope)
+pub(crate) const INSERT_BATCH: &str = "INSERT INTO batches (batch_id, device_id, seq, first_sample, n_samples, t_start, t_end, key_id, created_at, size, envelope)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 /// The device's cursor after a committed batch.
