@@ -277,6 +277,20 @@ impl Puller {
         Ok(())
     }
 
+    /// Pull the marker inlet (if any) and send what it has to the sink,
+    /// on the sink's clock.
+    fn push_markers(&mut self, sink: &mut Sink<'_>) {
+        if let Some(m) = self.markers.as_mut() {
+            let ms = m.poll(self.correction);
+            if !ms.is_empty() {
+                let offset = self.lib.local_clock() - sink.mono_now();
+                for (t, v) in ms {
+                    sink.marker(t - offset, v);
+                }
+            }
+        }
+    }
+
     /// liblsl's recovery keeps an inlet of a vanished outlet waiting
     /// silently: after [`SILENCE_CHECK`] without data, ask the network
     /// whether the stream is still there.
@@ -410,15 +424,7 @@ impl Lsl {
                 stamps,
             });
         }
-        if let Some(m) = p.markers.as_mut() {
-            let ms = m.poll(p.correction);
-            if !ms.is_empty() {
-                let offset = p.lib.local_clock() - sink.mono_now();
-                for (t, v) in ms {
-                    sink.marker(t - offset, v);
-                }
-            }
-        }
+        p.push_markers(sink);
         self.push_due(sink, all);
         if let Err(e) = p.check_silence() {
             self.push_due(sink, true);
@@ -509,6 +515,23 @@ impl Source for Lsl {
     }
 
     fn drain(&mut self, sink: &mut Sink<'_>) {
+        // What the outlet sent since the last pull waits in liblsl's
+        // buffer (a read returns between pulls when a chunk held for
+        // markers falls due): take it, and the markers, one last time.
+        if let Some(mut p) = self.puller.take() {
+            let (mut values, mut stamps) = self.spares.pop().unwrap_or_default();
+            match p.pull(0.0, &mut values, &mut stamps) {
+                Ok(()) if !stamps.is_empty() => self.pending.push_back(Chunk {
+                    arrived: Instant::now(),
+                    values,
+                    stamps,
+                }),
+                Ok(()) => {}
+                Err(e) => tracing::debug!(error = %e, "LSL: no last pull at stop"),
+            }
+            p.push_markers(sink);
+            self.puller = Some(p);
+        }
         // Data held back for markers: deliver it rather than lose it.
         self.push_due(sink, true);
     }

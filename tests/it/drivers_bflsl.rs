@@ -454,6 +454,68 @@ fn lsl_stream_bit_exact_with_markers_and_outlet_restarts() {
 }
 
 #[test]
+fn lsl_samples_sent_before_the_stop_are_recorded() {
+    // With a marker stream, a read returns between pulls (when a chunk held
+    // for markers falls due): a stop seen then must still take what waits
+    // in liblsl's buffer.
+    if !peer_available("pylsl") {
+        return;
+    }
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        neuroedge::clock::wall_unix().to_bits() % 1_000_000
+    );
+    let name = format!("neuroedge-stop-{unique}");
+    let markers = format!("{name}-markers");
+    let env = Env::new("");
+    env.write(
+        "devices/lsl.toml",
+        &format!(
+            "id = \"lsl\"\ndriver = \"lsl\"\nenabled = true\n[connection]\nname = \"{name}\"\n\
+             resolve_timeout_s = 1.0\nmarkers = \"{markers}\"\n"
+        ),
+    );
+    let log = env.path().join("peer.jsonl");
+    let Some(ns) = lsl_namespace("lslstop") else {
+        return;
+    };
+    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
+    // The peer starts pushing once the daemon's inlet is there, pushes for
+    // 3 s, then stops pushing and keeps its outlets open.
+    let _peer = start_peer(
+        &ns,
+        &name,
+        &format!("src-{unique}"),
+        &markers,
+        1,
+        &log,
+        &["--seconds", "3", "--hold"],
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    let last = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let last = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|v| v["last_sample"].as_u64());
+        if let Some(n) = last {
+            break n;
+        }
+        assert!(Instant::now() < until, "the peer never finished pushing");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // Stop at once: the last samples are in flight or in liblsl's buffer.
+    assert_eq!(d.terminate(), 0);
+    let summary = check_lsl(&env, &log, &[]);
+    assert_eq!(summary["mismatched"], 0);
+    assert_eq!(
+        summary["last_sample"]["1"], last,
+        "the peer pushed up to sample {last}: {summary}"
+    );
+}
+
+#[test]
 fn lsl_outlet_with_unusable_stamps_is_stamped_by_arrival() {
     // An outlet that stamps its samples with unix time instead of its LSL
     // clock: the stamps are years away from this host's LSL clock, so they

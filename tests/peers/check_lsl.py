@@ -54,6 +54,8 @@ def main():
         if "run" in r:
             runs[r["run"]] = r
             current = r
+        elif "last_sample" in r:
+            pass
         else:
             pushed[r["marker"]] = r["t"]
 
@@ -75,6 +77,7 @@ def main():
     problems = []
     samples, mismatched, max_err, sum_err, last_t = 0, 0, 0.0, 0.0, None
     journaled = {}
+    last_n = {}
     gaps = 0
     labels = None
     prev_end = None
@@ -106,6 +109,7 @@ def main():
                 problems.append(f"seq {h['seq']} sample {i}: timestamp not increasing")
             last_t = ts[i]
             samples += 1
+            last_n[int(run)] = max(last_n.get(int(run), -1), int(k))
         for m in p["markers"]:
             journaled[m["value"]] = m["t"]
             after = prev_end if prev_end is not None else float("-inf")
@@ -147,7 +151,8 @@ def main():
         "max_ts_err_ms": max_err * 1000, "mean_ts_err_ms": (sum_err / samples * 1000) if samples else None,
         "markers_journaled": len(journaled), "markers_required": required, "gap_samples": gaps,
         "wall_minus_timeline_ms": {str(k): round(v, 3) for k, v in sorted(wall.items())},
-        "runs": sorted(runs), "problems": problems[:20]}))
+        "runs": sorted(runs), "last_sample": {str(k): v for k, v in sorted(last_n.items())},
+        "problems": problems[:20]}))
     return 1 if problems else 0
 
 

@@ -10,7 +10,8 @@ Publishes, in real time until killed (or --seconds):
   --marker-every seconds, stamped with the local clock at the push.
 
 Writes JSON lines to --log: one {"run", "t0", "wall_minus_lsl", "rate"}
-at start, then {"marker": value, "t": lsl time} per marker pushed.
+at start, then {"marker": value, "t": lsl time} per marker pushed (and with
+--hold, {"run_last", "last_sample"} when it stops pushing).
 check_lsl.py recomputes everything from these.
 """
 import argparse, json, struct, sys, time
@@ -57,6 +58,10 @@ def main():
     ap.add_argument("--unix-stamps", action="store_true",
                     help="stamp samples with unix time instead of the LSL clock "
                          "(a misbehaving outlet)")
+    ap.add_argument("--hold", action="store_true",
+                    help="wait for a consumer before starting; after --seconds, stop "
+                         "pushing but keep the outlets open, logging "
+                         '{"last_sample": n} (the last sample pushed)')
     ap.add_argument("--irregular-name",
                     help="also publish an irregular-rate float stream of this name")
     a = ap.parse_args()
@@ -79,6 +84,8 @@ def main():
         irregular = pylsl.StreamOutlet(
             pylsl.StreamInfo(a.irregular_name, "EEG", 2, pylsl.IRREGULAR_RATE, "float32", ""))
     log = open(a.log, "a", buffering=1)
+    if a.hold and not outlet.wait_for_consumers(60):
+        return 1
     t0 = pylsl.local_clock() + 0.05
     log.write(json.dumps({"run": a.run, "t0": t0, "rate": a.rate,
                           "wall_minus_lsl": time.time() - pylsl.local_clock()}) + "\n")
@@ -89,6 +96,10 @@ def main():
     while True:
         now = pylsl.local_clock()
         if now - t0 > a.seconds:
+            if a.hold:
+                log.write(json.dumps({"run_last": a.run, "last_sample": n - 1}) + "\n")
+                while True:
+                    time.sleep(1)
             break
         while t0 + n / a.rate <= now:
             outlet.push_sample(sample_values(a.run, n, a.channels), t0 + n / a.rate + shift)
