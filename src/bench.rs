@@ -5,7 +5,7 @@
 //! runner end to end with an unpaced synthetic source into a temporary
 //! journal. Throughput is in channel-samples per second.
 
-use crate::batch::{seal, BatchData, SealParams};
+use crate::batch::{seal_with, BatchData, Compressor, SealParams};
 use crate::config::{
     parse_device, Connection, DeviceConfig, FeaturesSection, FiltersSection, QualitySection,
     SyntheticConnection, WhenFull,
@@ -317,6 +317,8 @@ fn bench_seal(
     batches: impl Iterator<Item = BatchData>,
 ) -> Result<(f64, u64), String> {
     let (mut spent, mut bytes) = (0.0, 0);
+    // One context for all, as the journal writer keeps.
+    let mut z = Compressor::new();
     for (i, b) in batches.enumerate() {
         let p = SealParams {
             batch_id: uuid::Uuid::now_v7().to_string(),
@@ -328,7 +330,7 @@ fn bench_seal(
             format: crate::batch::BatchFormat::V2,
         };
         let t = Instant::now();
-        let (env, _) = seal(key, &p, &b).map_err(|e| format!("seal: {e}"))?;
+        let (env, _) = seal_with(&mut z, key, &p, &b).map_err(|e| format!("seal: {e}"))?;
         spent += t.elapsed().as_secs_f64();
         bytes += env.len() as u64;
     }

@@ -15,9 +15,9 @@ use super::{
     insert_audit, AuditEvent, DeviceCursor, Journal, JournalShared, JournalState, RowState,
 };
 use crate::backoff::Backoff;
-use crate::batch::{seal, BatchData, Gap, GapCause, SealParams};
+use crate::batch::{seal_with, BatchData, Compressor, Gap, GapCause, SealParams};
 use crate::crypto::Keyring;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, OptionalExtension};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,12 +52,12 @@ const MARKS_QUEUED: usize = 1024;
 /// A full queue loses the record and says so in the log. (4096 slots were
 /// 384 KiB resident in every run, idle or not.)
 const AUDITS_QUEUED: usize = 1024;
-/// How long the writer sleeps when it has nothing to do. It stamps its
-/// heartbeat (the systemd watchdog's liveness check) and takes audit
-/// records and upload marks on each wake: an uploaded batch shows as
-/// uploaded within this (a longer wait would keep every batch "pending"
-/// until the next batch's commit).
-const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// How long the writer sleeps when nothing arrives: it stamps its
+/// heartbeat (the systemd watchdog's liveness check, which allows a
+/// second at least) on each wake. A batch, an audit record or an upload
+/// mark wakes it at once. (It woke every 200 ms to look for records and
+/// marks: five wake-ups a second, each costing more than its work.)
+const IDLE_WAIT: Duration = Duration::from_millis(500);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 /// How long shutdown keeps retrying a failing commit before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -269,6 +269,7 @@ pub fn spawn_writer(
     let mut w = Writer {
         page_cache: PageCache::for_journal(journal.path(), cfg.max_bytes),
         rates: HashMap::new(),
+        compressor: Compressor::new(),
         unreleased: 0,
         journal,
         keyring,
@@ -395,6 +396,8 @@ struct Writer {
     unreleased: u64,
     /// Bytes per second of samples of each device, from its latest batch.
     rates: HashMap<String, f64>,
+    /// zstd's context, kept for every batch sealed.
+    compressor: Compressor,
 }
 
 impl Drop for Writer {
@@ -465,19 +468,39 @@ impl Writer {
             None if self.queue.is_empty() && !stopping => IDLE_WAIT,
             None => Duration::ZERO,
         };
-        if room(self) {
-            match self.brx.recv_timeout(wait) {
-                Ok(b) => self.enqueue(b),
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
-            }
-        } else {
-            std::thread::sleep(wait);
+        if !wait.is_zero() {
+            self.wait_for_any(wait, room(self));
         }
         while room(self) {
             match self.brx.try_recv() {
                 Ok(b) => self.enqueue(b),
                 Err(_) => break,
             }
+        }
+    }
+
+    /// Wait at most `wait` for the first of: a batch (only with `room`),
+    /// an audit record, an upload mark; and take it.
+    fn wait_for_any(&mut self, wait: Duration, room: bool) {
+        let mut sel = crossbeam_channel::Select::new();
+        let batches = room.then(|| sel.recv(&self.brx));
+        let audits = sel.recv(&self.arx);
+        sel.recv(&self.mrx);
+        let Ok(op) = sel.select_timeout(wait) else {
+            return;
+        };
+        let i = op.index();
+        let taken = if Some(i) == batches {
+            op.recv(&self.brx).map(|b| self.enqueue(b))
+        } else if i == audits {
+            op.recv(&self.arx).map(|ev| self.audits.push(ev))
+        } else {
+            op.recv(&self.mrx).map(|m| self.marks.push(m))
+        };
+        if taken.is_err() {
+            // Every sender is gone (the daemon is ending): nothing more
+            // comes, so wait rather than spin.
+            std::thread::sleep(wait);
         }
     }
 
@@ -650,13 +673,14 @@ impl Writer {
             insert_audit(&tx, ev)?;
         }
         apply_marks(&tx, &self.marks, now, &mut t)?;
-        let sealer = Sealer {
+        let mut sealer = Sealer {
             key: self.keyring.current(),
             cfg: &self.cfg,
             now,
+            compressor: &mut self.compressor,
         };
         for b in self.queue.iter().take(n) {
-            commit_batch(&tx, &sealer, b, &self.cursors, &mut t)?;
+            commit_batch(&tx, &mut sealer, b, &self.cursors, &mut t)?;
         }
         audit_evictions(&mut t);
         for ev in &t.audits {
@@ -844,6 +868,7 @@ struct Sealer<'a> {
     key: &'a crate::crypto::BatchKey,
     cfg: &'a WriterConfig,
     now: f64,
+    compressor: &'a mut Compressor,
 }
 
 /// Apply the uplink's verdicts (a verdict on a row no longer pending, e.g.
@@ -913,7 +938,7 @@ const UPSERT_CURSOR: &str = "INSERT INTO devices (device_id, next_seq, next_samp
 /// cannot be sealed or does not fit is refused (audited), not an error.
 fn commit_batch(
     tx: &rusqlite::Transaction<'_>,
-    sealer: &Sealer<'_>,
+    sealer: &mut Sealer<'_>,
     b: &BatchData,
     known: &HashMap<String, DeviceCursor>,
     t: &mut Tally,
@@ -931,7 +956,7 @@ fn commit_batch(
         compress: sealer.cfg.compress,
         format: sealer.cfg.format,
     };
-    let (env, header) = match seal(sealer.key, &params_, b) {
+    let (env, header) = match seal_with(sealer.compressor, sealer.key, &params_, b) {
         Ok(x) => x,
         Err(e) => {
             // Only an impossible size makes sealing fail; refuse the batch
