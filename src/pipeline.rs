@@ -19,9 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long the processing thread sleeps at most when the ring is empty
-/// (the producer wakes it as soon as a block is published): how often its
-/// heartbeat, markers and rate are updated on a silent device.
-const IDLE: Duration = Duration::from_millis(100);
+/// (the producer wakes it at the end of each read that brought frames):
+/// how often its heartbeat, markers and rate are updated on a silent
+/// device. Longer than a read (~100 ms), so that a streaming device wakes
+/// it once per read rather than also by the timeout.
+const IDLE: Duration = Duration::from_millis(250);
 
 /// The device's filter chain (contract §4): Butterworth SOS then notches,
 /// f64 state per channel carried for the device's whole run.
