@@ -218,8 +218,9 @@ pub struct JournalStatus {
 #[derive(Debug, Default)]
 pub struct JournalShared {
     status: Mutex<JournalStatus>,
-    /// Monotonic seconds ([`crate::clock`]) of the writer loop's latest
-    /// turn: the watchdog's liveness check.
+    /// Monotonic seconds ([`crate::clock`]) until which the writer is known
+    /// to be alive: its latest turn, or while it waits idle, the end of its
+    /// wait. The watchdog's liveness check.
     pub heartbeat: crate::sync::AtomicF64,
     /// Bytes of the batches sent to the writer and not yet taken from its
     /// channel (see [`writer::JournalTx::try_send_batch`]).

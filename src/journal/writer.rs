@@ -52,12 +52,14 @@ const MARKS_QUEUED: usize = 1024;
 /// A full queue loses the record and says so in the log. (4096 slots were
 /// 384 KiB resident in every run, idle or not.)
 const AUDITS_QUEUED: usize = 1024;
-/// How long the writer sleeps when nothing arrives: it stamps its
-/// heartbeat (the systemd watchdog's liveness check, which allows a
-/// second at least) on each wake. A batch, an audit record or an upload
-/// mark wakes it at once. (It woke every 200 ms to look for records and
-/// marks: five wake-ups a second, each costing more than its work.)
-const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// How long the writer sleeps at most when nothing arrives. A batch, an
+/// audit record, an upload mark or the shutdown wakes it at once. Its
+/// heartbeat (the systemd watchdog's liveness check) reads "alive until
+/// the wait ends" while it waits, and "now" once it works: a writer stuck
+/// in a commit still goes silent. (It woke every 200 ms to stamp the
+/// heartbeat and look for records and marks: five wake-ups a second, each
+/// costing more than its work.)
+const IDLE_WAIT: Duration = Duration::from_secs(5);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 /// How long shutdown keeps retrying a failing commit before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -222,6 +224,8 @@ pub(crate) struct TestJournal {
 pub struct WriterHandle {
     tx: JournalTx,
     stop: Arc<AtomicBool>,
+    /// Wakes the waiting writer to see `stop`.
+    wake: Sender<()>,
     thread: JoinHandle<()>,
 }
 
@@ -234,6 +238,7 @@ impl WriterHandle {
     /// and close. Call after every device has stopped.
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::Release);
+        let _ = self.wake.try_send(());
         let _ = self.thread.join();
     }
 }
@@ -266,7 +271,9 @@ pub fn spawn_writer(
         commits: commits_rx,
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
     let mut w = Writer {
+        wake: wake_rx,
         page_cache: PageCache::for_journal(journal.path(), cfg.max_bytes),
         rates: HashMap::new(),
         compressor: Compressor::new(),
@@ -299,7 +306,12 @@ pub fn spawn_writer(
             path: std::path::PathBuf::from("journal writer thread"),
             source,
         })?;
-    Ok(WriterHandle { tx, stop, thread })
+    Ok(WriterHandle {
+        tx,
+        stop,
+        wake: wake_tx,
+        thread,
+    })
 }
 
 /// Approximate memory held by an unsealed batch.
@@ -386,6 +398,8 @@ struct Writer {
     brx: Receiver<BatchData>,
     arx: Receiver<AuditEvent>,
     mrx: Receiver<UploadMark>,
+    /// The handle's shutdown.
+    wake: Receiver<()>,
     /// Upload verdicts waiting for the next commit.
     marks: Vec<UploadMark>,
     stop: Arc<AtomicBool>,
@@ -480,24 +494,38 @@ impl Writer {
     }
 
     /// Wait at most `wait` for the first of: a batch (only with `room`),
-    /// an audit record, an upload mark; and take it.
+    /// an audit record, an upload mark, the shutdown; and take it.
     fn wait_for_any(&mut self, wait: Duration, room: bool) {
+        let clock = crate::clock::global();
+        self.shared
+            .heartbeat
+            .store(clock.mono_now() + wait.as_secs_f64());
         let mut sel = crossbeam_channel::Select::new();
         let batches = room.then(|| sel.recv(&self.brx));
         let audits = sel.recv(&self.arx);
-        sel.recv(&self.mrx);
-        let Ok(op) = sel.select_timeout(wait) else {
-            return;
-        };
-        let i = op.index();
-        let taken = if Some(i) == batches {
-            op.recv(&self.brx).map(|b| self.enqueue(b))
-        } else if i == audits {
-            op.recv(&self.arx).map(|ev| self.audits.push(ev))
-        } else {
-            op.recv(&self.mrx).map(|m| self.marks.push(m))
-        };
-        if taken.is_err() {
+        let marks = sel.recv(&self.mrx);
+        sel.recv(&self.wake);
+        let (mut batch, mut audit, mut mark, mut closed) = (None, None, None, false);
+        if let Ok(op) = sel.select_timeout(wait) {
+            let i = op.index();
+            closed = if Some(i) == batches {
+                op.recv(&self.brx).map(|b| batch = Some(b)).is_err()
+            } else if i == audits {
+                op.recv(&self.arx).map(|ev| audit = Some(ev)).is_err()
+            } else if i == marks {
+                op.recv(&self.mrx).map(|m| mark = Some(m)).is_err()
+            } else {
+                op.recv(&self.wake).is_err()
+            };
+        }
+        drop(sel);
+        self.shared.heartbeat.store(clock.mono_now());
+        if let Some(b) = batch {
+            self.enqueue(b);
+        }
+        self.audits.extend(audit);
+        self.marks.extend(mark);
+        if closed {
             // Every sender is gone (the daemon is ending): nothing more
             // comes, so wait rather than spin.
             std::thread::sleep(wait);
@@ -1122,6 +1150,29 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn an_idle_writer_is_alive_until_its_wait_ends_and_a_batch_or_the_shutdown_wakes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let w = start(&d.path().join("j.db"), 1 << 30, WhenFull::DropOldest);
+        let tx = w.sender();
+        let clock = crate::clock::global();
+        // Idle: the heartbeat reads the end of its wait, ahead of now.
+        let t = Instant::now();
+        while tx.shared().heartbeat.load() <= clock.mono_now() {
+            assert!(t.elapsed() < Duration::from_secs(10), "never idle");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A batch wakes it at once, not when the wait ends.
+        let t = Instant::now();
+        assert!(tx.send_batch_blocking(batch("dev", 0, 100)));
+        wait(&tx, |s| s.committed_batches == 1);
+        assert!(t.elapsed() < IDLE_WAIT / 2, "{:?}", t.elapsed());
+        // So does the shutdown (it has just started a new wait).
+        let t = Instant::now();
+        w.shutdown();
+        assert!(t.elapsed() < IDLE_WAIT / 2, "{:?}", t.elapsed());
     }
 
     #[test]
