@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 /// How long the processing thread sleeps at most when the ring is empty
 /// (the producer wakes it at the end of each read that brought frames):
 /// how often its heartbeat, markers and rate are updated on a silent
-/// device. Longer than a read (~100 ms), so that a streaming device wakes
-/// it once per read rather than also by the timeout.
-const IDLE: Duration = Duration::from_millis(250);
+/// device. (250 ms saved a few wake-ups a second, but then the rate's
+/// 1-s windows ended only as blocks arrived, and one late 100-ms block
+/// at a window's edge moved `samples_per_s` by 10 %: a CI failure.)
+const IDLE: Duration = Duration::from_millis(100);
 
 /// The device's filter chain (contract §4): Butterworth SOS then notches,
 /// f64 state per channel carried for the device's whole run.
