@@ -21,10 +21,67 @@ use std::time::{Duration, Instant};
 /// How long the processing thread sleeps at most when the ring is empty
 /// (the producer wakes it at the end of each read that brought frames):
 /// how often its heartbeat, markers and rate are updated on a silent
-/// device. (250 ms saved a few wake-ups a second, but then the rate's
-/// 1-s windows ended only as blocks arrived, and one late 100-ms block
-/// at a window's edge moved `samples_per_s` by 10 %: a CI failure.)
+/// device.
 const IDLE: Duration = Duration::from_millis(100);
+
+/// The shortest span `samples_per_s` is measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// `samples_per_s`: the samples published between two of the ring's
+/// publish times at least [`RATE_WINDOW`] apart, over that span. Both
+/// ends are moments blocks were published, so a window holds whole blocks
+/// and the time they took: a block published late moves the rate by its
+/// lateness (10 ms in a 1-s window: 1 %), not by a whole block (measured
+/// between the processing thread's turns, one late 100-ms block at a
+/// window's edge moved it by 10 %: a CI failure). A device that goes
+/// silent for a window reads lower, then 0.
+struct RateMeter {
+    /// Publish time of the block that opened the window (none before the
+    /// first block: its samples arrived in an unknown span).
+    since: Option<Instant>,
+    /// Samples published after `since`, up to `last`.
+    samples: u64,
+    /// The latest publish time (or the silent window's end).
+    last: Instant,
+}
+
+impl RateMeter {
+    fn new(now: Instant) -> Self {
+        RateMeter {
+            since: None,
+            samples: 0,
+            last: now,
+        }
+    }
+
+    /// A block of `len` frames published at `published` was taken.
+    fn block(&mut self, published: Instant, len: usize) {
+        if self.since.is_none() {
+            self.since = Some(published);
+        } else {
+            self.samples += len as u64;
+        }
+        self.last = self.last.max(published);
+    }
+
+    /// The rate, when a window ends at this turn.
+    fn update(&mut self, now: Instant) -> Option<f64> {
+        let since = self.since?;
+        let end = if self.last.saturating_duration_since(since) >= RATE_WINDOW {
+            self.last
+        } else if now.saturating_duration_since(self.last) >= RATE_WINDOW {
+            // Nothing published for a window: the rate falls.
+            self.last = now;
+            now
+        } else {
+            return None;
+        };
+        let rate = self.samples as f64 / end.saturating_duration_since(since).as_secs_f64();
+        self.since = Some(end);
+        self.samples = 0;
+        Some(rate)
+    }
+}
 
 /// The device's filter chain (contract §4): Butterworth SOS then notches,
 /// f64 state per channel carried for the device's whole run.
@@ -272,7 +329,7 @@ impl Processing {
         // the first block read (dropped while the stage was starting) is a
         // gap like any other.
         let mut expected = self.index_offset;
-        let mut rate_window = (Instant::now(), 0u64);
+        let mut rate = RateMeter::new(Instant::now());
         loop {
             match ring.pop() {
                 Some(block) => {
@@ -284,6 +341,7 @@ impl Processing {
                         filtered.resize(block.samples().len(), 0.0);
                     }
                     self.handle_block(&block, &mut filtered, &mut batcher, &mut expected, ch);
+                    rate.block(block.published, block.len());
                     ring.recycle(block);
                 }
                 None if ring.is_finished() => break,
@@ -293,17 +351,8 @@ impl Processing {
             self.stats
                 .heartbeat
                 .store(crate::clock::global().mono_now());
-            let (since, n0) = rate_window;
-            let el = since.elapsed();
-            if el >= Duration::from_secs(1) {
-                let n = self
-                    .stats
-                    .samples_total
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                self.stats
-                    .samples_per_s
-                    .store((n - n0) as f64 / el.as_secs_f64());
-                rate_window = (Instant::now(), n);
+            if let Some(r) = rate.update(Instant::now()) {
+                self.stats.samples_per_s.store(r);
             }
         }
         self.take_markers(&mut batcher);
@@ -465,6 +514,72 @@ mod tests {
         crossbeam_channel::Sender<Marker>,
         Arc<DeviceStats>,
     );
+
+    /// Feeds a meter 25-frame blocks every 100 ms (250 Hz), publish times
+    /// `late` later where given; the processing thread turns `turn_delay`
+    /// after each publish and at idle timeouts between. Returns the rates.
+    fn rates(blocks: usize, late: &[(usize, u64)], turn_delay: u64) -> Vec<f64> {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut meter = RateMeter::new(at(0));
+        let mut out = Vec::new();
+        for k in 0..blocks {
+            let extra = late.iter().find(|(i, _)| *i == k).map_or(0, |l| l.1);
+            let published = 100 * k as u64 + 7 + extra;
+            // An idle turn before the block, then the turn that takes it.
+            out.extend(meter.update(at(published.saturating_sub(50))));
+            meter.block(at(published), 25);
+            out.extend(meter.update(at(published + turn_delay)));
+        }
+        out
+    }
+
+    #[test]
+    fn the_rate_counts_whole_blocks_over_their_publish_times() {
+        let steady = rates(60, &[], 1);
+        assert_eq!(steady.len(), 5, "{steady:?}");
+        assert!(
+            steady.iter().all(|r| (r - 250.0).abs() < 1e-6),
+            "{steady:?}"
+        );
+        // A late turn (the processing thread busy) changes nothing.
+        let slow = rates(60, &[], 180);
+        assert!(slow.iter().all(|r| (r - 250.0).abs() < 1e-6), "{slow:?}");
+        // A block 30 ms late at a window's edge (block 10 ends the first
+        // window): its lateness, not a block, moves the first window; the
+        // second, 0.97 s at block 20, runs on to block 21.
+        let late = rates(60, &[(10, 30)], 1);
+        assert_eq!(late.len(), 5, "{late:?}");
+        assert!((late[0] - 250.0 / 1.03).abs() < 0.01, "{late:?}");
+        assert!((late[1] - 275.0 / 1.07).abs() < 0.01, "{late:?}");
+        assert!(
+            late[2..].iter().all(|r| (r - 250.0).abs() < 1e-6),
+            "{late:?}"
+        );
+    }
+
+    #[test]
+    fn a_silent_device_reads_lower_then_zero() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut meter = RateMeter::new(at(0));
+        // Nothing ever published: no rate at all.
+        assert_eq!(meter.update(at(5000)), None);
+        for k in 0..=10u64 {
+            meter.block(at(100 * k), 25);
+        }
+        assert_eq!(meter.update(at(1000)), Some(250.0));
+        // Silent from 1.0 s: nothing until a window has passed without a
+        // block, then 0, and 0 again a window later.
+        assert_eq!(meter.update(at(1900)), None);
+        assert_eq!(meter.update(at(2000)), Some(0.0));
+        assert_eq!(meter.update(at(2500)), None);
+        assert_eq!(meter.update(at(3000)), Some(0.0));
+        // Back: the first block counts over the silence since the last window.
+        meter.block(at(3500), 25);
+        meter.block(at(4000), 25);
+        assert_eq!(meter.update(at(4000)), Some(50.0));
+    }
 
     #[test]
     fn batches_last_batch_seconds_unless_their_samples_exceed_the_byte_cap() {

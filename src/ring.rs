@@ -26,7 +26,7 @@ use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A run of consecutive frames (frame-major samples).
 pub struct Block {
@@ -34,6 +34,9 @@ pub struct Block {
     pub first_index: u64,
     /// Samples the device revealed as missing just before `first_index`.
     pub device_gap_before: u64,
+    /// When the producer published it: when its frames had all arrived
+    /// (the rate in the status report is measured between these).
+    pub published: Instant,
     len: usize,
     channels: usize,
     timestamps: Box<[f64]>,
@@ -45,6 +48,7 @@ impl Block {
         Box::new(Block {
             first_index: 0,
             device_gap_before: 0,
+            published: Instant::now(),
             len: 0,
             channels,
             timestamps: vec![0.0; frames].into_boxed_slice(),
@@ -258,11 +262,14 @@ impl Producer {
     }
 
     fn publish(&mut self) {
-        let Some(b) = self.current.take() else { return };
+        let Some(mut b) = self.current.take() else {
+            return;
+        };
         if b.len == 0 {
             let _ = self.shared.pool.push(b);
             return;
         }
+        b.published = Instant::now();
         if let Some(mut old) = self.shared.queue.force_push(b) {
             self.shared
                 .dropped
@@ -427,6 +434,25 @@ mod tests {
         h.join().unwrap();
         assert_eq!(expect + stats.dropped(), 50_000);
         assert_eq!(stats.dropped(), 0);
+    }
+
+    #[test]
+    fn a_block_carries_the_time_it_was_published_not_started() {
+        let (mut p, mut c, _) = ring(1, 1000, 10);
+        p.push(0.0, &[0.0]);
+        std::thread::sleep(Duration::from_millis(30));
+        let before = Instant::now();
+        p.push(1.0, &[0.0]);
+        p.flush();
+        let after = Instant::now();
+        let b = c.pop().expect("a block");
+        assert!(b.published >= before && b.published <= after);
+        c.recycle(b);
+        // A recycled block gets the new time.
+        std::thread::sleep(Duration::from_millis(5));
+        p.push(2.0, &[0.0]);
+        p.flush();
+        assert!(c.pop().expect("a block").published > after);
     }
 
     #[test]

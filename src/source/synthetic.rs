@@ -261,11 +261,14 @@ impl Source for Synthetic {
             }
             return Ok(());
         }
+        // Sleep first: the runner publishes what a read emitted as it
+        // returns, so frames go out as they fall due (a block's publish
+        // time is when its frames arrived: the rate is measured by it).
+        std::thread::sleep(TICK);
         let due = (start.elapsed().as_secs_f64() * self.cfg.sample_rate).floor() as u64;
         while self.n < due {
             self.emit(sink);
         }
-        std::thread::sleep(TICK);
         Ok(())
     }
 
