@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 /// (the producer wakes it at the end of each read that brought frames):
 /// how often its heartbeat, markers and rate are updated on a silent
 /// device.
-const IDLE: Duration = Duration::from_millis(100);
+const IDLE: Duration = Duration::from_millis(250);
 
 /// The shortest span `samples_per_s` is measured over.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
