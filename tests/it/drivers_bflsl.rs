@@ -320,26 +320,42 @@ pub(crate) fn start_peer(
     )
 }
 
+/// A stream name no other test run shares (`neuroedge-TAG-PID-N`: tests of
+/// parallel runs can see each other's outlets only through their names).
+pub(crate) fn unique_stream_name(tag: &str) -> String {
+    format!(
+        "neuroedge-{tag}-{}-{}",
+        std::process::id(),
+        neuroedge::clock::wall_unix().to_bits() % 1_000_000
+    )
+}
+
+/// The device file of an LSL device `lsl` reading stream `name`, with the
+/// marker stream `markers` unless empty, then `extra` lines.
+pub(crate) fn lsl_device(name: &str, markers: &str, extra: &str) -> String {
+    let markers = if markers.is_empty() {
+        String::new()
+    } else {
+        format!("markers = \"{markers}\"\n")
+    };
+    format!(
+        "id = \"lsl\"\ndriver = \"lsl\"\nenabled = true\n[connection]\nname = \"{name}\"\n\
+         resolve_timeout_s = 1.0\n{markers}{extra}"
+    )
+}
+
 #[test]
 fn lsl_stream_bit_exact_with_markers_and_outlet_restarts() {
     if !peer_available("pylsl") {
         return;
     }
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        neuroedge::clock::wall_unix().to_bits() % 1_000_000
-    );
-    let name = format!("neuroedge-test-{unique}");
-    let source_id = format!("src-{unique}");
+    let name = unique_stream_name("test");
+    let source_id = format!("src-{name}");
     let markers = format!("{name}-markers");
     let env = Env::new("");
     env.write(
         "devices/lsl.toml",
-        &format!(
-            "id = \"lsl\"\ndriver = \"lsl\"\nenabled = true\n[connection]\nname = \"{name}\"\n\
-             type = \"EEG\"\nresolve_timeout_s = 1.0\nmarkers = \"{markers}\"\n"
-        ),
+        &lsl_device(&name, &markers, "type = \"EEG\"\n"),
     );
     // A stream without a nominal rate is refused (Fatal: `error`).
     let irregular = format!("{name}-irregular");
@@ -461,21 +477,10 @@ fn lsl_samples_sent_before_the_stop_are_recorded() {
     if !peer_available("pylsl") {
         return;
     }
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        neuroedge::clock::wall_unix().to_bits() % 1_000_000
-    );
-    let name = format!("neuroedge-stop-{unique}");
+    let name = unique_stream_name("stop");
     let markers = format!("{name}-markers");
     let env = Env::new("");
-    env.write(
-        "devices/lsl.toml",
-        &format!(
-            "id = \"lsl\"\ndriver = \"lsl\"\nenabled = true\n[connection]\nname = \"{name}\"\n\
-             resolve_timeout_s = 1.0\nmarkers = \"{markers}\"\n"
-        ),
-    );
+    env.write("devices/lsl.toml", &lsl_device(&name, &markers, ""));
     let log = env.path().join("peer.jsonl");
     let Some(ns) = lsl_namespace("lslstop") else {
         return;
@@ -486,7 +491,7 @@ fn lsl_samples_sent_before_the_stop_are_recorded() {
     let _peer = start_peer(
         &ns,
         &name,
-        &format!("src-{unique}"),
+        &format!("src-{name}"),
         &markers,
         1,
         &log,
@@ -527,16 +532,9 @@ fn lsl_outlet_with_unusable_stamps_is_stamped_by_arrival() {
     let Some(ns) = lsl_namespace("lsl-unix") else {
         return;
     };
-    let unique = format!("{}-unix", std::process::id());
-    let name = format!("neuroedge-test-{unique}");
+    let name = unique_stream_name("unix");
     let env = Env::new("");
-    env.write(
-        "devices/lsl.toml",
-        &format!(
-            "id = \"lsl\"\ndriver = \"lsl\"\nenabled = true\n[connection]\nname = \"{name}\"\n\
-             resolve_timeout_s = 1.0\n"
-        ),
-    );
+    env.write("devices/lsl.toml", &lsl_device(&name, "", ""));
     let log = env.path().join("peer.jsonl");
     let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
     let _peer = start_peer(&ns, &name, "", "", 1, &log, &["--unix-stamps"]);

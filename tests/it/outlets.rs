@@ -534,14 +534,15 @@ fn lsl_inlet_markers_go_out_on_the_markers_outlet() {
     let Some(ns) = lsl_namespace("outlets-markers") else {
         return;
     };
-    let name = format!("neuroedge-outlet-test-{}", std::process::id());
+    let name = crate::drivers_bflsl::unique_stream_name("outlet");
     let markers = format!("{name}-markers");
     let env = Env::new("");
     env.write(
         "devices/lsl.toml",
-        &format!(
-            "id = \"lsl\"\ndriver = \"lsl\"\nenabled = true\n[connection]\nname = \"{name}\"\n\
-             resolve_timeout_s = 1.0\nmarkers = \"{markers}\"\n[lsl_outlet]\nstreams = [\"markers\"]\n"
+        &crate::drivers_bflsl::lsl_device(
+            &name,
+            &markers,
+            "[lsl_outlet]\nstreams = [\"markers\"]\n",
         ),
     );
     let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
