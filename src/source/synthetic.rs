@@ -344,6 +344,40 @@ mod tests {
     }
 
     #[test]
+    fn a_paced_read_returns_with_the_frames_due_at_its_end() {
+        // The runner publishes a read's frames as it returns: they must be
+        // the frames due then, not those due a tick earlier (a block's
+        // publish time is when its frames arrived; the rate is measured
+        // by it).
+        let mut s = Synthetic::new(SyntheticConnection {
+            sample_rate: 250.0,
+            channels: 2,
+            seed: 1,
+            pace: true,
+        });
+        s.open().expect("open");
+        let (mut producer, _consumer, _) = crate::ring::ring(2, 1000, 25);
+        let (markers, _rx) = crossbeam_channel::unbounded();
+        let mut timing = crate::source::Timing::new(250.0);
+        let mut sink = Sink {
+            frames: &mut producer,
+            markers: &markers,
+            timing: &mut timing,
+            clock: crate::clock::global(),
+        };
+        for _ in 0..3 {
+            s.read(&mut sink).expect("read");
+            let out = sink.frames.next_index();
+            let due = (s.started.expect("open").elapsed().as_secs_f64() * 250.0) as u64;
+            // A tick is 25 frames: less than half of one behind.
+            assert!(
+                out <= due && due - out < 13,
+                "{out} frames out at the read's end, {due} due"
+            );
+        }
+    }
+
+    #[test]
     fn deterministic_per_seed() {
         let mut a = ChannelGen::new(7, 3);
         let mut b = ChannelGen::new(7, 3);
