@@ -15,18 +15,24 @@
 //!
 //! An idle consumer sleeps in [`Consumer::wait`] (parked, with a timeout)
 //! and the producer wakes it at the end of each read ([`Producer::flush`])
-//! that published a block, or at once when two blocks wait: an `unpark`,
-//! which never waits, and only when the consumer said it is waiting. So a
-//! quiet device costs a few wake-ups a second, not a poll every few
-//! milliseconds; and a read whose frames fill one block and start the next
-//! wakes it once, not twice (at 8 ch × 250 Hz from LSL, 18 wake-ups a
-//! second for 10 reads).
+//! that published a block, or at once when [`WAKE_AT`] blocks wait: an
+//! `unpark`, which never waits, and only when the consumer said it is
+//! waiting. So a quiet device costs a few wake-ups a second, not a poll
+//! every few milliseconds; and a read whose frames fill a block or two and
+//! start the next wakes it once, not once per block (at 8 ch × 250 Hz from
+//! LSL, 18 wake-ups a second for 10 reads when each block woke it).
 
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
+
+/// Blocks waiting that wake the consumer before the read ends: a long read
+/// (a backlog) overlaps with its processing, while a read of up to three
+/// blocks (an LSL pull every 250 ms: two and a half 100-ms blocks) wakes
+/// it once.
+const WAKE_AT: usize = 4;
 
 /// A run of consecutive frames (frame-major samples).
 pub struct Block {
@@ -278,7 +284,7 @@ impl Producer {
             let _ = self.shared.pool.push(old);
         }
         self.unwoken = true;
-        if self.shared.queue.len() >= 2 {
+        if self.shared.queue.len() >= WAKE_AT {
             // A long read: the consumer starts while it goes on.
             self.unwoken = false;
             self.shared.wake();
@@ -456,13 +462,13 @@ mod tests {
     }
 
     #[test]
-    fn a_read_wakes_the_consumer_at_its_end_or_when_two_blocks_wait() {
+    fn a_read_wakes_the_consumer_at_its_end_or_when_four_blocks_wait() {
         let (mut p, mut c, _) = ring(1, 1000, 10);
         let waiting = |c: &Consumer| c.shared.waiting.load(Ordering::SeqCst);
         // (The flag a waiting consumer sets; a wake clears it.)
         c.shared.waiting.store(true, Ordering::SeqCst);
-        // A read fills one block and starts the next: one wake, at its end.
-        for i in 0..15 {
+        // A read fills three blocks and starts the next: one wake, at its end.
+        for i in 0..35 {
             p.push(i as f64, &[0.0]);
         }
         assert!(waiting(&c), "woken before the read's end");
@@ -473,13 +479,15 @@ mod tests {
             got += b.len();
             c.recycle(b);
         }
-        assert_eq!(got, 15);
-        // A long read: woken as soon as two blocks wait.
+        assert_eq!(got, 35);
+        // A long read: woken as soon as four blocks wait.
         c.shared.waiting.store(true, Ordering::SeqCst);
-        for i in 0..20 {
+        for i in 0..39 {
             p.push(i as f64, &[0.0]);
         }
-        assert!(!waiting(&c), "two blocks waiting and not woken");
+        assert!(waiting(&c), "woken with three blocks waiting");
+        p.push(39.0, &[0.0]);
+        assert!(!waiting(&c), "four blocks waiting and not woken");
         // A read that published nothing wakes nobody.
         c.shared.waiting.store(true, Ordering::SeqCst);
         p.flush();

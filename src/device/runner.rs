@@ -352,6 +352,7 @@ fn acquisition(
             markers: &marker_tx,
             timing,
             clock,
+            stats: &stats,
         };
         let reopen = read_until_lost(
             source.as_mut(),

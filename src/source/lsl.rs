@@ -92,8 +92,13 @@ const PULL_TIMEOUT: f64 = 0.1;
 /// placed by arrival times, which must stay tight, so it is pulled as each
 /// burst arrives.
 const PULL_EVERY: Duration = Duration::from_millis(100);
-/// A read returns within about this long (the [`Source::read`] contract).
-const READ_AT_MOST: Duration = Duration::from_millis(100);
+/// How often while nothing takes the device's samples live (no LSL outlet
+/// published, no socket subscriber: [`Sink::watched_live`]): the journal
+/// takes a batch a second and the features come every `step_s`, so pulling
+/// less often costs nobody a wait, and it halves the acquisition and
+/// processing threads' wake-ups (LabRecorder pulls every 500 ms). A
+/// subscriber that comes waits at most this long for its first samples.
+const PULL_UNWATCHED: Duration = Duration::from_millis(250);
 /// A pull takes up to a second of samples (at least 32), but at most this
 /// many values: a backlog (the set-up's first moments) comes in one chunk,
 /// so the arrival time of its newest sample is a true arrival time.
@@ -225,18 +230,19 @@ struct Puller {
     placer: Stamps,
     last_data: Instant,
     last_check: Instant,
-    /// Stamps on LSL's clock are pulled at most every [`PULL_EVERY`]: the
-    /// next pull not before this.
+    /// Stamps on LSL's clock are pulled at most every [`PULL_EVERY`] (or
+    /// [`PULL_UNWATCHED`]): the next pull not before this.
     next_pull: Instant,
 }
 
 impl Puller {
     /// Wait for the first sample (at most `timeout` s), then take what is
     /// already there in one chunked pull, into `values` / `stamps` with
-    /// the stamps on the local LSL clock.
+    /// the stamps on the local LSL clock; the next pull `every` later.
     fn pull(
         &mut self,
         timeout: f64,
+        every: Duration,
         values: &mut Vec<f32>,
         stamps: &mut Vec<f64>,
     ) -> Result<(), SourceError> {
@@ -272,7 +278,7 @@ impl Puller {
         // the stamps are on another clock (their arrival times place them,
         // so they are pulled as each burst arrives).
         if own_clock {
-            self.next_pull = turn + PULL_EVERY;
+            self.next_pull = turn + every;
         }
         Ok(())
     }
@@ -390,7 +396,13 @@ impl Lsl {
         // Without a marker stream nothing needs holding back.
         let all = self.cfg.markers.is_none();
         let start = Instant::now();
-        let deadline = start + READ_AT_MOST;
+        let every = if sink.watched_live() {
+            PULL_EVERY
+        } else {
+            PULL_UNWATCHED
+        };
+        // A read returns within about a pull's period.
+        let deadline = start + every;
         // A held chunk falling due bounds every wait.
         let due = self.pending.front().map(|c| c.arrived + MARKER_HOLD);
         if start < p.next_pull {
@@ -411,7 +423,7 @@ impl Lsl {
             .spares
             .pop()
             .unwrap_or_else(|| (Vec::with_capacity(64 * channels), Vec::with_capacity(64)));
-        if let Err(e) = p.pull(timeout, &mut values, &mut stamps) {
+        if let Err(e) = p.pull(timeout, every, &mut values, &mut stamps) {
             self.push_due(sink, true);
             return Err(e);
         }
@@ -501,7 +513,7 @@ impl Source for Lsl {
             sample_rate: o.rate,
             channels: o.channels,
             channel_names: o.names,
-            chunk_s: PULL_TIMEOUT + MARKER_HOLD.as_secs_f64(),
+            chunk_s: PULL_UNWATCHED.as_secs_f64() + MARKER_HOLD.as_secs_f64(),
         })
     }
 
@@ -520,7 +532,7 @@ impl Source for Lsl {
         // markers falls due): take it, and the markers, one last time.
         if let Some(mut p) = self.puller.take() {
             let (mut values, mut stamps) = self.spares.pop().unwrap_or_default();
-            match p.pull(0.0, &mut values, &mut stamps) {
+            match p.pull(0.0, PULL_EVERY, &mut values, &mut stamps) {
                 Ok(()) if !stamps.is_empty() => self.pending.push_back(Chunk {
                     arrived: Instant::now(),
                     values,

@@ -22,6 +22,7 @@ use crate::batch::Marker;
 use crate::clock::Clock;
 use crate::ring::Producer;
 pub use crate::stream::StreamInfo;
+use crate::telemetry::DeviceStats;
 use crate::validate::Findings;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -199,9 +200,17 @@ pub struct Sink<'a> {
     pub markers: &'a crossbeam_channel::Sender<Marker>,
     pub timing: &'a mut Timing,
     pub clock: &'a Clock,
+    /// The device's counters (read: who watches it live).
+    pub stats: &'a DeviceStats,
 }
 
 impl Sink<'_> {
+    /// Whether something takes the device's samples live
+    /// ([`DeviceStats::watched_live`]).
+    pub fn watched_live(&self) -> bool {
+        self.stats.watched_live()
+    }
+
     /// Now, on the monotonic timeline.
     pub fn mono_now(&self) -> f64 {
         self.clock.mono_now()
@@ -278,7 +287,8 @@ pub trait Source: Send {
     /// Connect (blocking) and describe the stream.
     fn open(&mut self) -> Result<StreamInfo, SourceError>;
     /// Deliver what is available, blocking at most about 100 ms so that
-    /// stop requests and stalls are seen promptly. Returning with nothing
+    /// stop requests and stalls are seen promptly (an LSL device nobody
+    /// watches live: 250 ms). Returning with nothing
     /// delivered is fine; the runner notices a device that stays silent.
     fn read(&mut self, sink: &mut Sink<'_>) -> Result<(), SourceError>;
     /// Deliver whatever the driver still holds back (called once before

@@ -696,3 +696,72 @@ fn lsl_without_liblsl_is_an_error_naming_the_fix_while_others_stream() {
     assert_eq!(d.terminate(), 0);
     assert!(!env.device_batches("synthetic").is_empty());
 }
+
+/// An LSL device nobody watches is pulled every 250 ms (the journal and
+/// the features do not need more); while a socket subscriber reads it,
+/// every 100 ms, as the live outputs' latency bound asks.
+#[test]
+fn lsl_is_pulled_more_often_while_a_subscriber_watches() {
+    if !peer_available("pylsl") {
+        return;
+    }
+    let Some(ns) = lsl_namespace("lsl-cadence") else {
+        return;
+    };
+    let name = unique_stream_name("cadence");
+    let env = Env::new("");
+    env.write("devices/lsl.toml", &lsl_device(&name, "", ""));
+    let log = env.path().join("peer.jsonl");
+    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
+    let _peer = start_peer(&ns, &name, &format!("src-{name}"), "", 1, &log, &[]);
+    d.wait_for(Duration::from_secs(20), "lsl streaming", |s| {
+        device(s, "lsl")["state"] == "streaming"
+            && device(s, "lsl")["samples_total"].as_u64() > Some(0)
+    });
+    // The steps samples_total moves by (a read's frames arrive together),
+    // polled every 5 ms for 3 s: the median step.
+    let median_step = || {
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut last = None;
+        let mut steps = Vec::new();
+        while Instant::now() < until {
+            let s = d.status().expect("status");
+            let n = device(&s, "lsl")["samples_total"]
+                .as_u64()
+                .expect("samples_total");
+            if let Some(l) = last {
+                if n > l {
+                    steps.push(n - l);
+                }
+            }
+            last = Some(n);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        steps.sort_unstable();
+        assert!(steps.len() >= 5, "{steps:?}");
+        (steps[steps.len() / 2], steps)
+    };
+    // 250 Hz: 62.5 samples per 250-ms pull.
+    let (unwatched, steps) = median_step();
+    assert!((50..=75).contains(&unwatched), "unwatched: {steps:?}");
+    let mut sub = std::io::BufReader::new(
+        std::os::unix::net::UnixStream::connect(&d.socket).expect("connect"),
+    );
+    std::io::Write::write_all(sub.get_mut(), b"subscribe lsl raw hz 10\n").expect("send");
+    let mut reply = String::new();
+    std::io::BufRead::read_line(&mut sub, &mut reply).expect("reply");
+    assert!(reply.contains("\"sample_rate\""), "a header: {reply}");
+    // Read the frames as they come (a subscriber that stalls is dropped).
+    let reader = std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut sub, &mut line).is_ok_and(|n| n > 0) {
+            line.clear();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // 25 samples per 100-ms pull.
+    let (watched, steps) = median_step();
+    assert!((20..=30).contains(&watched), "watched: {steps:?}");
+    assert_eq!(d.terminate(), 0);
+    let _ = reader.join();
+}
