@@ -95,8 +95,8 @@ const PULL_EVERY: Duration = Duration::from_millis(100);
 /// How often while nothing takes the device's samples live (no LSL outlet
 /// published, no socket subscriber: [`Sink::watched_live`]): the journal
 /// takes a batch a second and the features come every `step_s`, so pulling
-/// less often costs nobody a wait, and it halves the acquisition and
-/// processing threads' wake-ups (LabRecorder pulls every 500 ms). A
+/// less often costs nobody a wait, and it cuts the acquisition and
+/// processing threads' wake-ups by half or more (LabRecorder: 500 ms). A
 /// subscriber that comes waits at most this long for its first samples.
 const PULL_UNWATCHED: Duration = Duration::from_millis(250);
 /// A pull takes up to a second of samples (at least 32), but at most this
