@@ -59,13 +59,13 @@ fn with_sink(mut run: impl FnMut(&mut Sink<'_>, &mut ring::Consumer)) {
     let (mut producer, mut consumer, _) = ring::ring(CHANNELS, 4096, 25);
     let (markers, _rx) = crossbeam_channel::bounded::<Marker>(16);
     let mut timing = Timing::new(RATE);
-    let stats = neuroedge::telemetry::DeviceStats::new("bench", "serial", true);
     let mut sink = Sink {
         frames: &mut producer,
         markers: &markers,
         timing: &mut timing,
         clock: clock::global(),
-        stats: &stats,
+        outlets: &Default::default(),
+        view: None,
     };
     run(&mut sink, &mut consumer);
 }

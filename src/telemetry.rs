@@ -171,17 +171,6 @@ impl DeviceStats {
         crate::sync::lock(&self.view).clone()
     }
 
-    /// Whether something takes the device's samples live: an LSL outlet
-    /// is published, or a socket subscriber reads its raw or filtered view
-    /// (a driver that batches its reads keeps them short then).
-    pub fn watched_live(&self) -> bool {
-        use crate::view::Signal;
-        self.outlets.enabled() != 0
-            || crate::sync::lock(&self.view)
-                .as_ref()
-                .is_some_and(|v| v.subscribers(Signal::Raw) + v.subscribers(Signal::Filtered) > 0)
-    }
-
     pub fn last_error(&self) -> Option<String> {
         crate::sync::lock(&self.last_error).clone()
     }

@@ -167,6 +167,9 @@ struct Pipe {
     producer: ring::Producer,
     info: StreamInfo,
     processing: JoinHandle<()>,
+    /// The run's live view (the acquisition thread reads its subscriber
+    /// counts without the lock the status report takes).
+    view: Arc<crate::view::View>,
 }
 
 /// The acquisition thread's ends of the device's queues.
@@ -233,7 +236,7 @@ fn start_pipe(
         backpressure: cfg.connection.can_wait(),
         markers,
         stats: stats.clone(),
-        view: crate::view::ViewWriter::new(view),
+        view: crate::view::ViewWriter::new(view.clone()),
         outlets: outlets.feed(outlet_layout(cfg, ctx, &info)),
     };
     let processing = std::thread::Builder::new()
@@ -244,6 +247,7 @@ fn start_pipe(
         producer,
         info,
         processing,
+        view,
     })
 }
 
@@ -352,7 +356,8 @@ fn acquisition(
             markers: &marker_tx,
             timing,
             clock,
-            stats: &stats,
+            outlets: &stats.outlets,
+            view: Some(&p.view),
         };
         let reopen = read_until_lost(
             source.as_mut(),

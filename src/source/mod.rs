@@ -20,10 +20,11 @@ pub mod usb_serial;
 
 use crate::batch::Marker;
 use crate::clock::Clock;
+use crate::outlet::OutletCounters;
 use crate::ring::Producer;
 pub use crate::stream::StreamInfo;
-use crate::telemetry::DeviceStats;
 use crate::validate::Findings;
+use crate::view::{Signal, View};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -200,15 +201,21 @@ pub struct Sink<'a> {
     pub markers: &'a crossbeam_channel::Sender<Marker>,
     pub timing: &'a mut Timing,
     pub clock: &'a Clock,
-    /// The device's counters (read: who watches it live).
-    pub stats: &'a DeviceStats,
+    /// The device's LSL outlets and live view (read: who watches it live).
+    pub outlets: &'a OutletCounters,
+    pub view: Option<&'a View>,
 }
 
 impl Sink<'_> {
-    /// Whether something takes the device's samples live
-    /// ([`DeviceStats::watched_live`]).
+    /// Whether something takes the device's samples live: an LSL outlet
+    /// is published, or a socket subscriber reads the raw or filtered view
+    /// (a driver that batches its reads keeps them short then). Atomics
+    /// only: nothing here waits.
     pub fn watched_live(&self) -> bool {
-        self.stats.watched_live()
+        self.outlets.enabled() != 0
+            || self
+                .view
+                .is_some_and(|v| v.subscribers(Signal::Raw) + v.subscribers(Signal::Filtered) > 0)
     }
 
     /// Now, on the monotonic timeline.

@@ -359,13 +359,13 @@ mod tests {
         let (mut producer, _consumer, _) = crate::ring::ring(2, 1000, 25);
         let (markers, _rx) = crossbeam_channel::unbounded();
         let mut timing = crate::source::Timing::new(250.0);
-        let stats = crate::telemetry::DeviceStats::new("s", "synthetic", true);
         let mut sink = Sink {
             frames: &mut producer,
             markers: &markers,
             timing: &mut timing,
             clock: crate::clock::global(),
-            stats: &stats,
+            outlets: &Default::default(),
+            view: None,
         };
         for _ in 0..3 {
             s.read(&mut sink).expect("read");
