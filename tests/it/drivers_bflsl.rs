@@ -344,6 +344,44 @@ pub(crate) fn lsl_device(name: &str, markers: &str, extra: &str) -> String {
     )
 }
 
+/// A daemon whose one device `lsl` reads a fresh pylsl outlet (started
+/// with `start_peer`'s `extra` arguments), both in a network namespace of
+/// their own, once it streams. Fields drop in order: the peer and the
+/// daemon before the namespace.
+struct LslRun {
+    _peer: Peer,
+    d: crate::util::Daemon,
+    /// The peer's log (`check_lsl.py` reads it).
+    log: std::path::PathBuf,
+    env: Env,
+    _ns: NetNs,
+}
+
+/// [`LslRun`], or `None` where the test cannot run (no pylsl, no namespace).
+fn lsl_streaming(tag: &str, extra: &[&str]) -> Option<LslRun> {
+    if !peer_available("pylsl") {
+        return None;
+    }
+    let ns = lsl_namespace(&format!("lsl-{tag}"))?;
+    let name = unique_stream_name(tag);
+    let env = Env::new("");
+    env.write("devices/lsl.toml", &lsl_device(&name, "", ""));
+    let log = env.path().join("peer.jsonl");
+    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
+    let peer = start_peer(&ns, &name, "", "", 1, &log, extra);
+    d.wait_for(Duration::from_secs(20), "lsl streaming", |s| {
+        device(s, "lsl")["state"] == "streaming"
+            && device(s, "lsl")["samples_total"].as_u64() > Some(0)
+    });
+    Some(LslRun {
+        _peer: peer,
+        d,
+        log,
+        env,
+        _ns: ns,
+    })
+}
+
 #[test]
 fn lsl_stream_bit_exact_with_markers_and_outlet_restarts() {
     if !peer_available("pylsl") {
@@ -526,22 +564,17 @@ fn lsl_outlet_with_unusable_stamps_is_stamped_by_arrival() {
     // clock: the stamps are years away from this host's LSL clock, so they
     // are placed on it by arrival, keeping their spacing; values still
     // bit-exact.
-    if !peer_available("pylsl") {
-        return;
-    }
-    let Some(ns) = lsl_namespace("lsl-unix") else {
+    let Some(run) = lsl_streaming("unix", &["--unix-stamps"]) else {
         return;
     };
-    let name = unique_stream_name("unix");
-    let env = Env::new("");
-    env.write("devices/lsl.toml", &lsl_device(&name, "", ""));
-    let log = env.path().join("peer.jsonl");
-    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
-    let _peer = start_peer(&ns, &name, "", "", 1, &log, &["--unix-stamps"]);
-    d.wait_for(Duration::from_secs(20), "lsl streaming", |s| {
-        device(s, "lsl")["state"] == "streaming"
-            && device(s, "lsl")["samples_total"].as_u64() > Some(0)
-    });
+    // (Every field bound: the peer and the namespace live to the end.)
+    let LslRun {
+        _peer,
+        d,
+        log,
+        env,
+        _ns,
+    } = run;
     std::thread::sleep(Duration::from_secs(6));
     let s = d.status().expect("status");
     assert_eq!(device(&s, "lsl")["gaps"], 0, "{s}");
@@ -702,22 +735,11 @@ fn lsl_without_liblsl_is_an_error_naming_the_fix_while_others_stream() {
 /// every 100 ms, as the live outputs' latency bound asks.
 #[test]
 fn lsl_is_pulled_more_often_while_a_subscriber_watches() {
-    if !peer_available("pylsl") {
-        return;
-    }
-    let Some(ns) = lsl_namespace("lsl-cadence") else {
+    let Some(run) = lsl_streaming("cadence", &[]) else {
         return;
     };
-    let name = unique_stream_name("cadence");
-    let env = Env::new("");
-    env.write("devices/lsl.toml", &lsl_device(&name, "", ""));
-    let log = env.path().join("peer.jsonl");
-    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
-    let _peer = start_peer(&ns, &name, &format!("src-{name}"), "", 1, &log, &[]);
-    d.wait_for(Duration::from_secs(20), "lsl streaming", |s| {
-        device(s, "lsl")["state"] == "streaming"
-            && device(s, "lsl")["samples_total"].as_u64() > Some(0)
-    });
+    // (`run` keeps the peer and the namespace to the end.)
+    let LslRun { d, .. } = run;
     // The steps samples_total moves by (a read's frames arrive together),
     // polled every 5 ms for 3 s: the median step.
     let median_step = || {
