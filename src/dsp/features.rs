@@ -1250,6 +1250,73 @@ mod tests {
         assert!(DirectBins::new(250, (40, 60), (1, 126)).is_none());
     }
 
+    /// A channel's features do not depend on the channels beside it: a
+    /// rig of 37 channels (more than a SIMD vector's lanes or a tile's
+    /// rows divide evenly) gives, channel by channel, exactly what
+    /// one-channel extractors give, across uneven pushes that wrap the
+    /// rings, with the window reductions kept per block or read from the
+    /// window.
+    #[test]
+    fn each_channel_of_a_wide_rig_matches_it_alone() {
+        let (fs, c, n) = (250.0, 37, 1400);
+        for step_s in [0.5, 0.33] {
+            let config = FeatureConfig {
+                step_s,
+                ..FeatureConfig::default()
+            };
+            let signal = |ch: usize, i: usize| {
+                let t = i as f64 / fs;
+                let f = 3.0 + ch as f64 * 1.1;
+                (20.0 * (2.0 * PI * f * t).sin() + (ch * 7 + i % 11) as f64 * 0.3) as f32
+            };
+            let raw: Vec<f32> = (0..n)
+                .flat_map(|i| (0..c).map(move |ch| signal(ch, i)))
+                .collect();
+            let filt: Vec<f32> = raw.iter().map(|x| x * 0.5 - 2.0).collect();
+            let ts: Vec<f64> = (0..n).map(|i| i as f64 / fs).collect();
+            let cuts = [0, 37, 300, 301, 777, 1000, n];
+            let run = |fx: &mut FeatureExtractor, raw: &[f32], filt: &[f32], k: usize| {
+                let mut got = Vec::new();
+                for w in cuts.windows(2) {
+                    let (a, b) = (w[0] * k, w[1] * k);
+                    fx.push(&raw[a..b], &filt[a..b], &ts[w[0]..w[1]], &mut |x| {
+                        got.push((
+                            x.t,
+                            x.band_power.to_vec(),
+                            x.rms.to_vec(),
+                            x.quality.to_vec(),
+                        ));
+                    })
+                    .expect("push");
+                }
+                got
+            };
+            let mut wide = FeatureExtractor::new(fs, c, &config).expect("extractor");
+            assert_eq!(wide.moments.is_some(), step_s == 0.5);
+            let all = run(&mut wide, &raw, &filt, c);
+            assert_eq!(
+                all.len(),
+                (n - 250) / wide.step_samples() + 1,
+                "step {step_s}"
+            );
+            for ch in 0..c {
+                let one =
+                    |v: &[f32]| -> Vec<f32> { v.iter().skip(ch).step_by(c).copied().collect() };
+                let mut alone = FeatureExtractor::new(fs, 1, &config).expect("extractor");
+                let got = run(&mut alone, &one(&raw), &one(&filt), 1);
+                assert_eq!(got.len(), all.len());
+                for (g, w) in got.iter().zip(&all) {
+                    assert_eq!(g.0, w.0);
+                    assert_eq!(g.2[0], w.2[ch], "rms of channel {ch}");
+                    for b in 0..config.bands.len() {
+                        assert_eq!(g.1[b], w.1[b * c + ch], "band {b}, channel {ch}");
+                    }
+                    assert_eq!(g.3[0], w.3[ch], "quality of channel {ch}");
+                }
+            }
+        }
+    }
+
     /// The reductions kept per block as frames arrive give the features
     /// that reducing the whole window at each emission gives: windows and
     /// steps that divide each other or not, a step longer than the window,
