@@ -32,10 +32,12 @@ use std::sync::OnceLock;
 /// Per-stream counters of one device (in its [`crate::telemetry::DeviceStats`]):
 /// samples pushed on the outlet and samples dropped before it (full queue,
 /// no liblsl). The enabled mask is also what the processing stage reads to
-/// know which streams to copy.
+/// know which streams to copy; the consumed mask, whether anyone takes
+/// them (what decides how often an LSL device is pulled).
 #[derive(Debug, Default)]
 pub struct OutletCounters {
     enabled: AtomicU8,
+    consumed: AtomicU8,
     pushed: [AtomicU64; 5],
     dropped: [AtomicU64; 5],
 }
@@ -48,6 +50,17 @@ impl OutletCounters {
 
     pub fn set_enabled(&self, mask: u8) {
         self.enabled.store(mask, Relaxed);
+    }
+
+    /// The published streams with at least one inlet connected, as a mask
+    /// of [`StreamKind::bit`] (kept by the outlet thread, within 100 ms of
+    /// a change).
+    pub fn consumed(&self) -> u8 {
+        self.consumed.load(Relaxed)
+    }
+
+    pub fn set_consumed(&self, mask: u8) {
+        self.consumed.store(mask, Relaxed);
     }
 
     pub fn wants(&self, k: StreamKind) -> bool {

@@ -15,10 +15,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often an idle outlet thread looks at its stop flag.
 const POLL: Duration = Duration::from_millis(100);
+/// How often the outlet thread asks liblsl whether its outlets have
+/// consumers ([`OutletCounters::consumed`]).
+pub(super) const CONSUMERS_EVERY: Duration = Duration::from_millis(100);
 
 type LayoutSlot = Arc<Mutex<Option<Arc<Layout>>>>;
 
@@ -116,6 +119,7 @@ impl Outlets {
             let _ = w.thread.join();
         }
         self.counters.set_enabled(0);
+        self.counters.set_consumed(0);
     }
 }
 
@@ -157,6 +161,7 @@ impl WorkerCtx {
         // liblsl they are counted as dropped).
         self.counters.set_enabled(self.mask);
         let mut live: Option<Live> = None;
+        let mut asked = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             match self.rx.recv_timeout(POLL) {
                 Ok(msg) => {
@@ -168,7 +173,12 @@ impl WorkerCtx {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => std::thread::sleep(POLL),
             }
+            if asked.elapsed() >= CONSUMERS_EVERY {
+                asked = Instant::now();
+                self.counters.set_consumed(consumed(live.as_ref()));
+            }
         }
+        self.counters.set_consumed(0);
         // Left in the queue when the outlets stop: never pushed.
         for msg in self.rx.try_iter() {
             self.drop_msg(msg);
@@ -257,6 +267,17 @@ impl WorkerCtx {
 }
 
 /// A stream info with its channel metadata, and its outlet.
+/// The streams of `live` that have at least one inlet connected, as a
+/// mask of [`StreamKind::bit`].
+fn consumed(live: Option<&Live>) -> u8 {
+    live.map_or(0, |l| {
+        l.outlets
+            .iter()
+            .filter(|(_, o)| o.have_consumers())
+            .fold(0, |m, (k, _)| m | k.bit())
+    })
+}
+
 fn make_outlet(lsl: &Arc<Lsl>, s: &StreamSpec) -> Result<Outlet, crate::lsl_ffi::LslError> {
     let mut info = StreamInfo::new(
         lsl,

@@ -92,8 +92,8 @@ const PULL_TIMEOUT: f64 = 0.1;
 /// placed by arrival times, which must stay tight, so it is pulled as each
 /// burst arrives.
 const PULL_EVERY: Duration = Duration::from_millis(100);
-/// How often while nothing takes the device's samples live (no LSL outlet
-/// published, no socket subscriber: [`Sink::watched_live`]): the journal
+/// How often while nothing takes the device's samples live (no inlet on
+/// its LSL outlets, no socket subscriber: [`Sink::watched_live`]): the journal
 /// takes a batch a second and the features come every `step_s`, so pulling
 /// less often costs nobody a wait, and it cuts the acquisition and
 /// processing threads' wake-ups by half or more (LabRecorder: 500 ms). A

@@ -207,12 +207,12 @@ pub struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    /// Whether something takes the device's samples live: an LSL outlet
-    /// is published, or a socket subscriber reads the raw or filtered view
-    /// (a driver that batches its reads keeps them short then). Atomics
-    /// only: nothing here waits.
+    /// Whether something takes the device's samples live: an inlet is
+    /// connected to one of the device's LSL outlets, or a socket subscriber
+    /// reads the raw or filtered view (a driver that batches its reads
+    /// keeps them short then). Atomics only: nothing here waits.
     pub fn watched_live(&self) -> bool {
-        self.outlets.enabled() != 0
+        self.outlets.consumed() != 0
             || self
                 .view
                 .is_some_and(|v| v.subscribers(Signal::Raw) + v.subscribers(Signal::Filtered) > 0)

@@ -730,6 +730,31 @@ fn lsl_without_liblsl_is_an_error_naming_the_fix_while_others_stream() {
     assert!(!env.device_batches("synthetic").is_empty());
 }
 
+/// The steps device `dev`'s samples_total moves by (a read's frames
+/// arrive together), polled every 5 ms for 3 s: the median step, and the
+/// steps.
+pub(crate) fn median_step(d: &crate::util::Daemon, dev: &str) -> (u64, Vec<u64>) {
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut last = None;
+    let mut steps = Vec::new();
+    while Instant::now() < until {
+        let s = d.status().expect("status");
+        let n = device(&s, dev)["samples_total"]
+            .as_u64()
+            .expect("samples_total");
+        if let Some(l) = last {
+            if n > l {
+                steps.push(n - l);
+            }
+        }
+        last = Some(n);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    steps.sort_unstable();
+    assert!(steps.len() >= 5, "{steps:?}");
+    (steps[steps.len() / 2], steps)
+}
+
 /// An LSL device nobody watches is pulled every 250 ms (the journal and
 /// the features do not need more); while a socket subscriber reads it,
 /// every 100 ms, as the live outputs' latency bound asks.
@@ -740,31 +765,8 @@ fn lsl_is_pulled_more_often_while_a_subscriber_watches() {
     };
     // (`run` keeps the peer and the namespace to the end.)
     let LslRun { d, .. } = run;
-    // The steps samples_total moves by (a read's frames arrive together),
-    // polled every 5 ms for 3 s: the median step.
-    let median_step = || {
-        let until = Instant::now() + Duration::from_secs(3);
-        let mut last = None;
-        let mut steps = Vec::new();
-        while Instant::now() < until {
-            let s = d.status().expect("status");
-            let n = device(&s, "lsl")["samples_total"]
-                .as_u64()
-                .expect("samples_total");
-            if let Some(l) = last {
-                if n > l {
-                    steps.push(n - l);
-                }
-            }
-            last = Some(n);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        steps.sort_unstable();
-        assert!(steps.len() >= 5, "{steps:?}");
-        (steps[steps.len() / 2], steps)
-    };
     // 250 Hz: 62.5 samples per 250-ms pull.
-    let (unwatched, steps) = median_step();
+    let (unwatched, steps) = median_step(&d, "lsl");
     assert!((50..=75).contains(&unwatched), "unwatched: {steps:?}");
     let mut sub = std::io::BufReader::new(
         std::os::unix::net::UnixStream::connect(&d.socket).expect("connect"),
@@ -782,7 +784,7 @@ fn lsl_is_pulled_more_often_while_a_subscriber_watches() {
     });
     std::thread::sleep(Duration::from_millis(500));
     // 25 samples per 100-ms pull.
-    let (watched, steps) = median_step();
+    let (watched, steps) = median_step(&d, "lsl");
     assert!((20..=30).contains(&watched), "watched: {steps:?}");
     assert_eq!(d.terminate(), 0);
     let _ = reader.join();

@@ -526,6 +526,45 @@ fn wait_resumed(log: &std::path::Path) -> f64 {
 
 /// Markers a device's LSL marker inlet receives (the LSL driver's
 /// `markers`) go out on its `markers` outlet, as the journal has them.
+/// An LSL device whose outlet nobody reads is pulled as if unwatched
+/// (every 250 ms); once an inlet connects to the outlet, every 100 ms, so
+/// the outlet keeps its latency bound.
+#[test]
+fn an_lsl_device_is_pulled_often_only_while_its_outlet_has_a_consumer() {
+    if !peer_available("pylsl") {
+        return;
+    }
+    let Some(ns) = lsl_namespace("outlets-consumers") else {
+        return;
+    };
+    let name = crate::drivers_bflsl::unique_stream_name("consumed");
+    let env = Env::new("");
+    env.write(
+        "devices/lsl.toml",
+        &crate::drivers_bflsl::lsl_device(&name, "", "[lsl_outlet]\nstreams = [\"filtered\"]\n"),
+    );
+    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
+    let source = env.path().join("source.jsonl");
+    let _source = crate::drivers_bflsl::start_peer(&ns, &name, "src", "", 1, &source, &[]);
+    d.wait_streaming(Duration::from_secs(30));
+    // 250 Hz: 62.5 samples per 250-ms pull.
+    let (alone, steps) = crate::drivers_bflsl::median_step(&d, "lsl");
+    assert!((50..=75).contains(&alone), "no consumer: {steps:?}");
+    let log = env.path().join("inlets.jsonl");
+    let inlets = start_inlets_with(&ns, &log, "lsl:filtered", &[]);
+    wait_ready(&log, &d);
+    std::thread::sleep(Duration::from_millis(500));
+    // 25 samples per 100-ms pull.
+    let (consumed, steps) = crate::drivers_bflsl::median_step(&d, "lsl");
+    assert!((20..=30).contains(&consumed), "with a consumer: {steps:?}");
+    // The inlet gone, the pulls slow down again.
+    drop(inlets);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (after, steps) = crate::drivers_bflsl::median_step(&d, "lsl");
+    assert!((50..=75).contains(&after), "consumer gone: {steps:?}");
+    assert_eq!(d.terminate(), 0);
+}
+
 #[test]
 fn lsl_inlet_markers_go_out_on_the_markers_outlet() {
     if !peer_available("pylsl") {
