@@ -524,34 +524,68 @@ fn wait_resumed(log: &std::path::Path) -> f64 {
     neuroedge::clock::wall_unix()
 }
 
-/// Markers a device's LSL marker inlet receives (the LSL driver's
-/// `markers`) go out on its `markers` outlet, as the journal has them.
+/// An LSL device (`lsl`, fed by a pylsl source peer; with a marker stream
+/// when `markers`) publishing the outlet streams `streams`, streaming.
+/// The fields drop in order: the source, the daemon, its folder, the
+/// namespace.
+struct LslWithOutlet {
+    _source: crate::drivers_bflsl::Peer,
+    d: Daemon,
+    env: Env,
+    ns: NetNs,
+}
+
+/// [`LslWithOutlet`], or `None` where the test cannot run (no pylsl, no
+/// namespace).
+fn lsl_with_outlet(tag: &str, markers: bool, streams: &str) -> Option<LslWithOutlet> {
+    if !peer_available("pylsl") {
+        return None;
+    }
+    let ns = lsl_namespace(&format!("outlets-{tag}"))?;
+    let name = crate::drivers_bflsl::unique_stream_name(tag);
+    let markers = if markers {
+        format!("{name}-markers")
+    } else {
+        String::new()
+    };
+    let env = Env::new("");
+    env.write(
+        "devices/lsl.toml",
+        &crate::drivers_bflsl::lsl_device(
+            &name,
+            &markers,
+            &format!("[lsl_outlet]\nstreams = [{streams}]\n"),
+        ),
+    );
+    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
+    let log = env.path().join("source.jsonl");
+    let source = crate::drivers_bflsl::start_peer(&ns, &name, "src", &markers, 1, &log, &[]);
+    d.wait_streaming(Duration::from_secs(30));
+    Some(LslWithOutlet {
+        _source: source,
+        d,
+        env,
+        ns,
+    })
+}
+
 /// An LSL device whose outlet nobody reads is pulled as if unwatched
 /// (every 250 ms); once an inlet connects to the outlet, every 100 ms, so
 /// the outlet keeps its latency bound.
 #[test]
 fn an_lsl_device_is_pulled_often_only_while_its_outlet_has_a_consumer() {
-    if !peer_available("pylsl") {
-        return;
-    }
-    let Some(ns) = lsl_namespace("outlets-consumers") else {
+    let Some(run) = lsl_with_outlet("consumers", false, "\"filtered\"") else {
         return;
     };
-    let name = crate::drivers_bflsl::unique_stream_name("consumed");
-    let env = Env::new("");
-    env.write(
-        "devices/lsl.toml",
-        &crate::drivers_bflsl::lsl_device(&name, "", "[lsl_outlet]\nstreams = [\"filtered\"]\n"),
-    );
-    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
-    let source = env.path().join("source.jsonl");
-    let _source = crate::drivers_bflsl::start_peer(&ns, &name, "src", "", 1, &source, &[]);
-    d.wait_streaming(Duration::from_secs(30));
+    // (`run` keeps the source peer and the namespace to the end.)
+    let LslWithOutlet {
+        d, ref env, ref ns, ..
+    } = run;
     // 250 Hz: 62.5 samples per 250-ms pull.
     let (alone, steps) = crate::drivers_bflsl::median_step(&d, "lsl");
     assert!((50..=75).contains(&alone), "no consumer: {steps:?}");
     let log = env.path().join("inlets.jsonl");
-    let inlets = start_inlets_with(&ns, &log, "lsl:filtered", &[]);
+    let inlets = start_inlets_with(ns, &log, "lsl:filtered", &[]);
     wait_ready(&log, &d);
     std::thread::sleep(Duration::from_millis(500));
     // 25 samples per 100-ms pull.
@@ -565,31 +599,19 @@ fn an_lsl_device_is_pulled_often_only_while_its_outlet_has_a_consumer() {
     assert_eq!(d.terminate(), 0);
 }
 
+/// Markers a device's LSL marker inlet receives (the LSL driver's
+/// `markers`) go out on its `markers` outlet, as the journal has them.
 #[test]
 fn lsl_inlet_markers_go_out_on_the_markers_outlet() {
-    if !peer_available("pylsl") {
-        return;
-    }
-    let Some(ns) = lsl_namespace("outlets-markers") else {
+    let Some(run) = lsl_with_outlet("outlet", true, "\"markers\"") else {
         return;
     };
-    let name = crate::drivers_bflsl::unique_stream_name("outlet");
-    let markers = format!("{name}-markers");
-    let env = Env::new("");
-    env.write(
-        "devices/lsl.toml",
-        &crate::drivers_bflsl::lsl_device(
-            &name,
-            &markers,
-            "[lsl_outlet]\nstreams = [\"markers\"]\n",
-        ),
-    );
-    let d = env.spawn_wrapped(&ns.exec(), &[("LSLAPICFG", LSL_CFG)]);
-    let source = env.path().join("source.jsonl");
-    let _source = crate::drivers_bflsl::start_peer(&ns, &name, "src", &markers, 1, &source, &[]);
-    d.wait_streaming(Duration::from_secs(30));
+    // (`run` keeps the source peer and the namespace to the end.)
+    let LslWithOutlet {
+        d, ref env, ref ns, ..
+    } = run;
     let log = env.path().join("inlets.jsonl");
-    let _inlets = start_inlets_with(&ns, &log, "lsl:markers", &[]);
+    let _inlets = start_inlets_with(ns, &log, "lsl:markers", &[]);
     wait_ready(&log, &d);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(d.terminate(), 0);
