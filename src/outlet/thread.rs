@@ -178,7 +178,6 @@ impl WorkerCtx {
                 self.counters.set_consumed(consumed(live.as_ref()));
             }
         }
-        self.counters.set_consumed(0);
         // Left in the queue when the outlets stop: never pushed.
         for msg in self.rx.try_iter() {
             self.drop_msg(msg);
