@@ -27,6 +27,11 @@
 # --together runs both recorders at once on the same outlet (one after
 # the other by default): the same seconds of a shared host for both, so
 # their ratio does not move with the host's load between the two runs.
+# It runs each load twice, neuroedge connecting first and then
+# LabRecorderCLI first, and prints each order's ratios and their mean:
+# the inlet that connects first pays more in liblsl's data receiver
+# (~0.06 % of a core at B on a 2-core VM, whichever recorder it is), so
+# one order alone favours the recorder that connects second.
 # --threads adds each recorder's CPU per thread name, over its life
 # (threads that have exited are in the total only; liblsl's threads are
 # `lsl-connect`; neuroedge's own acq-*, dsp-*, journal, neuroedge-io).
@@ -51,7 +56,7 @@ while [ $# -gt 0 ]; do
     --features-step) FEATURES_STEP=$2; shift 2 ;;
     --together) TOGETHER=1; shift ;;
     --threads) THREADS=1; shift ;;
-    -h|--help) sed -n 2,31p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,36p "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,6 +68,7 @@ python3 -c 'import pylsl' 2>/dev/null || { echo "python3 lacks pylsl (pip instal
 . scripts/lsl-netns-lib.sh
 lsl_work neuroedge-lslbench
 lsl_netns
+export WORK
 
 cat > "$WORK/outlet.py" <<'EOF'
 import sys, time
@@ -131,6 +137,7 @@ tk, hz, t0, t1, hwm, st, label, load = sys.argv[1:]
 cpu = float(tk) / float(hz) / (float(t1) - float(t0)) * 100
 d = next((d for d in json.loads(st).get("devices", []) if d["id"] == "lsl-eeg"), {})
 lost = (d.get("dropped_samples") or 0) + (d.get("gaps") or 0)
+open(f"{__import__('os').environ['WORK']}/cpu_ne", "w").write(f"{cpu} {int(hwm) / 1024}")
 print(f"{load:<5} {label:<28} {cpu:10.2f} {int(hwm) / 1024:12.1f} {d.get('samples_total', 0):>10} {lost:>6}"
       + ("" if d.get("state") == "streaming" else f"  (state {d.get('state')}: {d.get('last_error')})"))
 EOF
@@ -167,6 +174,7 @@ try:
     n = sum(len(s["time_stamps"]) for s in streams if s["info"]["name"][0] == "bench")
 except Exception as e:
     n = f"? ({e})"
+open(f"{__import__('os').environ['WORK']}/cpu_lr", "w").write(f"{cpu} {int(hwm) / 1024}")
 print(f"{load:<5} {'LabRecorderCLI':<28} {cpu:10.2f} {int(hwm) / 1024:12.1f} {n:>10} {'-':>6}")
 EOF
   [ -z "$threads" ] || echo "      threads (% of a core):$threads"
@@ -191,14 +199,30 @@ for LOAD in ${LOADS//,/ }; do
     *) echo "unknown load $LOAD (A or B)" >&2; exit 2 ;;
   esac
   if [ "$TOGETHER" = 1 ] && [ -n "$LABREC" ]; then
-    # Both recording the same outlet over the same seconds.
-    start_outlet
-    start_neuroedge
-    start_labrecorder
-    sleep "$SECONDS_RUN"
-    finish_neuroedge
-    finish_labrecorder
-    stop_outlet
+    # Both recording the same outlet over the same seconds, once in each
+    # order of connecting.
+    ratios=()
+    for first in neuroedge labrecorder; do
+      start_outlet
+      if [ "$first" = neuroedge ]; then
+        start_neuroedge; sleep 1; start_labrecorder
+      else
+        start_labrecorder; sleep 1; start_neuroedge
+      fi
+      sleep "$SECONDS_RUN"
+      finish_neuroedge
+      finish_labrecorder
+      stop_outlet
+      r=$(python3 -c 'import sys; n, m = open(sys.argv[1]).read().split(); l, k = open(sys.argv[2]).read().split(); print(f"{float(n) / float(l):.2f} {float(m) / float(k):.2f}")' "$WORK/cpu_ne" "$WORK/cpu_lr")
+      echo "$LOAD     ratios with $first connecting first: CPU ${r% *}, peak RSS ${r#* }"
+      ratios+=("$r")
+    done
+    python3 - "$LOAD" "${ratios[@]}" <<'EOF'
+import sys
+load, a, b = sys.argv[1:]
+(c1, m1), (c2, m2) = (map(float, x.split()) for x in (a, b))
+print(f"{load}     ratios, mean of both orders: CPU {(c1 + c2) / 2:.2f}, peak RSS {(m1 + m2) / 2:.2f}")
+EOF
     continue
   fi
   recorders=(neuroedge)

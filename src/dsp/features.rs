@@ -4,7 +4,15 @@
 //! defaults (periodic Hann, 50 % overlap, constant detrend, density scaling,
 //! one-sided, mean averaging). All buffers, the FFT plan and the Hann window
 //! are prepared in [`FeatureExtractor::new`]; `push` never allocates.
+//!
+//! The filtered window is kept in a channel-major ring for its FFT. The raw
+//! side needs only a few numbers per window (extremes, railed count, and
+//! the line-noise and total power): they are kept per block as the frames
+//! arrive, and for the default shape (one Welch segment, a step of half
+//! the window) the powers too ([`super::half_sums`]), so that no raw
+//! window is stored; other shapes read a raw ring.
 
+use super::half_sums::HalfSums;
 use super::DspError;
 use multiversion::multiversion;
 use realfft::num_complex::Complex;
@@ -405,7 +413,7 @@ impl Welch {
 
 /// Length of the blocks of the direct DFT ([`DirectBins`]): its table of
 /// twiddles is `bins × DFT_BLOCK` long, and stays in L1.
-const DFT_BLOCK: usize = 128;
+pub(super) const DFT_BLOCK: usize = 128;
 
 /// At most this many bins are summed directly; more, and the FFT is
 /// cheaper.
@@ -437,7 +445,10 @@ impl DirectBins {
     /// `None` when more than [`MAX_DIRECT_BINS`] bins would be needed.
     fn new(n: usize, line: (usize, usize), kept: (usize, usize)) -> Option<Self> {
         let last = n / 2;
-        let left_out = (0..=last).filter(|k| !(kept.0..kept.1).contains(k));
+        // (A line bin outside the total's band is summed once, as a line
+        // bin, and left out of the total below.)
+        let left_out =
+            (0..=last).filter(|k| !(kept.0..kept.1).contains(k) && !(line.0..line.1).contains(k));
         let bins: Vec<usize> = (line.0..line.1).chain(left_out).collect();
         if bins.len() > MAX_DIRECT_BINS {
             return None;
@@ -769,6 +780,10 @@ pub struct FeatureExtractor {
     /// The raw side's line and total power without an FFT (`None` when
     /// the bands need more bins than that is cheap for).
     direct: Option<DirectBins>,
+    /// The raw side's line and total power kept per half window as the
+    /// frames arrive, for the default shape (one Welch segment, a step of
+    /// half the window): then `raw_ring` is empty.
+    halves: Option<HalfSums>,
     /// The window reductions kept as frames arrive (`None` when the
     /// window and step share no block length worth keeping).
     moments: Option<BlockMoments>,
@@ -809,6 +824,17 @@ fn bin_range(freqs: &[f64], keep: impl Fn(f64) -> bool) -> (usize, usize) {
 impl FeatureExtractor {
     /// Validate the configuration and allocate every buffer up front.
     pub fn new(fs: f64, channels: usize, config: &FeatureConfig) -> Result<Self, DspError> {
+        Self::build(fs, channels, config, true)
+    }
+
+    /// [`Self::new`]; `halves` allows the half-window sums (tests compare
+    /// them with the raw ring).
+    fn build(
+        fs: f64,
+        channels: usize,
+        config: &FeatureConfig,
+        halves: bool,
+    ) -> Result<Self, DspError> {
         if !fs.is_finite() || fs <= 0.0 {
             return Err(DspError::InvalidSampleRate(fs));
         }
@@ -894,19 +920,33 @@ impl FeatureExtractor {
         };
         let direct = DirectBins::new(nperseg, line_bins, total_bins);
         let moments = BlockMoments::new(channels, win, step, t.railed_abs_uv);
+        let halves = (halves && nperseg == win && win == 2 * step && moments.is_some())
+            .then(|| {
+                HalfSums::new(
+                    channels,
+                    &welch.hann,
+                    welch.scale,
+                    line_bins,
+                    total_bins,
+                    |k| welch.bin_scale(k),
+                )
+            })
+            .flatten();
+        let raw_len = if halves.is_some() { 0 } else { channels * win };
         Ok(FeatureExtractor {
             channels,
             win,
             step,
             bands: config.bands.clone(),
             thresholds: t,
-            raw_ring: vec![0.0; channels * win],
+            raw_ring: vec![0.0; raw_len],
             filt_ring: vec![0.0; channels * win],
             pos: 0,
             filled: 0,
             since_emit: 0,
             welch,
             direct,
+            halves,
             moments,
             bin_width: fs / nperseg as f64,
             band_bins,
@@ -951,6 +991,9 @@ impl FeatureExtractor {
         self.since_emit = 0;
         if let Some(m) = &mut self.moments {
             m.reset();
+        }
+        if let Some(h) = &mut self.halves {
+            h.reset();
         }
     }
 
@@ -1005,13 +1048,18 @@ impl FeatureExtractor {
             while at < len {
                 let n = (len - at).min(TILE).min(self.win - self.pos);
                 let span = at * c..(at + n) * c;
-                transpose(&r[span.clone()], c, &mut self.raw_ring, self.win, self.pos);
+                if self.halves.is_none() {
+                    transpose(&r[span.clone()], c, &mut self.raw_ring, self.win, self.pos);
+                }
                 transpose(&f[span], c, &mut self.filt_ring, self.win, self.pos);
                 self.pos = (self.pos + n) % self.win;
                 at += n;
             }
             if let Some(m) = &mut self.moments {
                 m.add(r, f);
+            }
+            if let Some(h) = &mut self.halves {
+                h.add(r);
             }
             done += len;
             self.filled = (self.filled + len).min(self.win);
@@ -1084,12 +1132,13 @@ impl FeatureExtractor {
             }
 
             // Raw: flat / railed / line noise.
-            let w = Self::window(&self.raw_ring, self.win, self.pos, ch);
             let (lo, hi, railed, sum) = (m.raw_min, m.raw_max, m.raw_railed, m.raw_sum);
-            let (line, total) = match &mut self.direct {
-                Some(d) => self.welch.line_and_total(w, sum, d),
-                None => {
-                    self.welch.compute(w, sum, upto_raw);
+            let w = || Self::window(&self.raw_ring, self.win, self.pos, ch);
+            let (line, total) = match (&self.halves, &mut self.direct) {
+                (Some(h), _) => h.line_and_total(ch),
+                (None, Some(d)) => self.welch.line_and_total(w(), sum, d),
+                (None, None) => {
+                    self.welch.compute(w(), sum, upto_raw);
                     let psd = &self.welch.psd;
                     (
                         Self::sum_bins(psd, self.line_bins),
@@ -1196,12 +1245,14 @@ mod tests {
 
     /// The raw side's line and total power summed directly equal the
     /// FFT's sums, for one segment and several, even and odd lengths,
-    /// a rate whose first bin falls below 1 Hz, and a large offset with a
-    /// drift (as raw EEG has).
+    /// a rate whose first bin falls below 1 Hz, a line band reaching 0 Hz
+    /// (its bins outside the total's band are left out once), and a large
+    /// offset with a drift (as raw EEG has).
     #[test]
     fn direct_line_power_matches_the_spectrum() {
-        let cases: [(f64, f64, f64); 6] = [
+        let cases: [(f64, f64, f64); 7] = [
             (250.0, 1.0, 50.0),
+            (250.0, 1.0, 2.0),
             (2000.0, 1.0, 60.0),
             (255.0, 1.0, 50.0),
             (250.0, 2.5, 50.0),
@@ -1214,9 +1265,9 @@ mod tests {
                 line_hz,
                 ..FeatureConfig::default()
             };
-            let mut direct = FeatureExtractor::new(fs, 3, &config).expect("extractor");
+            let mut direct = FeatureExtractor::build(fs, 3, &config, false).expect("extractor");
             assert!(direct.direct.is_some(), "{fs} Hz takes the direct path");
-            let mut fft = FeatureExtractor::new(fs, 3, &config).expect("extractor");
+            let mut fft = FeatureExtractor::build(fs, 3, &config, false).expect("extractor");
             fft.direct = None;
             let n = (fs * window_s * 2.2) as usize;
             let mut x = Vec::with_capacity(n * 3);
@@ -1243,11 +1294,91 @@ mod tests {
             for (i, (p, q)) in a.iter().zip(&b).enumerate() {
                 assert!((p - q).abs() < 1e-12, "{fs} Hz, {i}: {p} vs {q}");
             }
-            // The mains channel is mostly line noise, the others are not.
-            assert!(a[0] > 0.5 && a[1] < 0.01 && a[2] < 0.2, "{fs}: {a:?}");
+            // The mains channel is mostly line noise, the others are not
+            // (a line band reaching 0 Hz takes in the drift).
+            assert!(a[0] > 0.5 && a[2] < 0.2, "{fs}: {a:?}");
+            assert!(line_hz < 10.0 || a[1] < 0.01, "{fs}: {a:?}");
         }
         // Wide line bands fall back to the FFT.
         assert!(DirectBins::new(250, (40, 60), (1, 126)).is_none());
+    }
+
+    /// The raw side's line and total power kept per half window (the
+    /// default shape: one Welch segment, a step of half the window) give
+    /// the raw ring's line-noise ratios up to rounding: integer and
+    /// fractional rates (a first bin below 1 Hz), the mains line at
+    /// Nyquist, a line band reaching 0 Hz, a raw offset of -31 mV with a
+    /// drift, uneven pushes across DFT blocks, and a stream gap mid-half.
+    #[test]
+    fn half_sums_match_the_window() {
+        let cases: [(f64, f64); 6] = [
+            (250.0, 50.0),
+            (2000.0, 60.0),
+            (249.6, 50.0),
+            (100.0, 50.0),
+            (250.0, 2.0),
+            (30_000.0, 50.0),
+        ];
+        for (fs, line_hz) in cases {
+            let config = FeatureConfig {
+                line_hz,
+                ..FeatureConfig::default()
+            };
+            let mut halves = FeatureExtractor::build(fs, 3, &config, true).expect("extractor");
+            assert!(
+                halves.halves.is_some() && halves.raw_ring.is_empty(),
+                "{fs}"
+            );
+            let mut ring = FeatureExtractor::build(fs, 3, &config, false).expect("extractor");
+            assert!(ring.halves.is_none(), "{fs}");
+            let n = (fs * 4.3) as usize;
+            let mut x = Vec::with_capacity(n * 3);
+            for i in 0..n {
+                let t = i as f64 / fs;
+                // (A cosine: at Nyquist, a sine's samples are all near 0.)
+                let mains = 40.0 * (2.0 * PI * line_hz * t + 0.1).cos();
+                let alpha = 20.0 * (2.0 * PI * 10.0 * t + 0.3).sin();
+                let noise = ((i * 7919) % 997) as f64 / 997.0 - 0.5;
+                x.push((mains + alpha + noise) as f32);
+                x.push((-31_000.0 + 900.0 * t + alpha + noise) as f32);
+                x.push((5.0 * noise) as f32);
+            }
+            let ts: Vec<f64> = (0..n).map(|i| i as f64 / fs).collect();
+            let gap = (fs * 2.1) as usize;
+            let collect = |fx: &mut FeatureExtractor| {
+                let mut got = Vec::new();
+                let (mut at, mut k) = (0, 0);
+                while at < n {
+                    let len = [1, 7, 130, 33, 301][k % 5].min(n - at);
+                    if (at..at + len).contains(&gap) {
+                        fx.reset();
+                    }
+                    let r = at * 3..(at + len) * 3;
+                    fx.push(&x[r.clone()], &x[r], &ts[at..at + len], &mut |f| {
+                        got.extend(f.quality.iter().map(|q| (q.line_noise_ratio, q.status)));
+                    })
+                    .expect("push");
+                    at += len;
+                    k += 1;
+                }
+                got
+            };
+            let (a, b) = (collect(&mut halves), collect(&mut ring));
+            assert!(
+                a.len() >= 6 && a.len() == b.len(),
+                "{fs}: {} vs {}",
+                a.len(),
+                b.len()
+            );
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                assert!((p.0 - q.0).abs() < 1e-10, "{fs} Hz, {i}: {p:?} vs {q:?}");
+                assert_eq!(p.1, q.1, "{fs} Hz, {i}");
+            }
+            // The mains channel is mostly line noise, the others are not
+            // (a line band reaching 0 Hz takes in the drift).
+            assert!(a[0].0 > 0.5 && a[2].0 < 0.2, "{fs}: {a:?}");
+            assert!(line_hz < 10.0 || a[1].0 < 0.01, "{fs}: {a:?}");
+        }
     }
 
     /// A channel's features do not depend on the channels beside it: a
@@ -1330,9 +1461,11 @@ mod tests {
                 step_s,
                 ..FeatureConfig::default()
             };
-            let mut blocks = FeatureExtractor::new(fs, 3, &config).expect("extractor");
+            // (The raw ring on both sides: `half_sums_match_the_window`
+            // compares the half-window sums with it.)
+            let mut blocks = FeatureExtractor::build(fs, 3, &config, false).expect("extractor");
             assert!(blocks.moments.is_some(), "{window_s}/{step_s}");
-            let mut whole = FeatureExtractor::new(fs, 3, &config).expect("extractor");
+            let mut whole = FeatureExtractor::build(fs, 3, &config, false).expect("extractor");
             whole.moments = None;
             let n = 1500;
             let mut raw = Vec::with_capacity(n * 3);

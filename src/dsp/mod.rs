@@ -8,6 +8,7 @@
 pub mod features;
 pub mod filter_bank;
 pub mod filter_design;
+mod half_sums;
 
 pub use features::{
     Band, ChannelQuality, FeatureConfig, FeatureExtractor, FeatureFrame, QualityStatus,
