@@ -126,7 +126,7 @@ pub(super) struct HalfSums {
     /// The current block's partial sums (per bin, then channel).
     part_re: Vec<f64>,
     part_im: Vec<f64>,
-    /// `x − pivot` of the frame being added.
+    /// `x − pivot` of the frames being added ([`GROUP`] of them).
     x: Vec<f64>,
     cur: Half,
     newer: Half,
@@ -219,7 +219,7 @@ impl HalfSums {
             scale,
             part_re: vec![0.0; channels * bins.len()],
             part_im: vec![0.0; channels * bins.len()],
-            x: vec![0.0; channels],
+            x: vec![0.0; GROUP * channels],
             cur: Half::new(channels, bins.len()),
             newer: Half::new(channels, bins.len()),
             older: Half::new(channels, bins.len()),
@@ -364,6 +364,10 @@ impl HalfSums {
     }
 }
 
+/// Frames added to each sum at once by [`sum_frames`]: a sum is loaded
+/// and stored once per group rather than once per frame.
+const GROUP: usize = 4;
+
 /// What [`sum_frames`] adds into.
 struct Kernel<'a> {
     pivot: &'a [f64],
@@ -384,9 +388,9 @@ struct Kernel<'a> {
     s: &'a mut [f64],
 }
 
-/// Frames of one block into the half's sums, a frame at a time along the
-/// channels (a vector of channels per operation); compiled per SIMD target
-/// and dispatched at run time.
+/// Frames of one block into the half's sums, [`GROUP`] frames at a time
+/// along the channels (a vector of channels per operation); compiled per
+/// SIMD target and dispatched at run time.
 #[multiversion(targets = "simd")]
 fn sum_frames<'a>(frames: &[f32], k: Kernel<'a>) {
     let c = k.pivot.len();
@@ -406,7 +410,6 @@ fn sum_frames<'a>(frames: &[f32], k: Kernel<'a>) {
         lb,
         s,
     } = k;
-    let x = &mut x[..c];
     let (qa, la, qb, lb, s) = (
         &mut qa[..c],
         &mut la[..c],
@@ -414,31 +417,74 @@ fn sum_frames<'a>(frames: &[f32], k: Kernel<'a>) {
         &mut lb[..c],
         &mut s[..c],
     );
-    for (t, f) in frames.chunks_exact(c).enumerate() {
-        let f = &f[..c];
-        let (ha, hb) = (wa[t], wb[t]);
-        for i in 0..c {
-            let v = f64::from(f[i]) - pivot[i];
-            x[i] = v;
-            let v2 = v * v;
-            qa[i] += v2 * ha;
-            la[i] += v * ha;
-            qb[i] += v2 * hb;
-            lb[i] += v * hb;
-            s[i] += v;
-        }
-        let r = r0 + t;
-        for (b, (re, im)) in part_re
-            .chunks_exact_mut(c)
-            .zip(part_im.chunks_exact_mut(c))
-            .enumerate()
-        {
-            let (cv, sv) = (cos[b * DFT_BLOCK + r], sin[b * DFT_BLOCK + r]);
-            let (re, im) = (&mut re[..c], &mut im[..c]);
-            for i in 0..c {
-                re[i] += x[i] * cv;
-                im[i] += x[i] * sv;
+    let pivot = &pivot[..c];
+    let n = frames.len() / c;
+    let mut t = 0;
+    while t < n {
+        let g = (n - t).min(GROUP);
+        let x = &mut x[..g * c];
+        for (xu, f) in x.chunks_exact_mut(c).zip(frames[t * c..].chunks_exact(c)) {
+            for ((v, &y), &p) in xu.iter_mut().zip(f).zip(pivot) {
+                *v = f64::from(y) - p;
             }
         }
+        let r = r0 + t;
+        if g == GROUP {
+            let (x0, rest) = x.split_at(c);
+            let (x1, rest) = rest.split_at(c);
+            let (x2, x3) = rest.split_at(c);
+            let (x0, x1, x2, x3) = (&x0[..c], &x1[..c], &x2[..c], &x3[..c]);
+            let ha = [wa[t], wa[t + 1], wa[t + 2], wa[t + 3]];
+            let hb = [wb[t], wb[t + 1], wb[t + 2], wb[t + 3]];
+            for i in 0..c {
+                let v = [x0[i], x1[i], x2[i], x3[i]];
+                let q = [v[0] * v[0], v[1] * v[1], v[2] * v[2], v[3] * v[3]];
+                qa[i] += q[0] * ha[0] + q[1] * ha[1] + q[2] * ha[2] + q[3] * ha[3];
+                la[i] += v[0] * ha[0] + v[1] * ha[1] + v[2] * ha[2] + v[3] * ha[3];
+                qb[i] += q[0] * hb[0] + q[1] * hb[1] + q[2] * hb[2] + q[3] * hb[3];
+                lb[i] += v[0] * hb[0] + v[1] * hb[1] + v[2] * hb[2] + v[3] * hb[3];
+                s[i] += v[0] + v[1] + v[2] + v[3];
+            }
+            for (b, (re, im)) in part_re
+                .chunks_exact_mut(c)
+                .zip(part_im.chunks_exact_mut(c))
+                .enumerate()
+            {
+                let at = b * DFT_BLOCK + r;
+                let cv = [cos[at], cos[at + 1], cos[at + 2], cos[at + 3]];
+                let sv = [sin[at], sin[at + 1], sin[at + 2], sin[at + 3]];
+                let (re, im) = (&mut re[..c], &mut im[..c]);
+                for i in 0..c {
+                    re[i] += x0[i] * cv[0] + x1[i] * cv[1] + x2[i] * cv[2] + x3[i] * cv[3];
+                    im[i] += x0[i] * sv[0] + x1[i] * sv[1] + x2[i] * sv[2] + x3[i] * sv[3];
+                }
+            }
+        } else {
+            for (u, xu) in x.chunks_exact(c).enumerate() {
+                let (ha, hb) = (wa[t + u], wb[t + u]);
+                for i in 0..c {
+                    let v = xu[i];
+                    let q = v * v;
+                    qa[i] += q * ha;
+                    la[i] += v * ha;
+                    qb[i] += q * hb;
+                    lb[i] += v * hb;
+                    s[i] += v;
+                }
+                for (b, (re, im)) in part_re
+                    .chunks_exact_mut(c)
+                    .zip(part_im.chunks_exact_mut(c))
+                    .enumerate()
+                {
+                    let (cv, sv) = (cos[b * DFT_BLOCK + r + u], sin[b * DFT_BLOCK + r + u]);
+                    let (re, im) = (&mut re[..c], &mut im[..c]);
+                    for i in 0..c {
+                        re[i] += xu[i] * cv;
+                        im[i] += xu[i] * sv;
+                    }
+                }
+            }
+        }
+        t += g;
     }
 }
