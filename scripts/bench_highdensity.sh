@@ -8,7 +8,8 @@
 #   3. with --lsl (root: a network namespace of its own), recording one LSL
 #      stream at 8 ch x 250 Hz and 64 ch x 2 kHz (scripts/bench_lsl_record.sh;
 #      add --labrecorder PATH for LabRecorderCLI beside it, built by
-#      scripts/build-labrecorder.sh).
+#      scripts/build-labrecorder.sh: both record the same outlet at once,
+#      in each order of connecting, and the ratios' mean is printed).
 # Usage: scripts/bench_highdensity.sh [--bin PATH] [--seconds 30] [--lsl]
 #            [--labrecorder PATH]
 # Builds the release binary when --bin is not given. docs/performance.md
@@ -24,8 +25,8 @@ while [ $# -gt 0 ]; do
     --bin) BIN=$2; shift 2 ;;
     --seconds) SECS=$2; shift 2 ;;
     --lsl) LSL=1; shift ;;
-    --labrecorder) LABREC=(--labrecorder "$2"); shift 2 ;;
-    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
+    --labrecorder) LABREC=(--labrecorder "$2" --together --threads); shift 2 ;;
+    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
