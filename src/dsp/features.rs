@@ -415,6 +415,65 @@ impl Welch {
 /// twiddles is `bins × DFT_BLOCK` long, and stays in L1.
 pub(super) const DFT_BLOCK: usize = 128;
 
+/// The twiddles of a DFT of length `n` summed directly in blocks of
+/// [`DFT_BLOCK`] ([`DirectBins`], [`super::half_sums`]): per bin `k`,
+/// `cos(θr)` and `sin(θr)` for `r < DFT_BLOCK`, and `cos(θjB)` and
+/// `sin(θjB)` for each block `j` of the samples summed, `θ = 2πk/n`.
+pub(super) struct Twiddles {
+    pub(super) cos: Vec<f64>,
+    pub(super) sin: Vec<f64>,
+    block_cos: Vec<f64>,
+    block_sin: Vec<f64>,
+    blocks: usize,
+}
+
+impl Twiddles {
+    /// For the bins `bins` of a length-`n` DFT over `len` samples.
+    pub(super) fn new(n: usize, bins: &[usize], len: usize) -> Self {
+        let blocks = len.div_ceil(DFT_BLOCK);
+        let mut t = Twiddles {
+            cos: Vec::with_capacity(bins.len() * DFT_BLOCK),
+            sin: Vec::with_capacity(bins.len() * DFT_BLOCK),
+            block_cos: Vec::with_capacity(bins.len() * blocks),
+            block_sin: Vec::with_capacity(bins.len() * blocks),
+            blocks,
+        };
+        for &k in bins {
+            for r in 0..DFT_BLOCK {
+                t.cos.push(dft_angle(n, k, r).cos());
+                t.sin.push(dft_angle(n, k, r).sin());
+            }
+            for j in 0..blocks {
+                t.block_cos.push(dft_angle(n, k, j * DFT_BLOCK).cos());
+                t.block_sin.push(dft_angle(n, k, j * DFT_BLOCK).sin());
+            }
+        }
+        t
+    }
+
+    /// Bin `b`'s twiddles within a block.
+    pub(super) fn row(&self, b: usize) -> (&[f64], &[f64]) {
+        let r = b * DFT_BLOCK..(b + 1) * DFT_BLOCK;
+        (&self.cos[r.clone()], &self.sin[r])
+    }
+
+    /// Bin `b`'s block `j` partial sum `a − ib = Σ_r x e^{−iθr}` as its
+    /// share of `X[k]`: times `e^{−iθjB} = c − is`, `(re, im)`.
+    #[inline]
+    pub(super) fn rotate(&self, b: usize, j: usize, a: f64, s: f64) -> (f64, f64) {
+        let i = b * self.blocks + j;
+        let (c, si) = (self.block_cos[i], self.block_sin[i]);
+        (a * c - s * si, -(a * si + s * c))
+    }
+}
+
+/// `2π (k·m mod n) / n`: the angle of `k·m` reduced modulo `n` first, so
+/// that it stays exact for any length.
+pub(super) fn dft_angle(n: usize, k: usize, m: usize) -> f64 {
+    let r = (k as u128 * m as u128 % n as u128) as f64;
+    2.0 * PI * r / n as f64
+}
+
 /// At most this many bins are summed directly; more, and the FFT is
 /// cheaper.
 const MAX_DIRECT_BINS: usize = 8;
@@ -430,13 +489,7 @@ struct DirectBins {
     line_count: usize,
     /// Bins counted in the total, `[first, end)`.
     kept: (usize, usize),
-    /// `cos(θr)` and `sin(θr)` per bin, `DFT_BLOCK` each.
-    cos: Vec<f64>,
-    sin: Vec<f64>,
-    /// `cos(θjB)` and `sin(θjB)` per bin, one per block of the segment.
-    block_cos: Vec<f64>,
-    block_sin: Vec<f64>,
-    blocks: usize,
+    twiddles: Twiddles,
     /// `|X[k]|²` per bin, summed over the segments.
     power: Vec<f64>,
 }
@@ -453,35 +506,13 @@ impl DirectBins {
         if bins.len() > MAX_DIRECT_BINS {
             return None;
         }
-        // The angle of k·m reduced modulo n first, so that it stays exact
-        // for any segment length.
-        let angle = |k: usize, m: usize| {
-            let r = (k as u128 * m as u128 % n as u128) as f64;
-            2.0 * PI * r / n as f64
-        };
-        let blocks = n.div_ceil(DFT_BLOCK);
-        let mut d = DirectBins {
+        Some(DirectBins {
             line_count: line.1 - line.0,
             kept,
-            cos: Vec::with_capacity(bins.len() * DFT_BLOCK),
-            sin: Vec::with_capacity(bins.len() * DFT_BLOCK),
-            block_cos: Vec::with_capacity(bins.len() * blocks),
-            block_sin: Vec::with_capacity(bins.len() * blocks),
-            blocks,
+            twiddles: Twiddles::new(n, &bins, n),
             power: vec![0.0; bins.len()],
             bins,
-        };
-        for &k in &d.bins {
-            for r in 0..DFT_BLOCK {
-                d.cos.push(angle(k, r).cos());
-                d.sin.push(angle(k, r).sin());
-            }
-            for j in 0..blocks {
-                d.block_cos.push(angle(k, j * DFT_BLOCK).cos());
-                d.block_sin.push(angle(k, j * DFT_BLOCK).sin());
-            }
-        }
-        Some(d)
+        })
     }
 
     /// Add `|X[k]|²` of the windowed segment `x` to `power`; returns
@@ -489,16 +520,13 @@ impl DirectBins {
     fn accumulate(&mut self, x: &[f64]) -> f64 {
         let nb = self.bins.len();
         for b in 0..nb {
-            let cos = &self.cos[b * DFT_BLOCK..(b + 1) * DFT_BLOCK];
-            let sin = &self.sin[b * DFT_BLOCK..(b + 1) * DFT_BLOCK];
-            let bc = &self.block_cos[b * self.blocks..(b + 1) * self.blocks];
-            let bs = &self.block_sin[b * self.blocks..(b + 1) * self.blocks];
+            let (cos, sin) = self.twiddles.row(b);
             let (mut re, mut im) = (0.0, 0.0);
-            for ((blk, &c), &s) in x.chunks(DFT_BLOCK).zip(bc).zip(bs) {
-                // a - ib = Σ x e^{-iθr}; times e^{-iθjB} = c - is.
-                let (a, b) = dot2(blk, cos, sin);
-                re += a * c - b * s;
-                im -= a * s + b * c;
+            for (j, blk) in x.chunks(DFT_BLOCK).enumerate() {
+                let (a, s) = dot2(blk, cos, sin);
+                let (dr, di) = self.twiddles.rotate(b, j, a, s);
+                re += dr;
+                im += di;
             }
             self.power[b] += re * re + im * im;
         }

@@ -22,9 +22,8 @@
 //! pivot (`δ = p_B − p_A`, times sums of the weights). Equal to the ring
 //! path up to rounding (`tests::half_sums_match_the_window`).
 
-use super::features::DFT_BLOCK;
+use super::features::{dft_angle, Twiddles, DFT_BLOCK};
 use multiversion::multiversion;
-use std::f64::consts::PI;
 
 /// At most this many plain DFT bins are summed per frame; more, and the
 /// ring path is cheaper (the default 50 Hz ± 2 Hz at 1 Hz bins needs 8).
@@ -104,13 +103,8 @@ pub(super) struct HalfSums {
     /// Plain DFT bins summed, each in `1..=n/2`.
     bins: Vec<usize>,
     needed: Vec<Needed>,
-    /// `cos(θr)` and `sin(θr)`, `θ = 2πk/n`, per bin, `DFT_BLOCK` each.
-    cos: Vec<f64>,
-    sin: Vec<f64>,
-    /// `cos(θjB)` and `sin(θjB)` per bin, one per block of a half.
-    block_cos: Vec<f64>,
-    block_sin: Vec<f64>,
-    blocks: usize,
+    /// The bins' twiddles over a half.
+    twiddles: Twiddles,
     /// `h²` over a window's first half and over its second.
     wa: Vec<f64>,
     wb: Vec<f64>,
@@ -193,23 +187,12 @@ impl HalfSums {
         if bins.len() > MAX_PLAIN {
             return None;
         }
-        // The angle of k·m reduced modulo n first, so that it stays exact
-        // for any window length.
-        let angle = |k: usize, m: usize| {
-            let r = (k as u128 * m as u128 % n as u128) as f64;
-            2.0 * PI * r / n as f64
-        };
-        let blocks = half.div_ceil(DFT_BLOCK);
         let mut s = HalfSums {
             channels,
             n,
             half,
             at: 0,
-            cos: Vec::with_capacity(bins.len() * DFT_BLOCK),
-            sin: Vec::with_capacity(bins.len() * DFT_BLOCK),
-            block_cos: Vec::with_capacity(bins.len() * blocks),
-            block_sin: Vec::with_capacity(bins.len() * blocks),
-            blocks,
+            twiddles: Twiddles::new(n, &bins, half),
             wa: hann[..half].iter().map(|h| h * h).collect(),
             wb: hann[half..].iter().map(|h| h * h).collect(),
             sum_wb: hann[half..].iter().map(|h| h * h).sum(),
@@ -227,16 +210,9 @@ impl HalfSums {
             bins,
         };
         for &k in &s.bins {
-            for r in 0..DFT_BLOCK {
-                s.cos.push(angle(k, r).cos());
-                s.sin.push(angle(k, r).sin());
-            }
-            for j in 0..blocks {
-                s.block_cos.push(angle(k, j * DFT_BLOCK).cos());
-                s.block_sin.push(angle(k, j * DFT_BLOCK).sin());
-            }
             let (gr, gi) = (0..half).fold((0.0, 0.0), |(re, im), j| {
-                (re + angle(k, j).cos(), im - angle(k, j).sin())
+                let a = dft_angle(n, k, j);
+                (re + a.cos(), im - a.sin())
             });
             s.g_re.push(gr);
             s.g_im.push(gi);
@@ -273,8 +249,8 @@ impl HalfSums {
                     x: &mut self.x,
                     wa: &self.wa[self.at..self.at + len],
                     wb: &self.wb[self.at..self.at + len],
-                    cos: &self.cos,
-                    sin: &self.sin,
+                    cos: &self.twiddles.cos,
+                    sin: &self.twiddles.sin,
                     r0,
                     part_re: &mut self.part_re[..nb * c],
                     part_im: &mut self.part_im[..nb * c],
@@ -304,18 +280,13 @@ impl HalfSums {
     fn fold_block(&mut self, jb: usize) {
         let c = self.channels;
         for b in 0..self.bins.len() {
-            let (bc, bs) = (
-                self.block_cos[b * self.blocks + jb],
-                self.block_sin[b * self.blocks + jb],
-            );
             let r = b * c..(b + 1) * c;
             let (pre, pim) = (&mut self.part_re[r.clone()], &mut self.part_im[r.clone()]);
             let (re, im) = (&mut self.cur.re[r.clone()], &mut self.cur.im[r]);
             for i in 0..c {
-                // a − ib = Σ x e^{−iθr}; times e^{−iθjB} = c − is.
-                let (a, s) = (pre[i], pim[i]);
-                re[i] += a * bc - s * bs;
-                im[i] -= a * bs + s * bc;
+                let (dr, di) = self.twiddles.rotate(b, jb, pre[i], pim[i]);
+                re[i] += dr;
+                im[i] += di;
             }
             pre.fill(0.0);
             pim.fill(0.0);
