@@ -1271,6 +1271,24 @@ mod tests {
         assert_eq!((lo, hi, r), (-2.0, 1.0, 19));
     }
 
+    /// `n` frames of a 3-channel rig at `fs` and their stamps: mains at
+    /// `line_hz` plus alpha and a little noise; alpha on an offset of
+    /// -31 mV with a drift (as raw EEG has); noise alone.
+    fn mains_rig(fs: f64, line_hz: f64, n: usize) -> (Vec<f32>, Vec<f64>) {
+        let mut x = Vec::with_capacity(n * 3);
+        for i in 0..n {
+            let t = i as f64 / fs;
+            // (A cosine: at Nyquist, a sine's samples are all near 0.)
+            let mains = 40.0 * (2.0 * PI * line_hz * t + 0.1).cos();
+            let alpha = 20.0 * (2.0 * PI * 10.0 * t + 0.3).sin();
+            let noise = ((i * 7919) % 997) as f64 / 997.0 - 0.5;
+            x.push((mains + alpha + noise) as f32);
+            x.push((-31_000.0 + 900.0 * t + alpha + noise) as f32);
+            x.push((5.0 * noise) as f32);
+        }
+        (x, (0..n).map(|i| i as f64 / fs).collect())
+    }
+
     /// The raw side's line and total power summed directly equal the
     /// FFT's sums, for one segment and several, even and odd lengths,
     /// a rate whose first bin falls below 1 Hz, a line band reaching 0 Hz
@@ -1298,17 +1316,7 @@ mod tests {
             let mut fft = FeatureExtractor::build(fs, 3, &config, false).expect("extractor");
             fft.direct = None;
             let n = (fs * window_s * 2.2) as usize;
-            let mut x = Vec::with_capacity(n * 3);
-            for i in 0..n {
-                let t = i as f64 / fs;
-                let mains = 40.0 * (2.0 * PI * line_hz * t).sin();
-                let alpha = 20.0 * (2.0 * PI * 10.0 * t + 0.3).sin();
-                let noise = ((i * 7919) % 997) as f64 / 997.0 - 0.5;
-                x.push((mains + alpha + noise) as f32);
-                x.push((-31_000.0 + 900.0 * t + alpha + noise) as f32);
-                x.push((5.0 * noise) as f32);
-            }
-            let ts: Vec<f64> = (0..n).map(|i| i as f64 / fs).collect();
+            let (x, ts) = mains_rig(fs, line_hz, n);
             let collect = |fx: &mut FeatureExtractor| {
                 let mut got = Vec::new();
                 fx.push(&x, &x, &ts, &mut |f: &FeatureFrame<'_>| {
@@ -1360,18 +1368,7 @@ mod tests {
             let mut ring = FeatureExtractor::build(fs, 3, &config, false).expect("extractor");
             assert!(ring.halves.is_none(), "{fs}");
             let n = (fs * 4.3) as usize;
-            let mut x = Vec::with_capacity(n * 3);
-            for i in 0..n {
-                let t = i as f64 / fs;
-                // (A cosine: at Nyquist, a sine's samples are all near 0.)
-                let mains = 40.0 * (2.0 * PI * line_hz * t + 0.1).cos();
-                let alpha = 20.0 * (2.0 * PI * 10.0 * t + 0.3).sin();
-                let noise = ((i * 7919) % 997) as f64 / 997.0 - 0.5;
-                x.push((mains + alpha + noise) as f32);
-                x.push((-31_000.0 + 900.0 * t + alpha + noise) as f32);
-                x.push((5.0 * noise) as f32);
-            }
-            let ts: Vec<f64> = (0..n).map(|i| i as f64 / fs).collect();
+            let (x, ts) = mains_rig(fs, line_hz, n);
             let gap = (fs * 2.1) as usize;
             let collect = |fx: &mut FeatureExtractor| {
                 let mut got = Vec::new();
