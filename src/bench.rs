@@ -266,8 +266,9 @@ fn bench_features(
     let ch = s.info.channels;
     let stats = DeviceStats::new("bench", "synthetic", true);
     let mut best = f64::INFINITY;
+    let filters = FilterStage::new(&s.filters, &s.info).map_err(|e| format!("filters: {e}"))?;
     for _ in 0..PASSES {
-        let mut fs = FeatureStage::new(&s.features, &s.quality, &s.filters, &s.info)
+        let mut fs = FeatureStage::new(&s.features, &s.quality, &filters, &s.info)
             .map_err(|e| format!("features: {e}"))?;
         let t = Instant::now();
         for ((r, f), t_) in inp

@@ -137,6 +137,12 @@ impl FilterStage {
     pub fn sections(&self) -> usize {
         self.bank.sos().len()
     }
+
+    /// No section at all: the filtered samples are the raw ones, and
+    /// [`Self::process`] is a copy that the processing thread skips.
+    pub fn is_identity(&self) -> bool {
+        self.sections() == 0
+    }
 }
 
 /// Welch band powers, RMS and quality every `step_s`, per contract §4.
@@ -153,7 +159,7 @@ impl FeatureStage {
     pub fn new(
         cfg: &FeaturesSection,
         quality: &QualitySection,
-        filters: &FiltersSection,
+        filters: &FilterStage,
         info: &StreamInfo,
     ) -> Result<Self, DspError> {
         let bands: Vec<Band> = cfg
@@ -165,7 +171,7 @@ impl FeatureStage {
             window_s: cfg.window_s,
             step_s: cfg.step_s,
             bands,
-            line_hz: filters.notch_hz.unwrap_or(50.0),
+            line_hz: filters.description().notch_hz.unwrap_or(50.0),
             thresholds: QualityThresholds {
                 flat_ptp_uv: quality.flat_ptp_uv,
                 railed_abs_uv: quality.railed_abs_uv,
@@ -173,6 +179,7 @@ impl FeatureStage {
                 noisy_rms_uv: quality.noisy_rms_uv,
                 noisy_line_ratio: quality.noisy_line_ratio,
             },
+            unfiltered: filters.is_identity(),
         };
         let extractor = FeatureExtractor::new(info.sample_rate, info.channels, &config)?;
         Ok(FeatureStage {
@@ -336,7 +343,7 @@ impl Processing {
                     // Markers queued so far first: one sent just before
                     // this block's samples belongs in the batch they close.
                     self.take_markers(&mut batcher);
-                    if filtered.len() < block.samples().len() {
+                    if !self.filters.is_identity() && filtered.len() < block.samples().len() {
                         // Grows once to the block size, then never again.
                         filtered.resize(block.samples().len(), 0.0);
                     }
@@ -415,8 +422,13 @@ impl Processing {
         *expected = first + n as u64;
         self.stats.set_next_sample(first + n as u64);
         let raw = block.samples();
-        let out = &mut filtered[..raw.len()];
-        self.filters.process(raw, out);
+        let out: &[f32] = if self.filters.is_identity() {
+            raw
+        } else {
+            let out = &mut filtered[..raw.len()];
+            self.filters.process(raw, out);
+            out
+        };
         let ts = block.timestamps();
         self.view.push(first, raw, out, ts);
         self.outlets.samples(StreamKind::Raw, raw, ts);
@@ -631,6 +643,7 @@ mod tests {
         let (journal, rx) = JournalTx::for_tests(queue);
         let (mtx, mrx) = crossbeam_channel::bounded(16);
         let stats = Arc::new(DeviceStats::new("d", "synthetic", true));
+        let filters = FilterStage::new(&FiltersSection::default(), &info).unwrap();
         let p = Processing {
             device_id: "d".into(),
             info: info.clone(),
@@ -638,14 +651,14 @@ mod tests {
             batch_frames: 25,
             store_filtered: true,
             index_offset: 1000,
-            filters: FilterStage::new(&FiltersSection::default(), &info).unwrap(),
             features: FeatureStage::new(
                 &FeaturesSection::default(),
                 &QualitySection::default(),
-                &FiltersSection::default(),
+                &filters,
                 &info,
             )
             .unwrap(),
+            filters,
             journal,
             backpressure: false,
             markers: mrx,

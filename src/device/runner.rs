@@ -216,6 +216,8 @@ fn start_pipe(
     crate::sync::lock(&stats.channel_names).clone_from(&info.channel_names);
     let view = crate::view::View::new(&cfg.id, rate, &info.channel_names, &cfg.channels.units);
     stats.set_view(Some(view.clone()));
+    let filters = FilterStage::new(&cfg.filters, &info)
+        .map_err(|e| format!("filter settings in {}: {e}", cfg.file.display()))?;
     let processing = Processing {
         device_id: cfg.id.clone(),
         info: info.clone(),
@@ -228,10 +230,9 @@ fn start_pipe(
         ),
         store_filtered: ctx.store_filtered,
         index_offset: ctx.first_sample,
-        filters: FilterStage::new(&cfg.filters, &info)
-            .map_err(|e| format!("filter settings in {}: {e}", cfg.file.display()))?,
-        features: FeatureStage::new(&cfg.features, &cfg.quality, &cfg.filters, &info)
+        features: FeatureStage::new(&cfg.features, &cfg.quality, &filters, &info)
             .map_err(|e| format!("feature settings in {}: {e}", cfg.file.display()))?,
+        filters,
         journal: ctx.journal.clone(),
         backpressure: cfg.connection.can_wait(),
         markers,

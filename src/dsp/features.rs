@@ -144,6 +144,11 @@ pub struct FeatureConfig {
     pub line_hz: f64,
     /// Quality thresholds.
     pub thresholds: QualityThresholds,
+    /// The filtered samples are the raw ones (no filter configured): one
+    /// spectrum per channel then serves the bands and the quality's line
+    /// noise, and no raw window or half-window sums are kept (default
+    /// false; `push` is then to be given the same samples twice).
+    pub unfiltered: bool,
 }
 
 impl Default for FeatureConfig {
@@ -154,6 +159,7 @@ impl Default for FeatureConfig {
             bands: Band::defaults(),
             line_hz: 50.0,
             thresholds: QualityThresholds::default(),
+            unfiltered: false,
         }
     }
 }
@@ -363,11 +369,19 @@ impl Welch {
     /// PSD of the window `w` into `self.psd[..upto]` (the bins past
     /// `upto` are left stale: callers that need fewer bins skip their
     /// accumulation).
-    fn compute(&mut self, w: Parts<'_>, sum: f64, upto: usize) {
+    ///
+    /// With `energy`, returns `Σ x²` of the windowed, detrended segments
+    /// (Parseval: all one-sided bins sum to `scale / nseg * n` times it);
+    /// 0 otherwise.
+    fn compute(&mut self, w: Parts<'_>, sum: f64, upto: usize, energy: bool) -> f64 {
         let upto = upto.min(self.psd.len());
         self.psd[..upto].fill(0.0);
+        let mut e = 0.0;
         for seg in 0..self.nseg {
             self.fill_segment(w, seg, sum);
+            if energy {
+                e += sum_squares(&self.buf);
+            }
             // Lengths are fixed at construction, so this cannot fail.
             let _ =
                 self.fft
@@ -379,6 +393,7 @@ impl Welch {
         for i in 0..upto {
             self.psd[i] *= self.bin_scale(i);
         }
+        e
     }
 
     /// The raw window's line-noise power and total power (the sums of
@@ -815,6 +830,9 @@ pub struct FeatureExtractor {
     /// The window reductions kept as frames arrive (`None` when the
     /// window and step share no block length worth keeping).
     moments: Option<BlockMoments>,
+    /// Raw is filtered ([`FeatureConfig::unfiltered`]): the filtered
+    /// window's spectrum is the raw one's too, and `raw_ring` is empty.
+    unfiltered: bool,
     bin_width: f64,
     band_bins: Vec<(usize, usize)>,
     line_bins: (usize, usize),
@@ -946,21 +964,31 @@ impl FeatureExtractor {
             rms_uv: 0.0,
             line_noise_ratio: 0.0,
         };
-        let direct = DirectBins::new(nperseg, line_bins, total_bins);
+        let unfiltered = config.unfiltered;
+        let direct = if unfiltered {
+            None
+        } else {
+            DirectBins::new(nperseg, line_bins, total_bins)
+        };
         let moments = BlockMoments::new(channels, win, step, t.railed_abs_uv);
-        let halves = (halves && nperseg == win && win == 2 * step && moments.is_some())
-            .then(|| {
-                HalfSums::new(
-                    channels,
-                    &welch.hann,
-                    welch.scale,
-                    line_bins,
-                    total_bins,
-                    |k| welch.bin_scale(k),
-                )
-            })
-            .flatten();
-        let raw_len = if halves.is_some() { 0 } else { channels * win };
+        let halves =
+            (halves && !unfiltered && nperseg == win && win == 2 * step && moments.is_some())
+                .then(|| {
+                    HalfSums::new(
+                        channels,
+                        &welch.hann,
+                        welch.scale,
+                        line_bins,
+                        total_bins,
+                        |k| welch.bin_scale(k),
+                    )
+                })
+                .flatten();
+        let raw_len = if halves.is_some() || unfiltered {
+            0
+        } else {
+            channels * win
+        };
         Ok(FeatureExtractor {
             channels,
             win,
@@ -976,6 +1004,7 @@ impl FeatureExtractor {
             direct,
             halves,
             moments,
+            unfiltered,
             bin_width: fs / nperseg as f64,
             band_bins,
             line_bins,
@@ -1076,7 +1105,7 @@ impl FeatureExtractor {
             while at < len {
                 let n = (len - at).min(TILE).min(self.win - self.pos);
                 let span = at * c..(at + n) * c;
-                if self.halves.is_none() {
+                if !self.raw_ring.is_empty() {
                     transpose(&r[span.clone()], c, &mut self.raw_ring, self.win, self.pos);
                 }
                 transpose(&f[span], c, &mut self.filt_ring, self.win, self.pos);
@@ -1127,7 +1156,7 @@ impl FeatureExtractor {
         }
         let filt = Self::window(&self.filt_ring, self.win, self.pos, ch);
         let (filt_sum, filt_sq) = lane_moments(filt);
-        let raw = Self::window(&self.raw_ring, self.win, self.pos, ch);
+        let raw = Self::window(self.raw_ring(), self.win, self.pos, ch);
         let (raw_min, raw_max, raw_railed, raw_sum) =
             lane_extent(raw, self.thresholds.railed_abs_uv);
         Moments {
@@ -1140,12 +1169,35 @@ impl FeatureExtractor {
         }
     }
 
+    /// The raw samples' ring: the filtered one when they are the same.
+    fn raw_ring(&self) -> &[f32] {
+        if self.unfiltered {
+            &self.filt_ring
+        } else {
+            &self.raw_ring
+        }
+    }
+
     /// Features for the current full window (all channels).
     fn compute(&mut self) {
         let c = self.channels;
         let th = self.thresholds;
         let upto_filt = self.band_bins.iter().map(|b| b.1).max().unwrap_or(0);
         let upto_raw = self.total_bins.1.max(self.line_bins.1);
+        // Unfiltered, the one spectrum also gives the raw side's line
+        // bins, and the total by Parseval less the bins it leaves out
+        // (below 1 Hz; above Nyquist only if a bin's frequency rounds
+        // past it).
+        let len = self.welch.psd.len();
+        let upto = if self.unfiltered {
+            let above = if self.total_bins.1 < len { len } else { 0 };
+            upto_filt
+                .max(self.line_bins.1)
+                .max(self.total_bins.0)
+                .max(above)
+        } else {
+            upto_filt
+        };
         for ch in 0..c {
             // Filtered: band powers + RMS.
             let m = self.moments(ch);
@@ -1153,7 +1205,7 @@ impl FeatureExtractor {
             let (sum, ss) = (m.filt_sum, m.filt_sq);
             let rms = (ss / self.win as f64).sqrt();
             self.rms[ch] = rms;
-            self.welch.compute(w, sum, upto_filt);
+            let energy = self.welch.compute(w, sum, upto, self.unfiltered);
             for (bi, &range) in self.band_bins.iter().enumerate() {
                 self.band_power[bi * c + ch] =
                     Self::sum_bins(&self.welch.psd, range) * self.bin_width;
@@ -1163,10 +1215,23 @@ impl FeatureExtractor {
             let (lo, hi, railed, sum) = (m.raw_min, m.raw_max, m.raw_railed, m.raw_sum);
             let w = || Self::window(&self.raw_ring, self.win, self.pos, ch);
             let (line, total) = match (&self.halves, &mut self.direct) {
+                _ if self.unfiltered => {
+                    let psd = &self.welch.psd;
+                    let k = self.welch.scale / self.welch.nseg as f64;
+                    let left_out = Self::sum_bins(psd, (0, self.total_bins.0))
+                        + Self::sum_bins(psd, (self.total_bins.1.max(self.total_bins.0), len));
+                    let (a, b) = self.total_bins;
+                    let total = if a < b {
+                        k * self.welch.nperseg as f64 * energy - left_out
+                    } else {
+                        0.0
+                    };
+                    (Self::sum_bins(psd, self.line_bins), total)
+                }
                 (Some(h), _) => h.line_and_total(ch),
                 (None, Some(d)) => self.welch.line_and_total(w(), sum, d),
                 (None, None) => {
-                    self.welch.compute(w(), sum, upto_raw);
+                    self.welch.compute(w(), sum, upto_raw, false);
                     let psd = &self.welch.psd;
                     (
                         Self::sum_bins(psd, self.line_bins),
@@ -1403,6 +1468,96 @@ mod tests {
             // (a line band reaching 0 Hz takes in the drift).
             assert!(a[0].0 > 0.5 && a[2].0 < 0.2, "{fs}: {a:?}");
             assert!(line_hz < 10.0 || a[1].0 < 0.01, "{fs}: {a:?}");
+        }
+    }
+
+    /// Unfiltered (raw is filtered), one spectrum per channel gives what
+    /// the two sides give apart: band powers, RMS, line-noise ratios and
+    /// statuses equal the raw ring's, with no raw ring or half sums kept:
+    /// the default shape, a step that keeps no block moments, a window of
+    /// several Welch segments (odd length), a first bin below 1 Hz, mains
+    /// at Nyquist, a line band reaching 0 Hz, and a rate with no bin in
+    /// the total's band.
+    #[test]
+    fn unfiltered_matches_the_raw_ring() {
+        let cases: [(f64, f64, f64, f64); 7] = [
+            (250.0, 50.0, 1.0, 0.5),
+            (2000.0, 60.0, 1.0, 0.33),
+            (249.6, 50.0, 1.0, 0.5),
+            (251.0, 50.0, 2.6, 0.5),
+            (100.0, 50.0, 1.0, 0.5),
+            (250.0, 2.0, 1.0, 0.5),
+            (1.5, 0.7, 4.0, 2.0),
+        ];
+        for (fs, line_hz, window_s, step_s) in cases {
+            let config = FeatureConfig {
+                line_hz,
+                window_s,
+                step_s,
+                bands: if fs > 2.0 {
+                    Band::defaults()
+                } else {
+                    vec![Band::new("slow", 0.1, 0.6)]
+                },
+                ..FeatureConfig::default()
+            };
+            let one = FeatureConfig {
+                unfiltered: true,
+                ..config.clone()
+            };
+            let mut one = FeatureExtractor::new(fs, 3, &one).expect("extractor");
+            assert!(
+                one.halves.is_none() && one.direct.is_none() && one.raw_ring.is_empty(),
+                "{fs}"
+            );
+            let mut ring = FeatureExtractor::build(fs, 3, &config, false).expect("extractor");
+            let n = (fs * 4.0 * window_s) as usize;
+            let (x, ts) = mains_rig(fs, line_hz, n);
+            let collect = |fx: &mut FeatureExtractor| {
+                let mut got = Vec::new();
+                let (mut at, mut k) = (0, 0);
+                while at < n {
+                    let len = [1, 7, 130, 33, 301][k % 5].min(n - at);
+                    let r = at * 3..(at + len) * 3;
+                    fx.push(&x[r.clone()], &x[r], &ts[at..at + len], &mut |f| {
+                        got.push((f.band_power.to_vec(), f.rms.to_vec(), f.quality.to_vec()));
+                    })
+                    .expect("push");
+                    at += len;
+                    k += 1;
+                }
+                got
+            };
+            let (a, b) = (collect(&mut one), collect(&mut ring));
+            assert!(
+                a.len() >= 3 && a.len() == b.len(),
+                "{fs}: {} vs {}",
+                a.len(),
+                b.len()
+            );
+            let close = |p: f64, q: f64, tol: f64| (p - q).abs() <= tol * q.abs().max(1e-12);
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                for (u, v) in p.0.iter().zip(&q.0) {
+                    assert!(close(*u, *v, 1e-12), "{fs} Hz, {i}: bands {u} vs {v}");
+                }
+                assert_eq!(p.1, q.1, "{fs} Hz, {i}: rms");
+                for (u, v) in p.2.iter().zip(&q.2) {
+                    assert!(
+                        (u.line_noise_ratio - v.line_noise_ratio).abs() < 1e-10,
+                        "{fs} Hz, {i}: {u:?} vs {v:?}"
+                    );
+                    assert_eq!(u.status, v.status, "{fs} Hz, {i}");
+                }
+            }
+            let last = &a[a.len() - 1].2;
+            if fs > 2.0 {
+                assert!(last[0].line_noise_ratio > 0.5, "{fs}: {last:?}");
+            } else {
+                assert!(
+                    last.iter().all(|q| q.line_noise_ratio == 0.0),
+                    "{fs}: {last:?}"
+                );
+            }
         }
     }
 

@@ -186,6 +186,7 @@ fn features_match_scipy_welch() {
             bands,
             line_hz: num(&case["line_hz"]),
             thresholds: QualityThresholds::default(),
+            unfiltered: false,
         };
         let mut fx = FeatureExtractor::new(fs, ch, &cfg).expect("extractor");
         let mut got: Vec<Emission> = Vec::new();
