@@ -237,15 +237,10 @@ struct Puller {
 
 impl Puller {
     /// Wait for the first sample (at most `timeout` s), then take what is
-    /// already there in one chunked pull, into `values` / `stamps` with
-    /// the stamps on the local LSL clock; the next pull `every` later.
-    fn pull(
-        &mut self,
-        timeout: f64,
-        every: Duration,
-        values: &mut Vec<f32>,
-        stamps: &mut Vec<f64>,
-    ) -> Result<(), SourceError> {
+    /// already there in one chunked pull, into the pull buffers with the
+    /// stamps on the local LSL clock ([`Self::pulled`]); the next pull
+    /// `every` later. Returns the frames pulled.
+    fn pull(&mut self, timeout: f64, every: Duration) -> Result<usize, SourceError> {
         let turn = Instant::now();
         let ch = self.channels;
         let inlet = &mut self.inlet;
@@ -262,17 +257,18 @@ impl Puller {
             })
             .map_err(|e| SourceError::Disconnected(format!("LSL stream {}: {e}", self.describe)))?;
         if pulled == 0 {
-            return Ok(());
+            return Ok(0);
         }
-        values.extend_from_slice(&pv[..pulled * ch]);
-        stamps.extend_from_slice(&ps[..pulled]);
         if let Ok(c) = self.inlet.time_correction(0.0) {
             self.correction = c;
         }
         let now = self.lib.local_clock();
-        let own_clock = self
-            .placer
-            .place(stamps, self.correction, now, &self.describe);
+        let own_clock = self.placer.place(
+            &mut self.stamps[..pulled],
+            self.correction,
+            now,
+            &self.describe,
+        );
         self.last_data = Instant::now();
         // What arrives until the next pull waits in liblsl's buffer, unless
         // the stamps are on another clock (their arrival times place them,
@@ -280,7 +276,12 @@ impl Puller {
         if own_clock {
             self.next_pull = turn + every;
         }
-        Ok(())
+        Ok(pulled)
+    }
+
+    /// The `n` frames of the last pull and their stamps.
+    fn pulled(&self, n: usize) -> (&[f32], &[f64]) {
+        (&self.values[..n * self.channels], &self.stamps[..n])
     }
 
     /// Pull the marker inlet (if any) and send what it has to the sink,
@@ -370,25 +371,50 @@ impl Lsl {
             else {
                 break;
             };
-            for (frame, &t) in values.chunks_exact(self.channels).zip(&stamps) {
-                if let Some(prev) = self.last_stamp {
-                    let dt = t - prev;
-                    if dt > 1.5 * self.period + GAP_SLACK_S {
-                        let missing = (dt / self.period).round() - 1.0;
-                        if missing >= 1.0 {
-                            sink.skip(missing as u64);
-                        }
-                    }
-                }
-                self.last_stamp = Some(t);
-                sink.push_stamped(t - offset, frame);
-            }
+            self.push_frames(sink, &values, &stamps, offset);
             if self.spares.len() < SPARE_CHUNKS {
                 values.clear();
                 stamps.clear();
                 self.spares.push((values, stamps));
             }
         }
+    }
+
+    /// Push frame-major `values` stamped `stamps` (local LSL clock, which
+    /// is `offset` ahead of the sink's) to the sink, with the samples
+    /// their stamps show lost before them.
+    fn push_frames(&mut self, sink: &mut Sink<'_>, values: &[f32], stamps: &[f64], offset: f64) {
+        for (frame, &t) in values.chunks_exact(self.channels).zip(stamps) {
+            if let Some(prev) = self.last_stamp {
+                let dt = t - prev;
+                if dt > 1.5 * self.period + GAP_SLACK_S {
+                    let missing = (dt / self.period).round() - 1.0;
+                    if missing >= 1.0 {
+                        sink.skip(missing as u64);
+                    }
+                }
+            }
+            self.last_stamp = Some(t);
+            sink.push_stamped(t - offset, frame);
+        }
+    }
+
+    /// Hold pulled frames back (for markers, [`MARKER_HOLD`]) in a chunk
+    /// of their own.
+    fn hold(&mut self, values: &[f32], stamps: &[f64]) {
+        let (mut v, mut t) = self.spares.pop().unwrap_or_else(|| {
+            (
+                Vec::with_capacity(64 * self.channels),
+                Vec::with_capacity(64),
+            )
+        });
+        v.extend_from_slice(values);
+        t.extend_from_slice(stamps);
+        self.pending.push_back(Chunk {
+            arrived: Instant::now(),
+            values: v,
+            stamps: t,
+        });
     }
 
     /// One turn of [`Source::read`] on the open puller `p`.
@@ -418,23 +444,24 @@ impl Lsl {
             .saturating_duration_since(Instant::now())
             .as_secs_f64()
             .min(PULL_TIMEOUT);
-        let channels = self.channels;
-        let (mut values, mut stamps) = self
-            .spares
-            .pop()
-            .unwrap_or_else(|| (Vec::with_capacity(64 * channels), Vec::with_capacity(64)));
-        if let Err(e) = p.pull(timeout, every, &mut values, &mut stamps) {
-            self.push_due(sink, true);
-            return Err(e);
-        }
-        if stamps.is_empty() {
-            self.spares.push((values, stamps));
-        } else {
-            self.pending.push_back(Chunk {
-                arrived: Instant::now(),
-                values,
-                stamps,
-            });
+        let n = match p.pull(timeout, every) {
+            Ok(n) => n,
+            Err(e) => {
+                self.push_due(sink, true);
+                return Err(e);
+            }
+        };
+        if n > 0 {
+            let (values, stamps) = p.pulled(n);
+            match self.lib.as_ref() {
+                // Nothing held, nothing to hold for: straight from the
+                // pull buffers to the ring.
+                Some(lib) if all && self.pending.is_empty() => {
+                    let offset = lib.local_clock() - sink.mono_now();
+                    self.push_frames(sink, values, stamps, offset);
+                }
+                _ => self.hold(values, stamps),
+            }
         }
         p.push_markers(sink);
         self.push_due(sink, all);
@@ -531,14 +558,12 @@ impl Source for Lsl {
         // buffer (a read returns between pulls when a chunk held for
         // markers falls due): take it, and the markers, one last time.
         if let Some(mut p) = self.puller.take() {
-            let (mut values, mut stamps) = self.spares.pop().unwrap_or_default();
-            match p.pull(0.0, PULL_EVERY, &mut values, &mut stamps) {
-                Ok(()) if !stamps.is_empty() => self.pending.push_back(Chunk {
-                    arrived: Instant::now(),
-                    values,
-                    stamps,
-                }),
-                Ok(()) => {}
+            match p.pull(0.0, PULL_EVERY) {
+                Ok(n) if n > 0 => {
+                    let (values, stamps) = p.pulled(n);
+                    self.hold(values, stamps);
+                }
+                Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "LSL: no last pull at stop"),
             }
             p.push_markers(sink);
