@@ -14,7 +14,10 @@
 #   `rec.xdf 'name="bench"'`, stopped by Enter on stdin;
 # - CPU = utime + stime (/proc/PID/stat) over the recorder's life, as % of
 #   one core; peak RSS = VmHWM; samples and losses from neuroedge's status
-#   (samples_total, gaps, dropped_samples) / the XDF (pyxdf).
+#   (samples_total, gaps, dropped_samples) / the XDF (pyxdf). neuroedge's
+#   child processes (the python3 that locates pylsl's liblsl at the first
+#   LSL open; none when NEUROEDGE_LSL_LIB names the library) are not in
+#   its figure: their CPU is printed on a line of its own.
 #
 # Needs root (network namespace), python3 with pylsl (and pyxdf for
 # LabRecorder). Usage:
@@ -56,7 +59,7 @@ while [ $# -gt 0 ]; do
     --features-step) FEATURES_STEP=$2; shift 2 ;;
     --together) TOGETHER=1; shift ;;
     --threads) THREADS=1; shift ;;
-    -h|--help) sed -n 2,36p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,40p "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -126,6 +129,10 @@ finish_neuroedge() {
   local pid=$NE_PID d=$NE_DIR
   local tk hwm t1 st threads=""
   tk=$(ticks "$pid"); hwm=$(hwm_kb "$pid"); t1=$(date +%s.%N)
+  # Children's CPU (the python3 that finds pylsl's liblsl at the first
+  # LSL open), not in the process's own figure: told apart.
+  local kids
+  kids=$(awk -v hz="$HZ" '{printf "%.0f", ($16 + $17) * 1000 / hz}' "/proc/$pid/stat")
   if [ "$THREADS" = 1 ]; then
     threads=$(thread_cpu "$pid" "$(python3 -c "print($t1 - $NE_T0)")")
   fi
@@ -142,6 +149,7 @@ print(f"{load:<5} {label:<28} {cpu:10.2f} {int(hwm) / 1024:12.1f} {d.get('sample
       + ("" if d.get("state") == "streaming" else f"  (state {d.get('state')}: {d.get('last_error')})"))
 EOF
   [ -z "$threads" ] || echo "      threads (% of a core):$threads"
+  [ "$kids" = 0 ] || echo "      child processes (not in %core): $kids ms of CPU (python3 finding pylsl's liblsl; none with NEUROEDGE_LSL_LIB)"
 }
 
 start_labrecorder() {
