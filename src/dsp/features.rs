@@ -1354,6 +1354,31 @@ mod tests {
         (x, (0..n).map(|i| i as f64 / fs).collect())
     }
 
+    /// Push the 3-channel rig `x` (stamps `ts`) in uneven blocks (1, 7,
+    /// 130, 33 and 301 frames, in turn: across DFT blocks and ring ends),
+    /// resetting at frame `gap` (a stream gap) if given.
+    fn push_unevenly(
+        fx: &mut FeatureExtractor,
+        x: &[f32],
+        ts: &[f64],
+        gap: Option<usize>,
+        mut each: impl FnMut(&FeatureFrame<'_>),
+    ) {
+        let n = ts.len();
+        let (mut at, mut k) = (0, 0);
+        while at < n {
+            let len = [1, 7, 130, 33, 301][k % 5].min(n - at);
+            if gap.is_some_and(|g| (at..at + len).contains(&g)) {
+                fx.reset();
+            }
+            let r = at * 3..(at + len) * 3;
+            fx.push(&x[r.clone()], &x[r], &ts[at..at + len], &mut each)
+                .expect("push");
+            at += len;
+            k += 1;
+        }
+    }
+
     /// The raw side's line and total power summed directly equal the
     /// FFT's sums, for one segment and several, even and odd lengths,
     /// a rate whose first bin falls below 1 Hz, a line band reaching 0 Hz
@@ -1437,20 +1462,9 @@ mod tests {
             let gap = (fs * 2.1) as usize;
             let collect = |fx: &mut FeatureExtractor| {
                 let mut got = Vec::new();
-                let (mut at, mut k) = (0, 0);
-                while at < n {
-                    let len = [1, 7, 130, 33, 301][k % 5].min(n - at);
-                    if (at..at + len).contains(&gap) {
-                        fx.reset();
-                    }
-                    let r = at * 3..(at + len) * 3;
-                    fx.push(&x[r.clone()], &x[r], &ts[at..at + len], &mut |f| {
-                        got.extend(f.quality.iter().map(|q| (q.line_noise_ratio, q.status)));
-                    })
-                    .expect("push");
-                    at += len;
-                    k += 1;
-                }
+                push_unevenly(fx, &x, &ts, Some(gap), |f| {
+                    got.extend(f.quality.iter().map(|q| (q.line_noise_ratio, q.status)));
+                });
                 got
             };
             let (a, b) = (collect(&mut halves), collect(&mut ring));
@@ -1515,17 +1529,9 @@ mod tests {
             let (x, ts) = mains_rig(fs, line_hz, n);
             let collect = |fx: &mut FeatureExtractor| {
                 let mut got = Vec::new();
-                let (mut at, mut k) = (0, 0);
-                while at < n {
-                    let len = [1, 7, 130, 33, 301][k % 5].min(n - at);
-                    let r = at * 3..(at + len) * 3;
-                    fx.push(&x[r.clone()], &x[r], &ts[at..at + len], &mut |f| {
-                        got.push((f.band_power.to_vec(), f.rms.to_vec(), f.quality.to_vec()));
-                    })
-                    .expect("push");
-                    at += len;
-                    k += 1;
-                }
+                push_unevenly(fx, &x, &ts, None, |f| {
+                    got.push((f.band_power.to_vec(), f.rms.to_vec(), f.quality.to_vec()));
+                });
                 got
             };
             let (a, b) = (collect(&mut one), collect(&mut ring));
