@@ -109,6 +109,15 @@ def run_rig(binary, channels, rate, filters, seconds, warmup, store_filtered):
                 d.kill()
                 d.wait()
             stop_s = time.monotonic() - t
+        # What the daemon warned of (a dropped batch, a slow journal
+        # transaction), so that a drop in the table comes with its cause;
+        # not the new key, nor each batch evicted once the quota is reached
+        # (the runs are longer than the quota holds).
+        log.close()
+        expected = ("generated a new batch key", "evicted for space")
+        with open(f"{root}/daemon.log") as f:
+            warnings = [l.rstrip() for l in f if (" WARN " in l or " ERROR " in l)
+                        and not any(e in l for e in expected)]
         dev0, dev1 = s0["devices"][0], s1["devices"][0]
         wall = w1 - w0
         samples = dev1["samples_total"] - dev0["samples_total"]
@@ -123,9 +132,14 @@ def run_rig(binary, channels, rate, filters, seconds, warmup, store_filtered):
             "dropped": dev1["dropped_samples"] - dev0["dropped_samples"],
             "rss_mib": rss,
             "hwm_mib": hwm,
-            "bytes_per_ch_sample": added / (samples * channels) if samples else None,
+            # Once the quota is reached, old batches make room for new
+            # ones: the file's growth no longer measures what is written.
+            "bytes_per_ch_sample": added / (samples * channels)
+            if samples and s1["journal"]["evicted_batches"] == s0["journal"]["evicted_batches"]
+            else None,
             "stop_s": stop_s,
             "exit": d.returncode,
+            "warnings": warnings,
             "threads": {k: round((v - t0.get(k, 0.0)) / wall, 4)
                         for k, v in sorted(t1.items(), key=lambda kv: -kv[1])
                         if v - t0.get(k, 0.0) > 0},
@@ -170,12 +184,17 @@ def main():
     for r in rows:
         b = r["bytes_per_ch_sample"]
         print(f"{r['rig']:<26}{r['cores']:>7.3f}{r['delivered']:>10.3f}x{r['dropped']:>9}"
-              f"{r['rss_mib']:>9.1f}{r['hwm_mib']:>9.1f}{(b if b else float('nan')):>10.2f}"
+              f"{r['rss_mib']:>9.1f}{r['hwm_mib']:>9.1f}{(f'{b:.2f}' if b else '(quota)'):>10}"
               f"{r['stop_s']:>8.1f}")
     print("cores per thread:")
     for r in rows:
         top = ", ".join(f"{k} {v:.3f}" for k, v in list(r["threads"].items())[:6])
         print(f"  {r['rig']:<24}{top}")
+    for r in rows:
+        if r["warnings"]:
+            print(f"{r['rig']}: the daemon's warnings ({len(r['warnings'])}; the first 10):")
+            for w in r["warnings"][:10]:
+                print(f"  {w}")
 
 
 if __name__ == "__main__":

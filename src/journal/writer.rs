@@ -61,6 +61,10 @@ const AUDITS_QUEUED: usize = 1024;
 /// costing more than its work.)
 const IDLE_WAIT: Duration = Duration::from_secs(5);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
+/// A transaction longer than this is logged (a warning with where the
+/// time went): while it lasts, batches wait in memory, and a stall longer
+/// than the queue's [`QUEUE_SECONDS`] drops them.
+const SLOW_TRANSACTION: Duration = Duration::from_secs(1);
 /// How long shutdown keeps retrying a failing commit before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -707,6 +711,7 @@ impl Writer {
             now,
             compressor: &mut self.compressor,
         };
+        let started = Instant::now();
         for b in self.queue.iter().take(n) {
             commit_batch(&tx, &mut sealer, b, &self.cursors, &mut t)?;
         }
@@ -714,11 +719,24 @@ impl Writer {
         for ev in &t.audits {
             insert_audit(&tx, ev)?;
         }
+        let written = started.elapsed();
         if let Err(e) = tx.commit() {
             // The commit itself failed (e.g. its sync): it may or may not
             // be on disk. Decided after reopening (`reopen_and_recheck`).
             self.uncertain = Some(t);
             return Err(e);
+        }
+        let took = started.elapsed();
+        if took > SLOW_TRANSACTION {
+            tracing::warn!(
+                seconds = took.as_secs_f64(),
+                sealing_and_writing_s = written.as_secs_f64(),
+                commit_s = (took - written).as_secs_f64(),
+                batches = n,
+                evicted = t.evicted.len(),
+                queued_bytes = self.queue_bytes,
+                "slow journal transaction (the commit is its sync and any WAL checkpoint); batches wait in memory meanwhile"
+            );
         }
         self.after_commit(t);
         Ok(())
