@@ -1,10 +1,15 @@
 //! Batch keys: key files, key ids, AES-256-GCM seal/open. Nothing else in the
 //! crate sees key bytes, and no key material is ever formatted or logged.
+//!
+//! AES-256-GCM is `ring`'s (already the TLS provider's): its AES-NI + CLMUL
+//! (x86-64) and AES + PMULL (aarch64) code sealed 16 MiB at 6.3–6.8 GB/s on
+//! the 2-core VM of docs/performance.md, where the RustCrypto `aes-gcm`
+//! crate used before sealed 1.2 GB/s. The bytes are the same: GCM is one
+//! standard (the tests open with the Python `cryptography` package).
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use rand::RngCore;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
@@ -44,7 +49,7 @@ pub enum SealError {
 #[derive(Clone)]
 pub struct BatchKey {
     id: String,
-    cipher: Aes256Gcm,
+    cipher: LessSafeKey,
 }
 
 impl std::fmt::Debug for BatchKey {
@@ -61,7 +66,10 @@ impl BatchKey {
         let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         BatchKey {
             id,
-            cipher: Aes256Gcm::new(bytes.into()),
+            // A 32-byte key is AES-256's length: cannot fail.
+            cipher: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, bytes).expect("a 32-byte key for AES-256-GCM"),
+            ),
         }
     }
 
@@ -81,14 +89,7 @@ impl BatchKey {
     /// Encrypt `body` in place (the tag is appended): no copy of a large
     /// batch. Returns the fresh random nonce.
     pub fn seal_in_place(&self, aad: &[u8], body: &mut Vec<u8>) -> Result<[u8; 12], SealError> {
-        use aes_gcm::aead::AeadInPlace;
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        // Only fails for inputs over 64 GiB.
-        self.cipher
-            .encrypt_in_place(Nonce::from_slice(&nonce), aad, body)
-            .map_err(|_| SealError::TooLarge)?;
-        Ok(nonce)
+        self.seal_in_place_from(aad, body, 0)
     }
 
     /// [`BatchKey::seal_in_place`] for `buf[start..]` (the bytes before
@@ -99,33 +100,25 @@ impl BatchKey {
         buf: &mut Vec<u8>,
         start: usize,
     ) -> Result<[u8; 12], SealError> {
-        use aes_gcm::aead::AeadInPlace;
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let nonce = fresh_nonce();
         let start = start.min(buf.len());
         // Only fails for inputs over 64 GiB.
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf[start..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf[start..],
+            )
             .map_err(|_| SealError::TooLarge)?;
-        buf.extend_from_slice(&tag);
+        buf.extend_from_slice(tag.as_ref());
         Ok(nonce)
     }
 
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<([u8; 12], Vec<u8>), SealError> {
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        // Only fails for inputs over 64 GiB.
-        let ct = self
-            .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .map_err(|_| SealError::TooLarge)?;
+        let mut ct = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        ct.extend_from_slice(plaintext);
+        let nonce = self.seal_in_place(aad, &mut ct)?;
         Ok((nonce, ct))
     }
 
@@ -135,16 +128,30 @@ impl BatchKey {
         aad: &[u8],
         ciphertext: &[u8],
     ) -> Result<Vec<u8>, SealError> {
-        self.cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad,
-                },
+        let mut buf = ciphertext.to_vec();
+        let n = self
+            .cipher
+            .open_in_place(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                &mut buf,
             )
-            .map_err(|_| SealError::Auth)
+            .map_err(|_| SealError::Auth)?
+            .len();
+        buf.truncate(n);
+        Ok(buf)
     }
+}
+
+/// GCM's tag, appended to the ciphertext.
+const TAG_LEN: usize = 16;
+
+/// A fresh random 96-bit nonce (one per sealed batch: random nonces stay
+/// unique with overwhelming probability far beyond a journal's lifetime).
+fn fresh_nonce() -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    nonce
 }
 
 /// The current key plus older keys, looked up by id.
