@@ -5,14 +5,16 @@
 //!   generator, which feeds the daemon's high-density runs) beside
 //!   `widen_f32_to_f64` (one pass over the same samples: what touching the
 //!   data costs at all);
-//! - `seal_v2_raw` (the default journal) beside `seal_v1_raw_filtered` (what
-//!   the journal did before) and `zstd3_plain_raw` (compressing the raw bytes
+//! - `seal_v2_raw` (the default journal's format, a context made for the
+//!   batch) and `seal_v2_raw_kept` (a context kept from batch to batch, as
+//!   the journal writer seals) beside `seal_v1_raw_filtered` (what the
+//!   journal did before) and `zstd3_plain_raw` (compressing the raw bytes
 //!   the old way, without sealing).
 //!
 //! Read the ratios, not the absolute times: `cargo bench --bench highdensity`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use neuroedge::batch::{seal, BatchData, BatchFormat, SealParams};
+use neuroedge::batch::{seal, seal_with, BatchData, BatchFormat, Compressor, SealParams};
 use neuroedge::crypto::BatchKey;
 use neuroedge::dsp::features::{FeatureConfig, FeatureExtractor};
 use neuroedge::dsp::filter_bank::FilterBank;
@@ -119,6 +121,12 @@ fn bench(c: &mut Criterion) {
     };
     g.bench_function("seal_v2_raw", |b| {
         b.iter(|| black_box(seal(&key, &params(BatchFormat::V2), &batch).map(|e| e.0.len())))
+    });
+    let mut z = Compressor::new();
+    g.bench_function("seal_v2_raw_kept", |b| {
+        b.iter(|| {
+            black_box(seal_with(&mut z, &key, &params(BatchFormat::V2), &batch).map(|e| e.0.len()))
+        })
     });
     g.bench_function("seal_v1_raw_filtered", |b| {
         b.iter(|| black_box(seal(&key, &params(BatchFormat::V1), &both).map(|e| e.0.len())))

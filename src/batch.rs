@@ -24,19 +24,18 @@ pub const CIPHER: &str = "AES-256-GCM";
 /// zstd level: on byte-shuffled samples level 1 compresses as well as 3
 /// (2.37 vs 2.37 bytes per value at 384 ch x 30 kHz) and 1.6x faster.
 const ZSTD_LEVEL: i32 = 1;
-/// zstd's window at `ZSTD_LEVEL` when the input's size is not given, as
-/// here (the plaintext is streamed in): 512 KiB.
+/// zstd's window at `ZSTD_LEVEL` for inputs over 256 KiB: 512 KiB.
 const ZSTD_DEFAULT_WINDOW_LOG: u32 = 19;
 /// zstd's smallest window (`ZSTD_WINDOWLOG_MIN`).
 const ZSTD_MIN_WINDOW_LOG: u32 = 10;
 
 /// The window for a plaintext of about `bytes`: the power of two that
-/// holds it all, at most zstd's default. A streaming compressor buffers a
-/// whole window and sizes its block buffers from it; at the default an
-/// 8-channel batch of ~20 KB made zstd allocate 1.4 MB for every batch
-/// (heaptrack of the idle default run: the largest peak, kept resident by
-/// the allocator). A smaller window changes nothing for an input that fits
-/// in it, and any zstd decoder reads it.
+/// holds it all, at most zstd's default. When the plaintext was streamed
+/// in, zstd buffered a whole window and sized its block buffers from it;
+/// at the default an 8-channel batch of ~20 KB made zstd allocate 1.4 MB
+/// for every batch (heaptrack of the idle default run). A smaller window
+/// changes nothing for an input that fits in it, any zstd decoder reads
+/// it, and the frame tells decoders how much to allocate.
 fn zstd_window_log(bytes: usize) -> u32 {
     let log = usize::BITS - bytes.max(1).saturating_sub(1).leading_zeros();
     log.clamp(ZSTD_MIN_WINDOW_LOG, ZSTD_DEFAULT_WINDOW_LOG)
@@ -353,32 +352,17 @@ fn cbor_head(w: &mut impl Write, major: u8, n: u64) -> std::io::Result<()> {
     }
 }
 
-/// The buffer that gathers [`write_plaintext`]'s small writes before
-/// they reach zstd (the sample chunks of [`write_samples`] are larger).
-const SMALL_WRITES: usize = 16 * 1024;
-
-/// Write `v` as one CBOR byte string of f32 little-endian values, plain
-/// (v1) or byte-shuffled (v2: byte `j` of value `i` at `j * n + i`),
-/// through a small buffer: a large batch is never copied whole.
-fn write_samples(w: &mut impl Write, v: &[f32], format: BatchFormat) -> std::io::Result<()> {
-    const CHUNK: usize = 16 * 1024;
-    cbor_head(w, 2, v.len() as u64 * 4)?;
-    let mut buf = Vec::with_capacity(CHUNK * 4);
+/// Append `v` to `out` as one CBOR byte string of f32 little-endian
+/// values, plain (v1) or byte-shuffled (v2: byte `j` of value `i` at
+/// `j * n + i`), in place: no copy of the batch's samples beyond this one.
+fn write_samples(out: &mut Vec<u8>, v: &[f32], format: BatchFormat) -> std::io::Result<()> {
+    cbor_head(out, 2, v.len() as u64 * 4)?;
+    out.reserve(v.len() * 4);
     match format {
-        BatchFormat::V1 => {
-            for chunk in v.chunks(CHUNK) {
-                buf.clear();
-                buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
-                w.write_all(&buf)?;
-            }
-        }
+        BatchFormat::V1 => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
         BatchFormat::V2 => {
             for j in 0..4 {
-                for chunk in v.chunks(CHUNK * 4) {
-                    buf.clear();
-                    buf.extend(chunk.iter().map(|x| x.to_le_bytes()[j]));
-                    w.write_all(&buf)?;
-                }
+                out.extend(v.iter().map(|x| x.to_le_bytes()[j]));
             }
         }
     }
@@ -422,14 +406,21 @@ fn opt_u32(v: Option<u32>) -> Value {
 /// `filtered` only when the batch carries it; v1 always writes it ([`seal`]
 /// refuses a v1 batch without it).
 pub fn encode_plaintext(b: &BatchData, format: BatchFormat) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(plaintext_estimate(b));
     // Writing into a Vec cannot fail.
     let _ = write_plaintext(&mut out, b, format);
     out
 }
 
-/// [`encode_plaintext`] into a writer (the sealer's zstd stream).
-fn write_plaintext(w: &mut impl Write, b: &BatchData, format: BatchFormat) -> std::io::Result<()> {
+/// About the size of `b`'s plaintext: its samples, their stamps (8 bytes
+/// each) and room for the features, markers and framing. Reserved ahead,
+/// so that a large batch's buffer is not grown (and copied) as it fills.
+fn plaintext_estimate(b: &BatchData) -> usize {
+    (b.raw.len() + b.filtered.len()) * 4 + b.n_samples() * 8 + 16 * 1024
+}
+
+/// [`encode_plaintext`] appended to `w` (the sealer keeps one buffer for it).
+fn write_plaintext(w: &mut Vec<u8>, b: &BatchData, format: BatchFormat) -> std::io::Result<()> {
     let f = &b.filter;
     let mut filter = vec![
         (text("highpass_hz"), opt_f64(f.highpass_hz)),
@@ -592,17 +583,31 @@ fn envelope_head_len(header_len: usize, body_guess: usize) -> usize {
 }
 
 /// What sealing keeps from one batch to the next: zstd's compression
-/// context. A context made for each batch allocated zstd's tables and
-/// cleared them every time (callgrind, journal thread of the daemon at
-/// 8 ch × 250 Hz: `ZSTD_resetCCtx_internal` 16 % of its instructions); a
-/// kept one is reset for each frame without that. Its tables stay sized
-/// for the largest window sealed so far (see [`zstd_window_log`]).
-pub struct Compressor(zstd::zstd_safe::CCtx<'static>);
+/// context and the buffer the plaintext is written into. A context made
+/// for each batch allocated zstd's tables and cleared them every time
+/// (callgrind, journal thread of the daemon at 8 ch × 250 Hz:
+/// `ZSTD_resetCCtx_internal` 16 % of its instructions); a kept one is
+/// reset for each frame without that. The plaintext is compressed in one
+/// call, whole: streamed in, it passed through zstd's circular window
+/// buffer, and once that wrapped (every 512 KiB) zstd ran its slower
+/// "external dictionary" match finder for the rest of the batch (perf at
+/// 1024 ch × 30 kHz: 4.4 % of all samples there against 1.5 % in the
+/// plain one), after copying every byte into that buffer. The kept
+/// buffer is as large as the largest plaintext so far (16 MiB at high
+/// density, a few KiB at 8 ch × 250 Hz); zstd no longer keeps a window
+/// buffer of its own.
+pub struct Compressor {
+    cctx: zstd::zstd_safe::CCtx<'static>,
+    plain: Vec<u8>,
+}
 
 impl Compressor {
     /// A fresh context (allocates on first use).
     pub fn new() -> Self {
-        Compressor(zstd::zstd_safe::CCtx::create())
+        Compressor {
+            cctx: zstd::zstd_safe::CCtx::create(),
+            plain: Vec::new(),
+        }
     }
 }
 
@@ -654,43 +659,20 @@ pub fn seal_with(
     };
     let header_bytes = serde_json::to_vec(&header)?;
     // One buffer holds the envelope: room for the envelope map's head,
-    // then the plaintext streamed into zstd right behind it, encrypted in
-    // place, the head written into the room. A batch's samples are never
-    // held twice more, nor copied after compression.
+    // then the compressed plaintext right behind it, encrypted in place,
+    // the head written into the room. A batch's samples are held once
+    // more (the plaintext, in a buffer kept for the next batch) and never
+    // copied after compression.
     let plain_bytes = (b.raw.len() + b.filtered.len()) * 4;
     let room = envelope_head_len(header_bytes.len(), plain_bytes / 2);
-    // Capacity for the worst case (zstd's bound; the tag): the buffer
-    // never grows, so it is never copied; pages zstd does not fill are
-    // never touched (growing from an estimate was a quarter of the journal
-    // thread's page faults at 384 ch x 30 kHz).
-    let body = if p.compress {
-        zstd::zstd_safe::compress_bound(plain_bytes)
-    } else {
-        plain_bytes
-    };
-    let mut out = Vec::with_capacity(room + body + 64);
-    out.resize(room, 0);
+    let mut out = Vec::new();
     if p.compress {
-        let mut z = zstd::stream::Encoder::with_context(&mut out, &mut z.0);
-        z.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(ZSTD_LEVEL))
-            .map_err(BatchError::Zstd)?;
-        // The samples, their stamps (8 bytes each) and room for the
-        // features, markers and framing.
-        let approx = plain_bytes + b.n_samples() * 8 + 16 * 1024;
-        z.window_log(zstd_window_log(approx))
-            .map_err(BatchError::Zstd)?;
-        // ciborium writes the small entries a few bytes at a time, and
-        // each write into the encoder is a `ZSTD_compressStream` call:
-        // they are gathered first (sealing at 64 ch × 2 kHz, callgrind:
-        // 13 % fewer instructions). The samples' 64-KiB chunks pass
-        // straight through.
-        let mut gathered = std::io::BufWriter::with_capacity(SMALL_WRITES, &mut z);
-        write_plaintext(&mut gathered, b, p.format).map_err(BatchError::Zstd)?;
-        gathered.flush().map_err(BatchError::Zstd)?;
-        drop(gathered);
-        z.finish().map_err(BatchError::Zstd)?;
+        compress_into(z, &mut out, room, b, p.format)?;
     } else {
-        out.extend_from_slice(&encode_plaintext(b, p.format));
+        let plain = encode_plaintext(b, p.format);
+        out.reserve_exact(room + plain.len() + TAG_ROOM);
+        out.resize(room, 0);
+        out.extend_from_slice(&plain);
     }
     let nonce = key.seal_in_place_from(&header_bytes, &mut out, room)?;
     let mut head = Vec::with_capacity(room + 8);
@@ -709,6 +691,45 @@ pub fn seal_with(
         out.splice(..room, head);
     }
     Ok((out, header))
+}
+
+/// Room left after a body for the cipher's tag.
+const TAG_ROOM: usize = 64;
+
+/// Write `b`'s plaintext into `z`'s buffer and compress it into `out`
+/// after `room` bytes, as one zstd frame that states its size.
+fn compress_into(
+    z: &mut Compressor,
+    out: &mut Vec<u8>,
+    room: usize,
+    b: &BatchData,
+    format: BatchFormat,
+) -> Result<(), BatchError> {
+    let zerr = |code: usize| {
+        BatchError::Zstd(std::io::Error::other(zstd::zstd_safe::get_error_name(code)))
+    };
+    z.plain.clear();
+    z.plain.reserve(plaintext_estimate(b));
+    // Writing into a Vec cannot fail.
+    let _ = write_plaintext(&mut z.plain, b, format);
+    use zstd::zstd_safe::CParameter;
+    z.cctx
+        .set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL))
+        .map_err(zerr)?;
+    z.cctx
+        .set_parameter(CParameter::WindowLog(zstd_window_log(z.plain.len())))
+        .map_err(zerr)?;
+    // Capacity for the worst case (zstd's bound; the tag): the buffer
+    // never grows, so it is never copied; pages zstd does not fill are
+    // never touched (growing from an estimate was a quarter of the journal
+    // thread's page faults at 384 ch x 30 kHz).
+    let bound = zstd::zstd_safe::compress_bound(z.plain.len());
+    out.reserve_exact(room + bound + TAG_ROOM);
+    out.resize(room, 0);
+    let mut dst = std::io::Cursor::new(&mut *out);
+    dst.set_position(room as u64);
+    z.cctx.compress2(&mut dst, &z.plain).map_err(zerr)?;
+    Ok(())
 }
 
 fn map_get<'a>(m: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {

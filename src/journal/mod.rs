@@ -11,6 +11,7 @@
 //!   own connections.
 
 pub mod config;
+mod evictions;
 pub mod inspect;
 mod page_cache;
 pub mod reader;

@@ -10,6 +10,7 @@
 //! as counted gaps rather than block.
 
 use super::config::WhenFull;
+use super::evictions::{self, Deleted, EvictionLog};
 use super::page_cache::{PageCache, RELEASE_EVERY_BYTES};
 use super::{
     insert_audit, AuditEvent, DeviceCursor, Journal, JournalShared, JournalState, RowState,
@@ -281,6 +282,7 @@ pub fn spawn_writer(
         page_cache: PageCache::for_journal(journal.path(), cfg.max_bytes),
         rates: HashMap::new(),
         compressor: Compressor::new(),
+        evictions: EvictionLog::default(),
         unreleased: 0,
         journal,
         keyring,
@@ -416,6 +418,8 @@ struct Writer {
     rates: HashMap<String, f64>,
     /// zstd's context, kept for every batch sealed.
     compressor: Compressor,
+    /// Evictions not logged yet.
+    evictions: EvictionLog,
 }
 
 impl Drop for Writer {
@@ -749,7 +753,16 @@ impl Writer {
         self.marks.drain(..t.marks_taken.min(self.marks.len()));
         self.cursors.extend(t.cursors);
         self.total_bytes = t.total;
-        let evicted_pending = log_evictions(&t.evicted);
+        let deleted = t.evicted.iter().map(|e| Deleted {
+            device_id: &e.device_id,
+            seq: e.seq,
+            n_samples: e.n_samples,
+            uploaded: e.state == RowState::Uploaded,
+        });
+        for line in self.evictions.record(deleted, Instant::now()) {
+            evictions::log(&line);
+        }
+        let evicted_pending = pending_evicted(&t.evicted);
         let evicted_unsent = t
             .evicted
             .iter()
@@ -849,6 +862,9 @@ impl Writer {
     }
 
     fn close(&mut self) {
+        if let Some(line) = self.evictions.finish(Instant::now()) {
+            evictions::log(&line);
+        }
         let ev = AuditEvent::new(
             "journal_closed",
             None,
@@ -1080,22 +1096,12 @@ fn audit_evictions(t: &mut Tally) {
     }
 }
 
-/// Log each eviction (an unsent batch lost is an ERROR: data loss); returns
-/// the (count, bytes) of evicted rows that were still pending.
-fn log_evictions(evicted: &[Evicted]) -> (u64, u64) {
-    let mut pending = (0u64, 0u64);
-    for e in evicted {
-        if e.state == RowState::Pending {
-            pending.0 += 1;
-            pending.1 += e.size as u64;
-        }
-        if e.state == RowState::Uploaded {
-            tracing::info!(device = %e.device_id, seq = e.seq, "uploaded batch deleted for space");
-        } else {
-            tracing::error!(device = %e.device_id, seq = e.seq, samples = e.n_samples, "UNSENT batch evicted for space (when_full = drop_oldest)");
-        }
-    }
-    pending
+/// The (count, bytes) of evicted rows that were still pending.
+fn pending_evicted(evicted: &[Evicted]) -> (u64, u64) {
+    evicted
+        .iter()
+        .filter(|e| e.state == RowState::Pending)
+        .fold((0, 0), |(n, b), e| (n + 1, b + e.size as u64))
 }
 
 #[cfg(test)]
