@@ -674,6 +674,7 @@ fn quota_evicts_oldest_counted_and_audited() {
         s["journal"]["evicted_batches"].as_u64() >= Some(2)
     });
     assert!(s["journal"]["total_bytes"].as_u64() <= Some(2 * 1024 * 1024));
+    let log_path = d.log.clone();
     assert_eq!(d.terminate(), 0);
     let batches = journal_batches(&env);
     // Remaining rows are the newest; seq is contiguous above the evicted ones.
@@ -692,6 +693,18 @@ fn quota_evicts_oldest_counted_and_audited() {
         )
         .unwrap();
     assert_eq!(evicted as u64, seqs[0], "every evicted batch audited");
+    // The log names the first eviction and sums up the rest (at shutdown,
+    // as the run is shorter than the summary's minute), one line each.
+    let log = std::fs::read_to_string(log_path).unwrap();
+    let lines = |what: &str| log.lines().filter(|l| l.contains(what)).collect::<Vec<_>>();
+    assert_eq!(lines("UNSENT batch evicted for space").len(), 1, "{log}");
+    let summary = lines("more UNSENT batches evicted for space");
+    assert_eq!(summary.len(), 1, "{log}");
+    assert!(
+        summary[0].contains(&format!("batches={}", evicted - 1)),
+        "{}",
+        summary[0]
+    );
 }
 
 /// A real full disk: the journal on a small tmpfs. Needs root (CI runs as root).
