@@ -361,12 +361,31 @@ fn write_samples(out: &mut Vec<u8>, v: &[f32], format: BatchFormat) -> std::io::
     match format {
         BatchFormat::V1 => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
         BatchFormat::V2 => {
-            for j in 0..4 {
-                out.extend(v.iter().map(|x| x.to_le_bytes()[j]));
-            }
+            let start = out.len();
+            out.resize(start + v.len() * 4, 0);
+            let (p0, rest) = out[start..].split_at_mut(v.len());
+            let (p1, rest) = rest.split_at_mut(v.len());
+            let (p2, p3) = rest.split_at_mut(v.len());
+            shuffle_f32([p0, p1, p2, p3], v);
         }
     }
     Ok(())
+}
+
+/// Byte `j` of each of `v`'s little-endian values into `planes[j]`, in
+/// one pass (four passes, one per byte, each extracting a byte per value,
+/// were 2.9 % of all samples of `neuroedge bench` at 1024 ch).
+#[multiversion::multiversion(targets = "simd")]
+fn shuffle_f32([p0, p1, p2, p3]: [&mut [u8]; 4], v: &[f32]) {
+    let n = v.len();
+    let (p0, p1, p2, p3) = (&mut p0[..n], &mut p1[..n], &mut p2[..n], &mut p3[..n]);
+    for i in 0..n {
+        let b = v[i].to_bits();
+        p0[i] = b as u8;
+        p1[i] = (b >> 8) as u8;
+        p2[i] = (b >> 16) as u8;
+        p3[i] = (b >> 24) as u8;
+    }
 }
 
 /// The inverse of the v2 shuffle of [`write_samples`]; `None` when the length is not a
@@ -1220,6 +1239,34 @@ mod tests {
         };
         let e = decode_plaintext(&encode_plaintext(&b, BatchFormat::V2), &h).unwrap_err();
         assert!(e.to_string().contains("neuroedge.batch.v9"), "{e}");
+    }
+
+    #[test]
+    fn the_shuffle_puts_byte_j_of_value_i_at_j_n_plus_i_at_any_length() {
+        for n in [0usize, 1, 7, 31, 33, 64, 1001] {
+            let v: Vec<f32> = (0..n)
+                .map(|i| f32::from_bits((i as u32).wrapping_mul(0x9E37_79B9) ^ 0x8040_2010))
+                .collect();
+            let mut out = Vec::new();
+            write_samples(&mut out, &v, BatchFormat::V2).unwrap();
+            let Value::Bytes(got) = ciborium::from_reader(out.as_slice()).unwrap() else {
+                panic!("not a byte string")
+            };
+            assert_eq!(got.len(), 4 * n);
+            for (i, x) in v.iter().enumerate() {
+                for (j, byte) in x.to_le_bytes().into_iter().enumerate() {
+                    assert_eq!(got[j * n + i], byte, "n {n} value {i} byte {j}");
+                }
+            }
+            assert_eq!(
+                unshuffle_f32(&got)
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect::<Vec<_>>(),
+                v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]
