@@ -352,29 +352,45 @@ fn cbor_head(w: &mut impl Write, major: u8, n: u64) -> std::io::Result<()> {
     }
 }
 
-/// Append `v` to `out` as one CBOR byte string of f32 little-endian
-/// values, plain (v1) or byte-shuffled (v2: byte `j` of value `i` at
-/// `j * n + i`), in place: no copy of the batch's samples beyond this one.
-fn write_samples(out: &mut Vec<u8>, v: &[f32], format: BatchFormat) -> std::io::Result<()> {
-    cbor_head(out, 2, v.len() as u64 * 4)?;
-    out.reserve(v.len() * 4);
+/// The plaintext's writer: a buffer kept from batch to batch, overwritten
+/// from the start and grown only past what it held before, so that its
+/// bytes are zeroed once rather than for every batch.
+type PlainWriter<'a> = std::io::Cursor<&'a mut Vec<u8>>;
+
+/// Write `v` as one CBOR byte string of f32 little-endian values, plain
+/// (v1) or byte-shuffled (v2: byte `j` of value `i` at `j * n + i`),
+/// straight into the buffer: no copy of the batch's samples beyond this
+/// one.
+fn write_samples(w: &mut PlainWriter, v: &[f32], format: BatchFormat) -> std::io::Result<()> {
+    cbor_head(w, 2, v.len() as u64 * 4)?;
+    let start = w.position() as usize;
+    let end = start + v.len() * 4;
+    let buf = w.get_mut();
+    if buf.len() < end {
+        buf.resize(end, 0);
+    }
+    let dst = &mut buf[start..end];
     match format {
-        BatchFormat::V1 => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+        BatchFormat::V1 => {
+            for (d, x) in dst.chunks_exact_mut(4).zip(v) {
+                d.copy_from_slice(&x.to_le_bytes());
+            }
+        }
         BatchFormat::V2 => {
-            let start = out.len();
-            out.resize(start + v.len() * 4, 0);
-            let (p0, rest) = out[start..].split_at_mut(v.len());
+            let (p0, rest) = dst.split_at_mut(v.len());
             let (p1, rest) = rest.split_at_mut(v.len());
             let (p2, p3) = rest.split_at_mut(v.len());
             shuffle_f32([p0, p1, p2, p3], v);
         }
     }
+    w.set_position(end as u64);
     Ok(())
 }
 
 /// Byte `j` of each of `v`'s little-endian values into `planes[j]`, in
 /// one pass (four passes, one per byte, each extracting a byte per value,
-/// were 2.9 % of all samples of `neuroedge bench` at 1024 ch).
+/// were 2.9 % of all samples of `neuroedge bench` at 1024 ch; this one
+/// and zeroing the buffer for it each ~1 %).
 #[multiversion::multiversion(targets = "simd")]
 fn shuffle_f32([p0, p1, p2, p3]: [&mut [u8]; 4], v: &[f32]) {
     let n = v.len();
@@ -427,7 +443,7 @@ fn opt_u32(v: Option<u32>) -> Value {
 pub fn encode_plaintext(b: &BatchData, format: BatchFormat) -> Vec<u8> {
     let mut out = Vec::with_capacity(plaintext_estimate(b));
     // Writing into a Vec cannot fail.
-    let _ = write_plaintext(&mut out, b, format);
+    let _ = write_plaintext(&mut PlainWriter::new(&mut out), b, format);
     out
 }
 
@@ -439,7 +455,7 @@ fn plaintext_estimate(b: &BatchData) -> usize {
 }
 
 /// [`encode_plaintext`] appended to `w` (the sealer keeps one buffer for it).
-fn write_plaintext(w: &mut Vec<u8>, b: &BatchData, format: BatchFormat) -> std::io::Result<()> {
+fn write_plaintext(w: &mut PlainWriter, b: &BatchData, format: BatchFormat) -> std::io::Result<()> {
     let f = &b.filter;
     let mut filter = vec![
         (text("highpass_hz"), opt_f64(f.highpass_hz)),
@@ -727,27 +743,30 @@ fn compress_into(
     let zerr = |code: usize| {
         BatchError::Zstd(std::io::Error::other(zstd::zstd_safe::get_error_name(code)))
     };
-    z.plain.clear();
-    z.plain.reserve(plaintext_estimate(b));
+    z.plain
+        .reserve(plaintext_estimate(b).saturating_sub(z.plain.len()));
+    let mut w = PlainWriter::new(&mut z.plain);
     // Writing into a Vec cannot fail.
-    let _ = write_plaintext(&mut z.plain, b, format);
+    let _ = write_plaintext(&mut w, b, format);
+    let len = w.position() as usize;
+    let plain = &z.plain[..len];
     use zstd::zstd_safe::CParameter;
     z.cctx
         .set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL))
         .map_err(zerr)?;
     z.cctx
-        .set_parameter(CParameter::WindowLog(zstd_window_log(z.plain.len())))
+        .set_parameter(CParameter::WindowLog(zstd_window_log(plain.len())))
         .map_err(zerr)?;
     // Capacity for the worst case (zstd's bound; the tag): the buffer
     // never grows, so it is never copied; pages zstd does not fill are
     // never touched (growing from an estimate was a quarter of the journal
     // thread's page faults at 384 ch x 30 kHz).
-    let bound = zstd::zstd_safe::compress_bound(z.plain.len());
+    let bound = zstd::zstd_safe::compress_bound(plain.len());
     out.reserve_exact(room + bound + TAG_ROOM);
     out.resize(room, 0);
     let mut dst = std::io::Cursor::new(&mut *out);
     dst.set_position(room as u64);
-    z.cctx.compress2(&mut dst, &z.plain).map_err(zerr)?;
+    z.cctx.compress2(&mut dst, plain).map_err(zerr)?;
     Ok(())
 }
 
@@ -1153,6 +1172,34 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_compressor_seals_each_batch_alone_larger_or_smaller() {
+        let key = BatchKey::from_bytes(&[3u8; 32]);
+        let ring = Keyring::new(BatchKey::from_bytes(&[3u8; 32]));
+        let p = SealParams {
+            batch_id: "id".into(),
+            site_id: "lab",
+            node_id: "pi",
+            seq: 0,
+            created_at: 0.0,
+            compress: true,
+            format: BatchFormat::V2,
+        };
+        let sized = |n: usize| {
+            let mut b = sample_batch();
+            b.timestamps = (0..n).map(|i| i as f64).collect();
+            b.raw = (0..2 * n).map(|i| i as f32 * 0.5).collect();
+            b.filtered = (0..2 * n).map(|i| -(i as f32)).collect();
+            b
+        };
+        let mut z = Compressor::new();
+        for n in [5000, 3, 0, 7000, 4999] {
+            let b = sized(n);
+            let (env, _) = seal_with(&mut z, &key, &p, &b).unwrap();
+            assert_eq!(open(&ring, &env).unwrap().1, b, "{n} samples");
+        }
+    }
+
+    #[test]
     fn cbor_heads_match_ciborium() {
         for n in [
             0u64,
@@ -1247,8 +1294,13 @@ mod tests {
             let v: Vec<f32> = (0..n)
                 .map(|i| f32::from_bits((i as u32).wrapping_mul(0x9E37_79B9) ^ 0x8040_2010))
                 .collect();
-            let mut out = Vec::new();
-            write_samples(&mut out, &v, BatchFormat::V2).unwrap();
+            // Over a buffer that held more before: what it held is
+            // overwritten, and the position says where the string ends.
+            let mut out = vec![0xAA; 3 * n + 10];
+            let mut w = PlainWriter::new(&mut out);
+            write_samples(&mut w, &v, BatchFormat::V2).unwrap();
+            let end = w.position() as usize;
+            out.truncate(end);
             let Value::Bytes(got) = ciborium::from_reader(out.as_slice()).unwrap() else {
                 panic!("not a byte string")
             };
