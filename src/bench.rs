@@ -44,8 +44,9 @@ pub struct BenchArgs<'a> {
     /// Seal the filtered signal too (`[journal] store = ["raw", "filtered"]`);
     /// the default journal stores raw only.
     pub store_filtered: bool,
-    /// The journals' SQLite page size, KiB (`[journal] page_size_kib`).
-    pub journal_page_kib: u32,
+    /// The journals' SQLite page size, KiB (`[journal] page_size_kib`);
+    /// `None`: what the daemon chooses for a device of this rate.
+    pub journal_page_kib: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +69,8 @@ pub struct BenchReport {
     pub sealed_bytes_per_ch_sample: Option<f64>,
     /// Whether the batches carried the filtered signal.
     pub store_filtered: bool,
+    /// The journals' page size, KiB.
+    pub journal_page_kib: u32,
 }
 
 /// Timed passes of the in-memory stages; the best one counts.
@@ -403,12 +406,13 @@ fn bench_end_to_end(
     dir: &Path,
     key: &BatchKey,
     args: &BenchArgs,
+    page_kib: u32,
 ) -> Result<(f64, u64), String> {
     let seconds = args.seconds;
     progress(&format!(
         "end to end: the real runner for {seconds} s, unpaced"
     ));
-    let w = open_writer(dir, "e2e.db", key, args.journal_page_kib)?;
+    let w = open_writer(dir, "e2e.db", key, page_kib)?;
     let tx = w.sender();
     let cfg = DeviceConfig {
         file: "bench".into(),
@@ -503,11 +507,14 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         sealed_bytes = Some(bytes as f64 / ch_samples);
     }
     let tmp = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
+    let page_kib = args
+        .journal_page_kib
+        .unwrap_or_else(|| crate::journal::config::auto_page_kib(channels as f64 * rate));
     if want(Stage::Journal) {
         let spent = bench_journal(
             tmp.path(),
             &key,
-            args.journal_page_kib,
+            page_kib,
             batches(&s, &inp, stored, &filter_desc),
         )?;
         record("journal", "journal (seal + commit, sync full)", spent);
@@ -522,7 +529,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         peak_rss_bytes() as f64 / 1048576.0
     ));
     let (end_to_end, dropped) = if args.stage == Stage::All {
-        let (r, dropped) = bench_end_to_end(&s, tmp.path(), &key, args)?;
+        let (r, dropped) = bench_end_to_end(&s, tmp.path(), &key, args, page_kib)?;
         progress(&format!(
             "end to end: {:.1} M ch-samples/s, {dropped} dropped",
             r / 1e6
@@ -544,6 +551,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, String> {
         peak_rss_bytes: peak_rss_bytes(),
         sealed_bytes_per_ch_sample: sealed_bytes,
         store_filtered: args.store_filtered,
+        journal_page_kib: page_kib,
     })
 }
 
@@ -565,9 +573,10 @@ pub fn render(r: &BenchReport) -> String {
         out += &format!("{:<12} {:>16.0} {:>12.1}\n", "end-to-end", e, e / need);
     }
     out += &format!(
-        "dropped samples: {}; peak memory: {:.1} MiB\n",
+        "dropped samples: {}; peak memory: {:.1} MiB; journal pages: {} KiB\n",
         r.dropped_samples,
-        r.peak_rss_bytes as f64 / 1048576.0
+        r.peak_rss_bytes as f64 / 1048576.0,
+        r.journal_page_kib
     );
     if let Some(b) = r.sealed_bytes_per_ch_sample {
         let what = if r.store_filtered {

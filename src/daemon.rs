@@ -79,6 +79,16 @@ fn bind_metrics(
         .map_err(|e| format!("[metrics] listen = {listen:?}: {e}"))
 }
 
+/// Channel-samples a second that the enabled devices' files declare in all
+/// (drivers that learn their layout from the device count 0): what an
+/// automatic journal page size follows.
+fn declared_rate(cfg: &Config) -> f64 {
+    cfg.enabled_devices()
+        .filter_map(|d| d.declared_layout())
+        .map(|(rate, channels)| rate * channels as f64)
+        .sum()
+}
+
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let epoch = Instant::now();
@@ -91,9 +101,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         tracing::warn!(key_file = %cfg.daemon.crypto.key_file.display(), key_id = %key_id, "generated a new batch key; back it up: batches cannot be read without it");
     }
     let jcfg = &cfg.daemon.journal;
-    let journal = Journal::open_with(&jcfg.path, jcfg.sync, jcfg.page_size())?;
+    let declared = declared_rate(&cfg);
+    let journal = Journal::open_with(&jcfg.path, jcfg.sync, jcfg.page_size(declared))?;
     let cursors = journal.cursors()?;
-    tracing::info!(path = %jcfg.path.display(), devices_known = cursors.len(), "journal open and checked");
+    tracing::info!(
+        path = %jcfg.path.display(),
+        devices_known = cursors.len(),
+        page_kib = journal.page_size()? / 1024,
+        "journal open and checked"
+    );
     let writer = journal::spawn_writer(
         journal,
         keyring.clone(),

@@ -131,9 +131,9 @@ enum Command {
         /// Store the filtered signal too, as `[journal] store = ["raw", "filtered"]` [default: raw only, as the default journal]
         #[arg(long)]
         store_filtered: bool,
-        /// SQLite page size of the bench's journals, KiB, as `[journal] page_size_kib` (1 to 64)
-        #[arg(long, value_name = "KIB", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
-        journal_page_kib: u32,
+        /// SQLite page size of the bench's journals, KiB, as `[journal] page_size_kib` (1 to 64, a power of two) [default: as the daemon chooses for this rate: 64 from a million channel-samples a second, else 4]
+        #[arg(long, value_name = "KIB", value_parser = page_kib)]
+        journal_page_kib: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -193,6 +193,16 @@ struct Fail(u8, String);
 impl<E: std::fmt::Display> From<E> for Fail {
     fn from(e: E) -> Self {
         Fail(1, e.to_string())
+    }
+}
+
+/// `--journal-page-kib`: a SQLite page size in KiB.
+fn page_kib(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(k) if k.is_power_of_two() && k <= 64 => Ok(k),
+        _ => Err(format!(
+            "{s:?} is not a SQLite page size: use 1, 2, 4, 8, 16, 32 or 64"
+        )),
     }
 }
 

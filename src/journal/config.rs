@@ -68,13 +68,34 @@ pub struct JournalSection {
     /// `store = ["raw", "filtered"]`). docs/batch-format.md.
     pub batch_format: u8,
     /// SQLite page size, KiB, of a journal file this creates (1, 2, 4, 8,
-    /// 16, 32 or 64; default 4). An existing journal keeps the size it was
-    /// made with. 64 suits rigs of a million channel-samples a second and
-    /// more (1024 ch × 30 kHz: the journal thread's work 57–65 → 84–94 M
-    /// channel-samples/s): fewer, larger pages per sealed batch. Small rigs
-    /// keep 4: each commit rewrites whole pages, so 64 KiB pages made an
-    /// 8-channel journal grow ten times as fast (docs/performance.md).
-    pub page_size_kib: u32,
+    /// 16, 32 or 64). Unset (default): 64 when the enabled devices' files
+    /// declare a million channel-samples a second or more in all
+    /// ([`LARGE_PAGE_RATE`]), else 4. An existing journal keeps the size it
+    /// was made with. Large pages suit high-density rigs (1024 ch × 30 kHz:
+    /// the journal thread's work 57–65 → 94–100 M channel-samples/s):
+    /// fewer, larger pages per sealed batch. Small rigs keep 4: each commit
+    /// rewrites whole pages, so 64 KiB pages made an 8-channel journal grow
+    /// ten times as fast (docs/performance.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_size_kib: Option<u32>,
+}
+
+/// Channel-samples a second (all enabled devices) from which a journal
+/// created without `page_size_kib` gets 64 KiB pages: a one-second batch is
+/// then ~2 MB sealed, so a commit's last, partly filled page costs a few
+/// per cent at most.
+pub const LARGE_PAGE_RATE: f64 = 1e6;
+/// The page size, KiB, of such a journal (SQLite's largest).
+pub const LARGE_PAGE_KIB: u32 = 64;
+
+/// The page size, KiB, of a journal created without `page_size_kib` for
+/// devices producing `ch_samples_per_s` in all.
+pub fn auto_page_kib(ch_samples_per_s: f64) -> u32 {
+    if ch_samples_per_s >= LARGE_PAGE_RATE {
+        LARGE_PAGE_KIB
+    } else {
+        4
+    }
 }
 
 impl JournalSection {
@@ -92,9 +113,13 @@ impl JournalSection {
         }
     }
 
-    /// The page size of a journal this creates, bytes.
-    pub fn page_size(&self) -> u32 {
-        self.page_size_kib * 1024
+    /// The page size, bytes, of a journal this creates for devices that
+    /// declare `ch_samples_per_s` in all: `page_size_kib`, or
+    /// [`auto_page_kib`] when unset.
+    pub fn page_size(&self, ch_samples_per_s: f64) -> u32 {
+        self.page_size_kib
+            .unwrap_or_else(|| auto_page_kib(ch_samples_per_s))
+            * 1024
     }
 
     /// Problems with `store`, `batch_format` and `page_size_kib`: (key,
@@ -122,12 +147,14 @@ impl JournalSection {
                 "use 2 (default) or 1 (for a backend that reads v1 only)",
             )),
         }
-        if !(self.page_size_kib.is_power_of_two() && self.page_size_kib <= 64) {
-            out.push((
-                "journal.page_size_kib",
-                format!("{} is not a SQLite page size", self.page_size_kib),
-                "use 1, 2, 4 (default), 8, 16, 32 or 64",
-            ));
+        if let Some(kib) = self.page_size_kib {
+            if !(kib.is_power_of_two() && kib <= 64) {
+                out.push((
+                    "journal.page_size_kib",
+                    format!("{kib} is not a SQLite page size"),
+                    "use 1, 2, 4, 8, 16, 32 or 64, or leave it out (4, or 64 for rigs of a million channel-samples a second)",
+                ));
+            }
         }
         out
     }
@@ -144,7 +171,7 @@ impl Default for JournalSection {
             retain_uploaded: HumanDuration(Duration::from_secs(24 * 3600)),
             store: vec![StoredSignal::Raw],
             batch_format: 2,
-            page_size_kib: 4,
+            page_size_kib: None,
         }
     }
 }
@@ -157,20 +184,37 @@ mod tests {
     fn page_sizes_are_sqlites() {
         for kib in [1, 2, 4, 8, 16, 32, 64] {
             let s = JournalSection {
-                page_size_kib: kib,
+                page_size_kib: Some(kib),
                 ..Default::default()
             };
             assert!(s.format_problems().is_empty(), "{kib}");
-            assert_eq!(s.page_size(), kib * 1024);
+            // Set, it holds whatever the devices' rate.
+            assert_eq!(s.page_size(0.0), kib * 1024);
+            assert_eq!(s.page_size(1e9), kib * 1024);
         }
         for kib in [0, 3, 128] {
             let s = JournalSection {
-                page_size_kib: kib,
+                page_size_kib: Some(kib),
                 ..Default::default()
             };
             let p = s.format_problems();
             assert_eq!(p.len(), 1, "{kib}");
             assert_eq!(p[0].0, "journal.page_size_kib");
+        }
+    }
+
+    #[test]
+    fn an_unset_page_size_follows_the_declared_rate() {
+        let s = JournalSection::default();
+        assert!(s.format_problems().is_empty());
+        // Nothing declared (e.g. LSL devices only), the idle default
+        // (8 × 250 Hz) and 64 ch × 2 kHz: small pages.
+        for rate in [0.0, 2000.0, 128_000.0, 999_999.0] {
+            assert_eq!(s.page_size(rate), 4096, "{rate}");
+        }
+        // 32 ch × 31.25 kHz, 384 and 1024 ch × 30 kHz: large pages.
+        for rate in [1e6, 384.0 * 30e3, 1024.0 * 30e3] {
+            assert_eq!(s.page_size(rate), 65536, "{rate}");
         }
     }
 

@@ -381,6 +381,13 @@ impl Journal {
         &self.path
     }
 
+    /// The file's SQLite page size, bytes.
+    pub fn page_size(&self) -> Result<u32, JournalError> {
+        self.conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(sqlite_err(&self.path))
+    }
+
     /// Close and open again for writing, with the start-up checks
     /// (`quick_check`). After a failed write or sync nothing the old
     /// connection holds in memory is trusted: SQLite rebuilds its view of
@@ -621,11 +628,7 @@ mod tests {
     #[test]
     fn a_new_journal_gets_the_page_size_asked_and_keeps_it() {
         let d = tempfile::tempdir().unwrap();
-        let page = |j: &Journal| -> i64 {
-            j.conn
-                .query_row("PRAGMA page_size", [], |r| r.get(0))
-                .unwrap()
-        };
+        let page = |j: &Journal| -> i64 { j.page_size().unwrap().into() };
         let p = d.path().join("big.db");
         let j = Journal::open_with(&p, SyncMode::Full, 65536).unwrap();
         assert_eq!(page(&j), 65536);

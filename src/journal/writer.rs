@@ -9,7 +9,7 @@
 //! the writer stops taking batches, and the processing threads drop new ones
 //! as counted gaps rather than block.
 
-use super::config::WhenFull;
+use super::config::{WhenFull, LARGE_PAGE_KIB, LARGE_PAGE_RATE};
 use super::evictions::{self, Deleted, EvictionLog};
 use super::page_cache::{PageCache, RELEASE_EVERY_BYTES};
 use super::{
@@ -281,6 +281,10 @@ pub fn spawn_writer(
         wake: wake_rx,
         page_cache: PageCache::for_journal(journal.path(), cfg.max_bytes),
         rates: HashMap::new(),
+        small_pages: journal
+            .page_size()
+            .ok()
+            .filter(|&p| p < LARGE_PAGE_KIB * 1024),
         compressor: Compressor::new(),
         evictions: EvictionLog::default(),
         unreleased: 0,
@@ -414,8 +418,12 @@ struct Writer {
     /// committed since they were last handed back.
     page_cache: Option<PageCache>,
     unreleased: u64,
-    /// Bytes per second of samples of each device, from its latest batch.
-    rates: HashMap<String, f64>,
+    /// Bytes and channel-samples per second of each device, from its
+    /// latest batch.
+    rates: HashMap<String, (f64, f64)>,
+    /// The journal's page size, while nobody has been told yet that the
+    /// devices' rate would suit larger pages (see [`Writer::follow_rate`]).
+    small_pages: Option<u32>,
     /// zstd's context, kept for every batch sealed.
     compressor: Compressor,
     /// Evictions not logged yet.
@@ -554,13 +562,19 @@ impl Writer {
 
     /// The queue's bound from the devices' byte rates: [`QUEUE_SECONDS`]
     /// of their samples, at least `max_queue_bytes`, at most
-    /// [`QUEUE_CAP`] (each for the channel and the queue).
+    /// [`QUEUE_CAP`] (each for the channel and the queue). Once, when the
+    /// devices turn out to produce more than [`LARGE_PAGE_RATE`] on a
+    /// journal of small pages (their files did not declare it, or
+    /// `page_size_kib` is set), the log says what larger pages would save.
     fn follow_rate(&mut self, b: &BatchData) {
         let secs = b.n_samples() as f64 / b.sample_rate;
         if !(secs.is_finite() && secs > 0.0) {
             return;
         }
-        let rate = batch_bytes(b) as f64 / secs;
+        let rate = (
+            batch_bytes(b) as f64 / secs,
+            b.sample_rate * b.channels.len() as f64,
+        );
         match self.rates.get_mut(&b.device_id) {
             Some(r) if *r == rate => return,
             Some(r) => *r = rate,
@@ -568,10 +582,21 @@ impl Writer {
                 self.rates.insert(b.device_id.clone(), rate);
             }
         }
-        let want = (self.rates.values().sum::<f64>() * QUEUE_SECONDS) as u64;
+        let want = (self.rates.values().map(|r| r.0).sum::<f64>() * QUEUE_SECONDS) as u64;
         let floor = self.cfg.max_queue_bytes;
         let limit = want.clamp(floor, QUEUE_CAP.max(floor));
         self.shared.queue_limit.store(limit, Ordering::Release);
+        let ch_rate: f64 = self.rates.values().map(|r| r.1).sum();
+        if let Some(page) = self.small_pages {
+            if ch_rate >= LARGE_PAGE_RATE {
+                self.small_pages = None;
+                tracing::info!(
+                    ch_samples_per_s = ch_rate,
+                    page_kib = page / 1024,
+                    "the devices write over a million channel-samples a second to a journal of small pages; a journal created with [journal] page_size_kib = 64 would cost the journal thread ~40 % less (docs/configuration.md); this file keeps its pages"
+                );
+            }
+        }
     }
 
     fn publish_queue_len(&self) {

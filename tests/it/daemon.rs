@@ -707,6 +707,75 @@ fn quota_evicts_oldest_counted_and_audited() {
     );
 }
 
+/// A new journal's pages follow the rate the device files declare (64 KiB
+/// from a million channel-samples a second, else 4 KiB); a page size set
+/// in the config holds, and a fast rig on small pages gets one hint in the
+/// log. An existing journal keeps its pages whatever the config says.
+#[test]
+fn journal_pages_follow_the_declared_rate_unless_set() {
+    let page_size = |env: &Env| -> i64 {
+        rusqlite::Connection::open(env.journal())
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    const HINT: &str = "to a journal of small pages";
+    // (config extra, channels, rate, page size, hint lines)
+    let cases: &[(&str, usize, f64, i64, usize)] = &[
+        ("", 8, 250.0, 4096, 0),
+        ("", 64, 16000.0, 65536, 0),
+        ("[journal]\npage_size_kib = 4", 64, 16000.0, 4096, 1),
+        ("[journal]\npage_size_kib = 16", 8, 250.0, 16384, 0),
+    ];
+    for &(extra, channels, rate, want, hints) in cases {
+        let env = Env::new(extra);
+        env.write(
+            "devices/synthetic.toml",
+            &synthetic_device("rig", channels, rate, ""),
+        );
+        let d = env.spawn();
+        d.wait_streaming(Duration::from_secs(5));
+        d.wait_for(Duration::from_secs(20), "two batches", |s| {
+            s["journal"]["committed_batches"].as_u64() >= Some(2)
+        });
+        let log_path = d.log.clone();
+        assert_eq!(d.terminate(), 0);
+        let case = format!("{extra:?}, {channels} x {rate} Hz");
+        assert_eq!(page_size(&env), want, "{case}");
+        let log = std::fs::read_to_string(log_path).unwrap();
+        let opened = log
+            .lines()
+            .find(|l| l.contains("journal open and checked"))
+            .unwrap_or_else(|| panic!("{case}: {log}"));
+        assert!(
+            opened.contains(&format!("page_kib={}", want / 1024)),
+            "{case}: {opened}"
+        );
+        assert_eq!(
+            log.lines().filter(|l| l.contains(HINT)).count(),
+            hints,
+            "{case}: {log}"
+        );
+        if want == 65536 {
+            // The device slows down and the config asks for small pages:
+            // the journal keeps its 64 KiB pages.
+            let config = std::fs::read_to_string(env.path().join("neuroedge.toml")).unwrap();
+            env.write(
+                "neuroedge.toml",
+                &format!("{config}[journal]\npage_size_kib = 4\n"),
+            );
+            env.write(
+                "devices/synthetic.toml",
+                &synthetic_device("rig", 8, 250.0, ""),
+            );
+            let d = env.spawn();
+            d.wait_streaming(Duration::from_secs(5));
+            assert_eq!(d.terminate(), 0);
+            assert_eq!(page_size(&env), 65536, "{case}, reopened");
+        }
+    }
+}
+
 /// A real full disk: the journal on a small tmpfs. Needs root (CI runs as root).
 #[test]
 fn full_disk_degrades_then_recovers_without_losing_batches() {
