@@ -17,7 +17,7 @@ default features, uplink off): cores and RSS over --idle-seconds.
 
 Usage: bench_highdensity.py --bin target/release/neuroedge
            [--rig 384x30000 --rig 1024x30000] [--seconds 30] [--warmup 5]
-           [--idle-seconds 60] [--store-filtered] [--json]
+           [--idle-seconds 60] [--store-filtered] [--page-size-kib K] [--json]
 Needs an otherwise idle machine: figures are CPU shares.
 """
 import argparse, json, os, shutil, signal, subprocess, sys, tempfile, time
@@ -51,9 +51,11 @@ def mem_mib(pid):
     return out["VmRSS"], out["VmHWM"]
 
 
-def write_config(root, channels, rate, filters, store_filtered):
+def write_config(root, channels, rate, filters, store_filtered, page_kib=None):
     os.makedirs(f"{root}/devices", exist_ok=True)
     store = '["raw", "filtered"]' if store_filtered else '["raw"]'
+    if page_kib:
+        store += f"\npage_size_kib = {page_kib}"
     with open(f"{root}/neuroedge.toml", "w") as f:
         f.write(
             '[daemon]\nsite_id = "bench"\nnode_id = "bench"\ndevices_dir = "devices"\n'
@@ -84,10 +86,10 @@ def wait_streaming(sock, log, timeout=60):
     raise SystemExit(f"daemon not streaming; its log:\n{tail}")
 
 
-def run_rig(binary, channels, rate, filters, seconds, warmup, store_filtered):
+def run_rig(binary, channels, rate, filters, seconds, warmup, store_filtered, page_kib=None):
     root = tempfile.mkdtemp(prefix="ne-hd-")
     try:
-        write_config(root, channels, rate, filters, store_filtered)
+        write_config(root, channels, rate, filters, store_filtered, page_kib)
         log = open(f"{root}/daemon.log", "w")
         d = subprocess.Popen([binary, "run", "--config", f"{root}/neuroedge.toml"], stderr=log)
         sock = f"{root}/var/ne.sock"
@@ -156,6 +158,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--idle-seconds", type=float, default=60)
     ap.add_argument("--store-filtered", action="store_true")
+    ap.add_argument("--page-size-kib", type=int,
+                    help="[journal] page_size_kib of the rigs (default: unset, as the daemon's default)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     rigs = a.rig or ["384x30000", "1024x30000"]
@@ -169,7 +173,7 @@ def main():
         print(f"bench_highdensity: {ch} ch x {rate} Hz for {a.warmup:g}+{a.seconds:g} s ...",
               file=sys.stderr, flush=True)
         rows.append(run_rig(a.bin, int(ch), float(rate), filters, a.seconds, a.warmup,
-                            a.store_filtered))
+                            a.store_filtered, a.page_size_kib))
     if a.idle_seconds > 0:
         print(f"bench_highdensity: idle default run for {a.idle_seconds:g} s ...",
               file=sys.stderr, flush=True)

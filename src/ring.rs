@@ -43,10 +43,15 @@ pub struct Block {
     /// When the producer published it: when its frames had all arrived
     /// (the rate in the status report is measured between these).
     pub published: Instant,
-    len: usize,
+    /// Frames the block holds when full.
+    frames: usize,
     channels: usize,
-    timestamps: Box<[f64]>,
-    data: Box<[f32]>,
+    /// Filled up to the block's length; the capacity is allocated once and
+    /// never grows. Not zeroed: a page of a block that has not been written
+    /// yet is not resident (glibc's `calloc` clears memory the heap used
+    /// before, which made a 10-s ring resident at once).
+    timestamps: Vec<f64>,
+    data: Vec<f32>,
 }
 
 impl Block {
@@ -55,19 +60,25 @@ impl Block {
             first_index: 0,
             device_gap_before: 0,
             published: Instant::now(),
-            len: 0,
+            frames,
             channels,
-            timestamps: vec![0.0; frames].into_boxed_slice(),
-            data: vec![0.0; frames * channels].into_boxed_slice(),
+            timestamps: Vec::with_capacity(frames),
+            data: Vec::with_capacity(frames * channels),
         })
     }
 
+    /// Empty it for reuse (its memory stays).
+    fn clear(&mut self) {
+        self.timestamps.clear();
+        self.data.clear();
+    }
+
     pub fn len(&self) -> usize {
-        self.len
+        self.timestamps.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.timestamps.is_empty()
     }
 
     pub fn channels(&self) -> usize {
@@ -75,16 +86,16 @@ impl Block {
     }
 
     pub fn timestamps(&self) -> &[f64] {
-        &self.timestamps[..self.len]
+        &self.timestamps
     }
 
     /// Frame-major samples, `len * channels` values.
     pub fn samples(&self) -> &[f32] {
-        &self.data[..self.len * self.channels]
+        &self.data
     }
 
     fn is_full(&self) -> bool {
-        self.len == self.timestamps.len()
+        self.timestamps.len() >= self.frames
     }
 }
 
@@ -220,7 +231,7 @@ impl Producer {
                 Some(mut b) => {
                     b.first_index = self.next_index;
                     b.device_gap_before = std::mem::take(&mut self.pending_gap);
-                    b.len = 0;
+                    b.clear();
                     self.current = Some(b);
                 }
                 None => {
@@ -233,13 +244,11 @@ impl Producer {
             }
         }
         if let Some(b) = self.current.as_mut() {
-            let at = b.len;
-            b.timestamps[at] = timestamp;
-            let row = &mut b.data[at * self.channels..(at + 1) * self.channels];
+            // Within the capacity allocated up front: no allocation.
+            b.timestamps.push(timestamp);
             let n = values.len().min(self.channels);
-            row[..n].copy_from_slice(&values[..n]);
-            row[n..].fill(0.0);
-            b.len += 1;
+            b.data.extend_from_slice(&values[..n]);
+            b.data.resize(b.timestamps.len() * self.channels, 0.0);
             self.next_index += 1;
             if b.is_full() {
                 self.publish();
@@ -271,7 +280,7 @@ impl Producer {
         let Some(mut b) = self.current.take() else {
             return;
         };
-        if b.len == 0 {
+        if b.is_empty() {
             let _ = self.shared.pool.push(b);
             return;
         }
@@ -279,8 +288,8 @@ impl Producer {
         if let Some(mut old) = self.shared.queue.force_push(b) {
             self.shared
                 .dropped
-                .fetch_add(old.len as u64, Ordering::Relaxed);
-            old.len = 0;
+                .fetch_add(old.len() as u64, Ordering::Relaxed);
+            old.clear();
             let _ = self.shared.pool.push(old);
         }
         self.unwoken = true;
@@ -308,7 +317,7 @@ impl Consumer {
 
     /// Give a block back to the pool once processed.
     pub fn recycle(&mut self, mut b: Box<Block>) {
-        b.len = 0;
+        b.clear();
         let _ = self.shared.pool.push(b);
     }
 
@@ -356,6 +365,32 @@ mod tests {
         }
         assert_eq!(got.len(), 10);
         assert_eq!(stats.dropped(), 0);
+    }
+
+    #[test]
+    fn short_frames_are_zero_filled_long_ones_cut_and_reused_blocks_hold_only_their_frames() {
+        let (mut p, mut c, _) = ring(3, 4, 2); // blocks of 2 frames
+        let mut frames = Vec::new();
+        for round in 0..6 {
+            let t = round as f64;
+            p.push(t, &[1.0 + t as f32]); // short: two zeros
+            p.push(t + 0.5, &[2.0, 3.0, 4.0, 99.0]); // long: cut to 3
+            p.flush();
+            let b = c.pop().expect("a block per round");
+            assert_eq!(b.len(), 2);
+            assert_eq!(b.timestamps(), [t, t + 0.5]);
+            assert_eq!(b.samples(), [1.0 + t as f32, 0.0, 0.0, 2.0, 3.0, 4.0]);
+            frames.push(b.first_index);
+            // Recycled and taken again for the next round: no frame of
+            // this one may show through.
+            c.recycle(b);
+        }
+        assert_eq!(frames, [0, 2, 4, 6, 8, 10]);
+        // A part-full block after full ones holds just its frame.
+        p.push(7.0, &[5.0, 6.0, 7.0]);
+        p.flush();
+        let b = c.pop().unwrap();
+        assert_eq!((b.len(), b.samples()), (1, &[5.0, 6.0, 7.0][..]));
     }
 
     #[test]

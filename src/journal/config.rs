@@ -72,7 +72,7 @@ pub struct JournalSection {
     /// declare a million channel-samples a second or more in all
     /// ([`LARGE_PAGE_RATE`]), else 4. An existing journal keeps the size it
     /// was made with. Large pages suit high-density rigs (1024 ch × 30 kHz:
-    /// the journal thread's work 57–65 → 94–100 M channel-samples/s):
+    /// the journal stage 55–66 → 70–100 M channel-samples/s):
     /// fewer, larger pages per sealed batch. Small rigs keep 4: each commit
     /// rewrites whole pages, so 64 KiB pages made an 8-channel journal grow
     /// ten times as fast (docs/performance.md).

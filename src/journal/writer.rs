@@ -593,7 +593,7 @@ impl Writer {
                 tracing::info!(
                     ch_samples_per_s = ch_rate,
                     page_kib = page / 1024,
-                    "the devices write over a million channel-samples a second to a journal of small pages; a journal created with [journal] page_size_kib = 64 would cost the journal thread ~40 % less (docs/configuration.md); this file keeps its pages"
+                    "the devices write over a million channel-samples a second to a journal of small pages; a journal created with [journal] page_size_kib = 64 writes them with fewer, larger pages (at 1024 ch x 30 kHz its thread took 13 % less CPU; docs/configuration.md); this file keeps its pages"
                 );
             }
         }
