@@ -1171,19 +1171,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_kept_compressor_seals_each_batch_alone_larger_or_smaller() {
-        let key = BatchKey::from_bytes(&[3u8; 32]);
-        let ring = Keyring::new(BatchKey::from_bytes(&[3u8; 32]));
-        let p = SealParams {
-            batch_id: "id".into(),
+    /// Sealing parameters of a compressed v2 batch, sequence 0.
+    fn v2_params(batch_id: &str) -> SealParams<'static> {
+        SealParams {
+            batch_id: batch_id.into(),
             site_id: "lab",
             node_id: "pi",
             seq: 0,
             created_at: 0.0,
             compress: true,
             format: BatchFormat::V2,
-        };
+        }
+    }
+
+    #[test]
+    fn a_kept_compressor_seals_each_batch_alone_larger_or_smaller() {
+        let key = BatchKey::from_bytes(&[3u8; 32]);
+        let ring = Keyring::new(BatchKey::from_bytes(&[3u8; 32]));
+        let p = v2_params("id");
         let sized = |n: usize| {
             let mut b = sample_batch();
             b.timestamps = (0..n).map(|i| i as f64).collect();
@@ -1325,15 +1330,7 @@ mod tests {
     fn tampered_header_fails() {
         let key = BatchKey::from_bytes(&[3u8; 32]);
         let ring = Keyring::new(BatchKey::from_bytes(&[3u8; 32]));
-        let p = SealParams {
-            batch_id: "x".into(),
-            site_id: "lab",
-            node_id: "pi",
-            seq: 0,
-            created_at: 0.0,
-            compress: true,
-            format: BatchFormat::V2,
-        };
+        let p = v2_params("x");
         let (env, _) = seal(&key, &p, &sample_batch()).unwrap();
         let mut bad = env.clone();
         // Flip a byte inside the header JSON ("seq":0 -> "seq":1).

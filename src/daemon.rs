@@ -89,6 +89,45 @@ fn declared_rate(cfg: &Config) -> f64 {
         .sum()
 }
 
+/// Open the journal (a new file's pages following the devices' declared
+/// rate) and start its writer; also what it knows of each device.
+fn start_journal(
+    cfg: &Config,
+    keyring: Arc<Keyring>,
+) -> Result<
+    (
+        journal::WriterHandle,
+        HashMap<String, journal::DeviceCursor>,
+    ),
+    DaemonError,
+> {
+    let jcfg = &cfg.daemon.journal;
+    let page_size = jcfg.page_size(declared_rate(cfg));
+    let journal = Journal::open_with(&jcfg.path, jcfg.sync, page_size)?;
+    let cursors = journal.cursors()?;
+    tracing::info!(
+        path = %jcfg.path.display(),
+        devices_known = cursors.len(),
+        page_kib = journal.page_size()? / 1024,
+        "journal open and checked"
+    );
+    let writer = journal::spawn_writer(
+        journal,
+        keyring,
+        WriterConfig {
+            site_id: cfg.daemon.daemon.site_id.clone(),
+            node_id: cfg.node_id.clone(),
+            max_bytes: jcfg.max_bytes.0,
+            when_full: jcfg.when_full,
+            retain_uploaded: jcfg.retain_uploaded.0,
+            max_queue_bytes: 64 * 1024 * 1024,
+            compress: true,
+            format: jcfg.format(),
+        },
+    )?;
+    Ok((writer, cursors))
+}
+
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let epoch = Instant::now();
@@ -101,29 +140,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         tracing::warn!(key_file = %cfg.daemon.crypto.key_file.display(), key_id = %key_id, "generated a new batch key; back it up: batches cannot be read without it");
     }
     let jcfg = &cfg.daemon.journal;
-    let declared = declared_rate(&cfg);
-    let journal = Journal::open_with(&jcfg.path, jcfg.sync, jcfg.page_size(declared))?;
-    let cursors = journal.cursors()?;
-    tracing::info!(
-        path = %jcfg.path.display(),
-        devices_known = cursors.len(),
-        page_kib = journal.page_size()? / 1024,
-        "journal open and checked"
-    );
-    let writer = journal::spawn_writer(
-        journal,
-        keyring.clone(),
-        WriterConfig {
-            site_id: cfg.daemon.daemon.site_id.clone(),
-            node_id: cfg.node_id.clone(),
-            max_bytes: jcfg.max_bytes.0,
-            when_full: jcfg.when_full,
-            retain_uploaded: jcfg.retain_uploaded.0,
-            max_queue_bytes: 64 * 1024 * 1024,
-            compress: true,
-            format: jcfg.format(),
-        },
-    )?;
+    let (writer, cursors) = start_journal(&cfg, keyring.clone())?;
     let jtx = writer.sender();
     if key_created {
         jtx.audit(AuditEvent::new(
