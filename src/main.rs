@@ -198,12 +198,10 @@ impl<E: std::fmt::Display> From<E> for Fail {
 
 /// `--journal-page-kib`: a SQLite page size in KiB.
 fn page_kib(s: &str) -> Result<u32, String> {
-    match s.parse::<u32>() {
-        Ok(k) if k.is_power_of_two() && k <= 64 => Ok(k),
-        _ => Err(format!(
-            "{s:?} is not a SQLite page size: use 1, 2, 4, 8, 16, 32 or 64"
-        )),
-    }
+    s.parse::<u32>()
+        .map_err(|_| format!("{s:?} is not a SQLite page size"))
+        .and_then(neuroedge::journal::config::check_page_kib)
+        .map_err(|e| format!("{e}: use 1, 2, 4, 8, 16, 32 or 64"))
 }
 
 fn usage(msg: impl Into<String>) -> Fail {

@@ -87,6 +87,19 @@ pub struct JournalSection {
 pub const LARGE_PAGE_RATE: f64 = 1e6;
 /// The page size, KiB, of such a journal (SQLite's largest).
 pub const LARGE_PAGE_KIB: u32 = 64;
+/// The page size, KiB, of any other journal (SQLite's default).
+pub const SMALL_PAGE_KIB: u32 = 4;
+
+/// `kib` when it is a SQLite page size (a power of two up to
+/// [`LARGE_PAGE_KIB`]), else what is wrong with it. The config's
+/// `page_size_kib` and `neuroedge bench --journal-page-kib` share it.
+pub fn check_page_kib(kib: u32) -> Result<u32, String> {
+    if kib.is_power_of_two() && kib <= LARGE_PAGE_KIB {
+        Ok(kib)
+    } else {
+        Err(format!("{kib} is not a SQLite page size"))
+    }
+}
 
 /// The page size, KiB, of a journal created without `page_size_kib` for
 /// devices producing `ch_samples_per_s` in all.
@@ -94,7 +107,7 @@ pub fn auto_page_kib(ch_samples_per_s: f64) -> u32 {
     if ch_samples_per_s >= LARGE_PAGE_RATE {
         LARGE_PAGE_KIB
     } else {
-        4
+        SMALL_PAGE_KIB
     }
 }
 
@@ -147,14 +160,12 @@ impl JournalSection {
                 "use 2 (default) or 1 (for a backend that reads v1 only)",
             )),
         }
-        if let Some(kib) = self.page_size_kib {
-            if !(kib.is_power_of_two() && kib <= 64) {
-                out.push((
-                    "journal.page_size_kib",
-                    format!("{kib} is not a SQLite page size"),
-                    "use 1, 2, 4, 8, 16, 32 or 64, or leave it out (4, or 64 for rigs of a million channel-samples a second)",
-                ));
-            }
+        if let Some(Err(what)) = self.page_size_kib.map(check_page_kib) {
+            out.push((
+                "journal.page_size_kib",
+                what,
+                "use 1, 2, 4, 8, 16, 32 or 64, or leave it out (4, or 64 for rigs of a million channel-samples a second)",
+            ));
         }
         out
     }

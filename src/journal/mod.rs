@@ -42,7 +42,7 @@ use std::sync::Mutex;
 const WRITER_CACHE_KIB: u32 = 256;
 /// The page size of a journal created by [`Journal::open`] (SQLite's
 /// default); `[journal] page_size_kib` chooses another for the daemon's.
-const DEFAULT_PAGE_SIZE: u32 = 4096;
+const DEFAULT_PAGE_SIZE: u32 = config::SMALL_PAGE_KIB * 1024;
 /// The page cache of a read-only connection (uplink paging, export, CLI):
 /// each batch is read once, so only the b-trees' inner pages are worth
 /// keeping.
