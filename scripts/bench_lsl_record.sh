@@ -12,18 +12,26 @@
 # - neuroedge with devices/lsl-eeg.toml (name = "bench", the profile's
 #   default filters and features), stopped by SIGTERM; LabRecorderCLI
 #   `rec.xdf 'name="bench"'`, stopped by Enter on stdin;
-# - CPU = utime + stime (/proc/PID/stat) over the recorder's life, as % of
-#   one core; peak RSS = VmHWM; samples and losses from neuroedge's status
-#   (samples_total, gaps, dropped_samples) / the XDF (pyxdf). neuroedge's
-#   child processes (the python3 that locates pylsl's liblsl at the first
-#   LSL open; none when NEUROEDGE_LSL_LIB names the library) are not in
-#   its figure: their CPU is printed on a line of its own.
+# - CPU = the recorder's CPU time over its life until it is stopped, as %
+#   of one core: read from a cgroup of its own (cgroup v2 `cpu.stat`, or
+#   v1 `cpuacct.usage`), which counts every thread, those that have exited
+#   too, in microseconds or better. Without a cgroup it falls back to
+#   utime + stime of /proc/PID/stat, in clock ticks (1/100 s: one tick
+#   moves load B's ratio by ~3 % over 60 s). Peak RSS = VmHWM; samples and
+#   losses from neuroedge's status (samples_total, gaps, dropped_samples) /
+#   the XDF (pyxdf).
+# - neuroedge is given NEUROEDGE_LSL_LIB = the liblsl that pylsl bundles
+#   (unless it is set already): the daemon would find the same library by
+#   running python3 at the first LSL open, and that child process would be
+#   in its cgroup. Set NEUROEDGE_LSL_LIB=.../liblsl.so.2 of the
+#   LabRecorderCLI build to give both recorders the same liblsl (stop 41:
+#   liblsl 1.17.7 and pylsl's 1.18.0b6 cost the same in neuroedge).
 #
 # Needs root (network namespace), python3 with pylsl (and pyxdf for
 # LabRecorder). Usage:
 #   scripts/bench_lsl_record.sh [--bin target/release/neuroedge] [--seconds 60]
 #       [--loads A,B] [--labrecorder PATH/LabRecorderCLI] [--label TEXT]
-#       [--features-step S] [--together] [--threads]
+#       [--features-step S] [--together] [--repeat N] [--threads]
 # Prints one table row per (load, recorder). --features-step sets the
 # device's [features] step_s (default 0.5): e.g. 60 for a floor run that
 # records, filters and journals but computes features once a minute.
@@ -35,9 +43,16 @@
 # the inlet that connects first pays more in liblsl's data receiver
 # (~0.06 % of a core at B on a 2-core VM, whichever recorder it is), so
 # one order alone favours the recorder that connects second.
-# --threads adds each recorder's CPU per thread name, over its life
-# (threads that have exited are in the total only; liblsl's threads are
-# `lsl-connect`; neuroedge's own acq-*, dsp-*, journal, neuroedge-io).
+# --repeat N (with --together) runs the pair of orders N times and prints
+# the mean of all 2N ratios and their range: the host's load moves single
+# runs by more than the recorders differ (stop 40: LabRecorderCLI 0.47 to
+# 0.71 % of a core at B).
+# --threads adds each recorder's CPU per thread name, over its life, in
+# ns (/proc/PID/task/*/schedstat); threads that have exited are in the
+# total only, and shown as `exited` when the total is a cgroup's. liblsl's
+# threads take the name of the thread that made them: `lsl-connect` in
+# neuroedge (its data receiver and its clock-offset thread), and
+# neuroedge's own are acq-*, dsp-*, journal, neuroedge-io.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,6 +63,7 @@ LOADS=A,B
 LABREC=""
 LABEL=neuroedge
 TOGETHER=0
+REPEAT=1
 THREADS=0
 while [ $# -gt 0 ]; do
   case $1 in
@@ -58,8 +74,9 @@ while [ $# -gt 0 ]; do
     --label) LABEL=$2; shift 2 ;;
     --features-step) FEATURES_STEP=$2; shift 2 ;;
     --together) TOGETHER=1; shift ;;
+    --repeat) REPEAT=$2; shift 2 ;;
     --threads) THREADS=1; shift ;;
-    -h|--help) sed -n 2,40p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,54p "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -67,11 +84,60 @@ done
 [ -x "$BIN" ] || { echo "no neuroedge binary at $BIN (cargo build --release, or --bin)" >&2; exit 2; }
 BIN=$(realpath "$BIN")
 python3 -c 'import pylsl' 2>/dev/null || { echo "python3 lacks pylsl (pip install pylsl)" >&2; exit 2; }
+case $REPEAT in ''|*[!0-9]*|0) echo "--repeat takes a count of 1 or more" >&2; exit 2 ;; esac
+if [ -z "${NEUROEDGE_LSL_LIB:-}" ]; then
+  # As the daemon finds it: pylsl's lib/liblsl.so, else another liblsl*.so*.
+  NEUROEDGE_LSL_LIB=$(python3 -c '
+import glob, importlib.util as u, os
+d = os.path.join(u.find_spec("pylsl").submodule_search_locations[0], "lib")
+libs = [os.path.join(d, "liblsl.so")] + sorted(glob.glob(os.path.join(d, "liblsl*.so*")))
+print(next((p for p in libs if os.path.exists(p)), ""))')
+  [ -n "$NEUROEDGE_LSL_LIB" ] || { echo "pylsl bundles no liblsl here: set NEUROEDGE_LSL_LIB" >&2; exit 2; }
+fi
+export NEUROEDGE_LSL_LIB
+echo "neuroedge's liblsl: $NEUROEDGE_LSL_LIB"
 
 . scripts/lsl-netns-lib.sh
 lsl_work neuroedge-lslbench
 lsl_netns
 export WORK
+
+# A cgroup per recorder run, for its CPU time (see the top). CG_DIRS are
+# removed at exit, after the recorders.
+CG_ROOT=""; CG_KIND=""
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then CG_ROOT=/sys/fs/cgroup; CG_KIND=v2
+elif [ -f /sys/fs/cgroup/unified/cgroup.controllers ]; then CG_ROOT=/sys/fs/cgroup/unified; CG_KIND=v2
+elif [ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then CG_ROOT=/sys/fs/cgroup/cpuacct; CG_KIND=v1
+fi
+CG_DIRS=()
+CG_N=0
+trap 'lsl_cleanup; for d in "${CG_DIRS[@]}"; do rmdir "$d" 2>/dev/null || true; done' EXIT
+# cg_new: a new cgroup's folder into CG (empty when there is none).
+cg_new() {
+  CG=""
+  [ -n "$CG_ROOT" ] || return 0
+  CG_N=$((CG_N + 1))
+  local d="$CG_ROOT/${NS}-$CG_N"
+  if mkdir "$d" 2>/dev/null; then CG=$d; CG_DIRS+=("$d"); fi
+}
+# cg_cpu DIR: the cgroup's CPU time so far, seconds.
+cg_cpu() {
+  case $CG_KIND in
+    v2) awk '$1 == "usage_usec" {printf "%.6f", $2 / 1e6}' "$1/cpu.stat" ;;
+    v1) awk '{printf "%.9f", $1 / 1e9}' "$1/cpuacct.usage" ;;
+  esac
+}
+# launch CG COMMAND...: exec COMMAND in the cgroup CG (if any), so that
+# every thread and process it starts is counted there. Run it with &.
+launch() {
+  local cg=$1; shift
+  [ -z "$cg" ] || echo "$BASHPID" > "$cg/cgroup.procs"
+  exec "$@"
+}
+# cpu_s PID CG: the recorder's CPU seconds so far (the cgroup's, else ticks).
+cpu_s() {
+  if [ -n "$2" ]; then cg_cpu "$2"; else awk -v hz="$HZ" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; fi
+}
 
 cat > "$WORK/outlet.py" <<'EOF'
 import sys, time
@@ -93,8 +159,6 @@ while True:
         sent = due
 EOF
 
-# utime + stime (clock ticks) of PID.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 
@@ -112,36 +176,49 @@ start_neuroedge() {
   if [ -n "${FEATURES_STEP:-}" ]; then
     sed -i "s/^step_s = .*/step_s = $FEATURES_STEP/" "$d/devices/lsl-eeg.toml"
   fi
-  ip netns exec "$NS" "$BIN" run --config "$d/neuroedge.toml" 2>"$d/log" &
+  cg_new; NE_CG=$CG
+  launch "$NE_CG" ip netns exec "$NS" "$BIN" run --config "$d/neuroedge.toml" 2>"$d/log" &
   NE_PID=$!
+  PIDS+=("$NE_PID")
   NE_T0=$(date +%s.%N)
 }
 
-# Per thread name: CPU over the process's life so far, % of one core.
-thread_cpu() { # pid seconds
-  for t in /proc/"$1"/task/*; do
-    printf '%s\t%s\n' "$(cat "$t/comm")" "$(awk '{print $14 + $15}' "$t/stat")"
-  done | awk -F'\t' -v hz="$HZ" -v s="$2" '{c[$1] += $2}
-    END {for (n in c) if (c[n] > 0) printf "  %s %.3f", n, c[n] / hz / s * 100; print ""}'
+# Per thread name: CPU over the process's life so far, % of one core
+# (schedstat's ns; ticks where the kernel keeps no schedstat), and with a
+# cgroup's total, what threads that have exited used.
+thread_cpu() { # pid seconds cgroup-or-empty
+  local list total=""
+  list=$(for t in /proc/"$1"/task/*; do
+    if [ -r "$t/schedstat" ]; then
+      printf '%s\t%s\n' "$(cat "$t/comm")" "$(awk '{printf "%.9f", $1 / 1e9}' "$t/schedstat")"
+    else
+      printf '%s\t%s\n' "$(cat "$t/comm")" "$(awk -v hz="$HZ" '{printf "%.2f", ($14 + $15) / hz}' "$t/stat")"
+    fi
+  done)
+  # The total after the threads: what has exited, their difference, then
+  # reads ≥ 0.
+  [ -z "$3" ] || total=$(cg_cpu "$3")
+  awk -F'\t' -v s="$2" -v total="$total" '{c[$1] += $2; all += $2}
+    END {for (n in c) if (c[n] > 0) printf "  %s %.3f", n, c[n] / s * 100
+         if (total != "") printf "  (exited) %.3f", (total - all) / s * 100; print ""}' <<<"$list"
 }
 
 finish_neuroedge() {
   local pid=$NE_PID d=$NE_DIR
-  local tk hwm t1 st threads=""
-  tk=$(ticks "$pid"); hwm=$(hwm_kb "$pid"); t1=$(date +%s.%N)
-  # Children's CPU (the python3 that finds pylsl's liblsl at the first
-  # LSL open), not in the process's own figure: told apart.
+  local cpu hwm t1 st threads=""
+  t1=$(date +%s.%N)
+  [ "$THREADS" = 0 ] || threads=$(thread_cpu "$pid" "$(python3 -c "print($t1 - $NE_T0)")" "$NE_CG")
+  cpu=$(cpu_s "$pid" "$NE_CG"); hwm=$(hwm_kb "$pid")
+  # Children's CPU (a python3 finding pylsl's liblsl, were
+  # NEUROEDGE_LSL_LIB not set): in a cgroup's figure, so shown.
   local kids
   kids=$(awk -v hz="$HZ" '{printf "%.0f", ($16 + $17) * 1000 / hz}' "/proc/$pid/stat")
-  if [ "$THREADS" = 1 ]; then
-    threads=$(thread_cpu "$pid" "$(python3 -c "print($t1 - $NE_T0)")")
-  fi
   st=$("$BIN" status --socket "$d/var/run/neuroedge.sock" --json 2>/dev/null || echo '{}')
   kill -TERM "$pid"; wait "$pid" || true
-  python3 - "$tk" "$HZ" "$NE_T0" "$t1" "$hwm" "$st" "$LABEL" "$LOAD" <<'EOF'
+  python3 - "$cpu" "$NE_T0" "$t1" "$hwm" "$st" "$LABEL" "$LOAD" <<'EOF'
 import json, sys
-tk, hz, t0, t1, hwm, st, label, load = sys.argv[1:]
-cpu = float(tk) / float(hz) / (float(t1) - float(t0)) * 100
+cpu_s, t0, t1, hwm, st, label, load = sys.argv[1:]
+cpu = float(cpu_s) / (float(t1) - float(t0)) * 100
 d = next((d for d in json.loads(st).get("devices", []) if d["id"] == "lsl-eeg"), {})
 lost = (d.get("dropped_samples") or 0) + (d.get("gaps") or 0)
 open(f"{__import__('os').environ['WORK']}/cpu_ne", "w").write(f"{cpu} {int(hwm) / 1024}")
@@ -149,7 +226,7 @@ print(f"{load:<5} {label:<28} {cpu:10.2f} {int(hwm) / 1024:12.1f} {d.get('sample
       + ("" if d.get("state") == "streaming" else f"  (state {d.get('state')}: {d.get('last_error')})"))
 EOF
   [ -z "$threads" ] || echo "      threads (% of a core):$threads"
-  [ "$kids" = 0 ] || echo "      child processes (not in %core): $kids ms of CPU (python3 finding pylsl's liblsl; none with NEUROEDGE_LSL_LIB)"
+  [ "$kids" = 0 ] || echo "      child processes: $kids ms of CPU${NE_CG:+ (in %core)}"
 }
 
 start_labrecorder() {
@@ -157,25 +234,26 @@ start_labrecorder() {
   local d=$LR_DIR
   rm -rf "$d"; mkdir -p "$d"
   local fifo=$d/stdin; mkfifo "$fifo"
-  ip netns exec "$NS" "$LABREC" "$d/rec.xdf" 'name="bench"' <"$fifo" >"$d/log" 2>&1 &
+  cg_new; LR_CG=$CG
+  launch "$LR_CG" ip netns exec "$NS" "$LABREC" "$d/rec.xdf" 'name="bench"' <"$fifo" >"$d/log" 2>&1 &
   LR_PID=$!
+  PIDS+=("$LR_PID")
   exec 9>"$fifo"
   LR_T0=$(date +%s.%N)
 }
 
 finish_labrecorder() {
   local pid=$LR_PID d=$LR_DIR
-  local tk hwm t1 threads=""
-  tk=$(ticks "$pid"); hwm=$(hwm_kb "$pid"); t1=$(date +%s.%N)
-  if [ "$THREADS" = 1 ]; then
-    threads=$(thread_cpu "$pid" "$(python3 -c "print($t1 - $LR_T0)")")
-  fi
+  local cpu hwm t1 threads=""
+  t1=$(date +%s.%N)
+  [ "$THREADS" = 0 ] || threads=$(thread_cpu "$pid" "$(python3 -c "print($t1 - $LR_T0)")" "$LR_CG")
+  cpu=$(cpu_s "$pid" "$LR_CG"); hwm=$(hwm_kb "$pid")
   echo >&9; exec 9>&-
   wait "$pid" || true
-  python3 - "$tk" "$HZ" "$LR_T0" "$t1" "$hwm" "$d/rec.xdf" "$LOAD" <<'EOF'
+  python3 - "$cpu" "$LR_T0" "$t1" "$hwm" "$d/rec.xdf" "$LOAD" <<'EOF'
 import sys
-tk, hz, t0, t1, hwm, xdf, load = sys.argv[1:]
-cpu = float(tk) / float(hz) / (float(t1) - float(t0)) * 100
+cpu_s, t0, t1, hwm, xdf, load = sys.argv[1:]
+cpu = float(cpu_s) / (float(t1) - float(t0)) * 100
 try:
     import pyxdf
     streams, _ = pyxdf.load_xdf(xdf)
@@ -210,7 +288,7 @@ for LOAD in ${LOADS//,/ }; do
     # Both recording the same outlet over the same seconds, once in each
     # order of connecting.
     ratios=()
-    for first in neuroedge labrecorder; do
+    for first in $(for _ in $(seq "$REPEAT"); do echo neuroedge labrecorder; done); do
       start_outlet
       if [ "$first" = neuroedge ]; then
         start_neuroedge; sleep 1; start_labrecorder
@@ -227,9 +305,12 @@ for LOAD in ${LOADS//,/ }; do
     done
     python3 - "$LOAD" "${ratios[@]}" <<'EOF'
 import sys
-load, a, b = sys.argv[1:]
-(c1, m1), (c2, m2) = (map(float, x.split()) for x in (a, b))
-print(f"{load}     ratios, mean of both orders: CPU {(c1 + c2) / 2:.2f}, peak RSS {(m1 + m2) / 2:.2f}")
+load, runs = sys.argv[1], [tuple(map(float, x.split())) for x in sys.argv[2:]]
+cpu, rss = [r[0] for r in runs], [r[1] for r in runs]
+mean = lambda v: sum(v) / len(v)
+what = "both orders" if len(runs) == 2 else f"{len(runs)} runs, both orders each"
+print(f"{load}     ratios, mean of {what}: CPU {mean(cpu):.2f} (range {min(cpu):.2f}-{max(cpu):.2f}), "
+      f"peak RSS {mean(rss):.2f} (range {min(rss):.2f}-{max(rss):.2f})")
 EOF
     continue
   fi
