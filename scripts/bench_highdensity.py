@@ -161,6 +161,8 @@ def main():
     ap.add_argument("--page-size-kib", type=int,
                     help="[journal] page_size_kib of the rigs (default: unset, as the daemon's default)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json-out", metavar="FILE",
+                    help="also write the rows as JSON to FILE (the table is still printed)")
     a = ap.parse_args()
     rigs = a.rig or ["384x30000", "1024x30000"]
     # Spike-band filters for extracellular rigs, the EEG defaults otherwise.
@@ -180,6 +182,9 @@ def main():
         rows.append(run_rig(a.bin, 8, 250.0, eeg_filters, a.idle_seconds, a.warmup,
                             a.store_filtered))
         rows[-1]["rig"] += " (idle)"
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            json.dump(rows, f)
     if a.json:
         print(json.dumps(rows))
         return
