@@ -51,6 +51,10 @@ def mem_mib(pid):
     return out["VmRSS"], out["VmHWM"]
 
 
+# Seconds between the last rig and the idle run (after a sync).
+IDLE_SETTLE_S = 20
+
+
 def write_config(root, channels, rate, filters, store_filtered, page_kib=None):
     os.makedirs(f"{root}/devices", exist_ok=True)
     store = '["raw", "filtered"]' if store_filtered else '["raw"]'
@@ -177,6 +181,13 @@ def main():
         rows.append(run_rig(a.bin, int(ch), float(rate), filters, a.seconds, a.warmup,
                             a.store_filtered, a.page_size_kib))
     if a.idle_seconds > 0:
+        if rows:
+            # The rigs leave gigabytes of journal just deleted and written
+            # back: the kernel's work on them landed in the idle run's
+            # journal thread (0.7 % of a core instead of 0.2 after a 300-s
+            # 1024-ch run, stop 41). Let it finish first.
+            os.sync()
+            time.sleep(IDLE_SETTLE_S)
         print(f"bench_highdensity: idle default run for {a.idle_seconds:g} s ...",
               file=sys.stderr, flush=True)
         rows.append(run_rig(a.bin, 8, 250.0, eeg_filters, a.idle_seconds, a.warmup,
