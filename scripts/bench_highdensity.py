@@ -182,10 +182,10 @@ def main():
                             a.store_filtered, a.page_size_kib))
     if a.idle_seconds > 0:
         if rows:
-            # The rigs leave gigabytes of journal just deleted and written
-            # back: the kernel's work on them landed in the idle run's
-            # journal thread (0.7 % of a core instead of 0.2 after a 300-s
-            # 1024-ch run, stop 41). Let it finish first.
+            # The rigs leave gigabytes of journal just deleted: straight
+            # after a 300-s 1024-ch run the idle run read 0.7 % of a core
+            # instead of 0.2, most of it in its journal thread (stop 41;
+            # the kernel's work on those files, presumably). Let it settle.
             os.sync()
             time.sleep(IDLE_SETTLE_S)
         print(f"bench_highdensity: idle default run for {a.idle_seconds:g} s ...",

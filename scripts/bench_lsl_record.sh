@@ -40,9 +40,11 @@
 # their ratio does not move with the host's load between the two runs.
 # It runs each load twice, neuroedge connecting first and then
 # LabRecorderCLI first, and prints each order's ratios and their mean:
-# the inlet that connects first pays more in liblsl's data receiver
-# (~0.06 % of a core at B on a 2-core VM, whichever recorder it is), so
-# one order alone favours the recorder that connects second.
+# at stop 40 the inlet that connected first paid more in liblsl's data
+# receiver (~0.06 % of a core at B on a 2-core VM, whichever recorder it
+# was), so one order alone favoured the recorder that connected second
+# (stop 41's pairs at B did not show it consistently: 1.38 and 1.47 with
+# neuroedge first, 1.54 and 1.39 with LabRecorderCLI first).
 # --repeat N (with --together) runs the pair of orders N times and prints
 # the mean of all 2N ratios and their range: the host's load moves single
 # runs by more than the recorders differ (stop 40: LabRecorderCLI 0.47 to
@@ -76,7 +78,7 @@ while [ $# -gt 0 ]; do
     --together) TOGETHER=1; shift ;;
     --repeat) REPEAT=$2; shift 2 ;;
     --threads) THREADS=1; shift ;;
-    -h|--help) sed -n 2,54p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,57p "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
